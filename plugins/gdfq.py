@@ -1,0 +1,38 @@
+"""GDFQ (Xu et al., ECCV 2020; xushoukai/GDFQ), reference §1.
+
+* synthesizer ``gdfq``: the conditional generator, loss CE(teacher(G(z|y)), y) + 0.1*BNS, Adam lr 1e-3
+  betas (0.5, 0.999), x0.1 at 1/4, 1/2, 3/4 of the run; one generator step per student step, same batch;
+* distiller ``kd`` (core): CE + KL*T^2 with T=20, alpha=1 and nn.KLDivLoss's default *element-mean* reduction;
+* warm-up: generator-only steps during which the student runs forward and its activation ranges calibrate.
+Settings per protocol are in gdfq.json beside this file.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch.nn.functional as F
+
+from zsqbench.hookspecs import hookimpl
+from zsqbench.interfaces import Method
+from zsqbench.synthesizer.generator import GeneratorSynthesizer
+
+
+class GDFQSynthesizer(GeneratorSynthesizer):
+    name = "gdfq"
+    description = "GDFQ conditional generator: CE(teacher(G(z|y)), y) + bns_weight * BNS"
+    defaults = {**GeneratorSynthesizer.defaults, "bns_weight": 0.1}
+
+    def generator_loss(self, ctx, images, labels, teacher_logits):
+        ce = F.cross_entropy(teacher_logits, labels)
+        bns = self.bns.loss()
+        return ce + self.config["bns_weight"] * bns, {"g_ce": ce.item(), "g_bns": bns.item()}
+
+
+@hookimpl
+def zsqbench_register(registry):
+    registry.add_synthesizer(GDFQSynthesizer)
+    registry.add_method(Method(
+        "gdfq", synthesizer="gdfq", distiller="kd", quantizer="minmax-ema",
+        settings=str(Path(__file__).with_name("gdfq.json")),
+        description="Generative low-bitwidth data-free quantization (generator + CE/KL distillation)",
+        paper="Xu et al., ECCV 2020"))

@@ -1,0 +1,19 @@
+"""The core's own components, registered through the ``zsqbench`` entry point like any third-party plugin."""
+from __future__ import annotations
+
+from zsqbench.distiller.kd import KDDistiller
+from zsqbench.hookspecs import hookimpl
+from zsqbench.protocols import BUILTIN_DIR
+from zsqbench.quantizer.components import MinMaxEMAQuantizer, NoQuantizer
+from zsqbench.teacher.zoo import builtin_models
+
+
+@hookimpl
+def zsqbench_register(registry):
+    registry.add_quantizer(MinMaxEMAQuantizer)
+    registry.add_quantizer(NoQuantizer)
+    registry.add_distiller(KDDistiller)
+    for spec in builtin_models():
+        registry.add_model(spec)
+    for path in sorted(BUILTIN_DIR.glob("*.json")):
+        registry.add_protocol(path)

@@ -1,0 +1,174 @@
+"""The ``zsqbench`` command line."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from zsqbench.errors import UserError
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+class Group(click.Group):
+    """Bad input -> one line on stderr and exit 2; never a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except UserError as e:
+            err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            err_console.print("[bold red]interrupted[/] (no record written)")
+            sys.exit(130)
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="zsqbench")
+def cli():
+    """zsqbench: run, score and compare zero-shot quantization methods."""
+
+
+def _bits(bits, wbits, abits):
+    w = wbits if wbits is not None else bits
+    a = abits if abits is not None else bits
+    if w is None or a is None:
+        raise UserError("give --bits N (WNAN), or both --wbits and --abits")
+    return w, a
+
+
+@cli.command()
+@click.option("--method", "-m", required=True, help="Method name (see `zsqbench list`).")
+@click.option("--model", required=True, help="Teacher: an architecture (resnet20) or arch@dataset (resnet20@fmnist).")
+@click.option("--dataset", default=None, help="Dataset of the teacher (default: the protocol's).")
+@click.option("--bits", type=int, default=None, help="Bit-width for weights and activations (W{N}A{N}).")
+@click.option("--wbits", type=int, default=None, help="Weight bit-width (overrides --bits).")
+@click.option("--abits", type=int, default=None, help="Activation bit-width (overrides --bits).")
+@click.option("--protocol", "-p", default="cpu", show_default=True, help="Protocol (see `zsqbench list`).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
+@click.option("--out", default="results", show_default=True, type=click.Path(file_okay=False),
+              help="Directory for the run record.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a setting (train.steps=100, distiller.temperature=4); marks the run off-protocol.")
+@click.option("--synthesizer", default=None, help="Swap the method's synthesizer (ablation; off-protocol).")
+@click.option("--distiller", default=None, help="Swap the method's distiller (ablation; off-protocol).")
+@click.option("--quantizer", default=None, help="Swap the method's quantizer (ablation; off-protocol).")
+@click.option("--weights", default=None, type=click.Path(dir_okay=False),
+              help="Teacher state_dict to use instead of the embedded/pretrained one.")
+@click.option("--data-root", default=None, type=click.Path(), help="Where the evaluation data lives.")
+@click.option("--cache-dir", default=None, type=click.Path(), help="pytorchcv weights / synthetic-set cache.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+def run(method, model, dataset, bits, wbits, abits, protocol, seed, device, out, overrides, synthesizer,
+        distiller, quantizer, weights, data_root, cache_dir, quiet):
+    """Run one method on one teacher at one bit-width and write its record."""
+    from zsqbench.loop import RunSpec, run as run_job
+    w, a = _bits(bits, wbits, abits)
+    spec = RunSpec(method=method, model=model, dataset=dataset, wbits=w, abits=a, protocol=protocol, seed=seed,
+                   device=device, out=out, overrides=list(overrides), synthesizer=synthesizer,
+                   distiller=distiller, quantizer=quantizer, weights=weights, data_root=data_root,
+                   cache_dir=cache_dir, quiet=quiet)
+    record, path = run_job(spec)
+    _summary(record, path)
+    if record["status"] != "ok":
+        sys.exit(3)
+
+
+def _summary(rec: dict, path: Path) -> None:
+    t = Table(title=f"{rec['method']['name']} · {rec['model']}@{rec['dataset']} · W{rec['wbits']}A{rec['abits']} · "
+                    f"seed {rec['seed']} · {rec['protocol']['name']} v{rec['protocol']['version']}",
+              show_header=False, title_justify="left")
+    t.add_column(style="bold")
+    t.add_column()
+    if rec["status"] == "diverged":
+        d = rec["diverged"]
+        t.add_row("status", f"[red]DIVERGED[/] ({d['what']} in {d['phase']} at step {d['step']})")
+    t.add_row("final top-1", "—" if rec["final_top1"] is None else f"{rec['final_top1']:.2f} %  "
+              f"({rec['eval_samples']} test images)")
+    t.add_row("FP top-1", f"{rec['fp_top1']:.2f} %")
+    if rec["best_top1_selected_on_test"] is not None and len(rec["eval_history"]) > 1:
+        t.add_row("best on test (legacy)", f"{rec['best_top1_selected_on_test']:.2f} %  [dim](selected on the test "
+                  "set, as the papers report)[/]")
+    tm = rec["timing"]
+    phases = ", ".join(f"{k} {v:.1f}s" for k, v in tm["phases_s"].items())
+    t.add_row("wall time", f"{tm['total_s']:.1f} s  ({phases})")
+    if tm["mean_step_s"]:
+        t.add_row("step time", f"{tm['mean_step_s'] * 1000:.1f} ms  ({tm['steps']} steps)")
+    t.add_row("peak memory", f"{rec['memory']['peak_rss_mb']:.0f} MB RSS"
+              + (f", {rec['memory']['peak_cuda_mb']:.0f} MB CUDA" if rec["memory"].get("peak_cuda_mb") else ""))
+    if rec["off_protocol"]:
+        t.add_row("off-protocol", "[yellow]" + "; ".join(rec["off_protocol"]) + "[/]")
+    t.add_row("record", str(path))
+    console.print(t)
+
+
+@cli.command("list")
+@click.argument("what", required=False,
+                type=click.Choice(["methods", "synthesizers", "distillers", "quantizers", "models", "protocols",
+                                   "plugins"]))
+def list_(what):
+    """Show registered methods, components, models, protocols and plugins, with their providers."""
+    from zsqbench.registry import get_registry
+    reg = get_registry()
+    kinds = [what] if what else list(reg.KINDS) + ["plugins"]
+    for kind in kinds:
+        if kind == "plugins":
+            t = Table(title="plugins", title_justify="left")
+            for c in ("entry point", "distribution", "version", "status"):
+                t.add_column(c)
+            for p in reg.plugins:
+                t.add_row(p["entry_point"], p["distribution"], p["version"], p["status"])
+            console.print(t)
+            continue
+        t = Table(title=kind, title_justify="left")
+        t.add_column("name", style="bold")
+        t.add_column("provided by")
+        t.add_column("description")
+        for name, entry in sorted(getattr(reg, kind).items()):
+            obj = entry.obj
+            if kind == "methods":
+                desc = f"{obj.description} [dim]({obj.synthesizer} + {obj.distiller} + {obj.quantizer})[/]"
+            elif kind == "models":
+                desc = obj.notes
+            elif kind == "protocols":
+                desc = f"v{obj['version']}: {obj['description']}"
+            else:
+                desc = obj.description
+            t.add_row(name, entry.provider, desc)
+        console.print(t)
+
+
+@cli.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+def validate(files):
+    """Check run records against the committed JSON Schema."""
+    from zsqbench.record.io import load_json, validation_errors
+    bad = 0
+    for f in files:
+        errors = validation_errors(load_json(Path(f)))
+        if errors:
+            bad += 1
+            console.print(f"[red]invalid[/] {f}: " + "; ".join(errors[:5]), highlight=False, soft_wrap=True)
+        else:
+            console.print(f"[green]valid[/] {f}", highlight=False)
+    if bad:
+        sys.exit(1)
+
+
+def main():
+    from zsqbench.registry import get_plugin_manager
+    try:
+        get_plugin_manager().hook.zsqbench_register_commands(cli=cli)
+    except UserError as e:
+        err_console.print(f"[bold red]error:[/] {e}")
+        sys.exit(2)
+    cli()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,181 @@
+"""Real evaluation data. Only the evaluation step (and the teacher-training script) imports this module:
+methods never see real images.
+
+Every loader returns ``(images, labels)`` as tensors already normalised like the teacher's training data,
+except ImageNet, which is decoded lazily batch by batch (see :class:`ImageFolderVal`).
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from zsqbench.errors import UserError
+from zsqbench.teacher.datasets import DATASETS
+
+FMNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
+ENV_DATA_ROOT = "ZSQBENCH_DATA_ROOT"
+
+HOW_TO_GET = {
+    "fmnist": "install it with `apt-get install dataset-fashion-mnist` (Debian/Ubuntu), or put the four "
+              "*-idx?-ubyte.gz files in --data-root / $ZSQBENCH_DATA_ROOT",
+    "cifar10": "download cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html, unpack it and "
+               "pass --data-root pointing at cifar-10-batches-py (or its parent)",
+    "cifar100": "download cifar-100-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html, unpack it and "
+                "pass --data-root pointing at cifar-100-python (or its parent)",
+    "imagenet": "pass --data-root pointing at the ImageNet val/ folder laid out as one sub-folder per class "
+                "(sorted wnids), or its parent",
+}
+
+
+def _candidates(dataset: str, data_root: str | None) -> list[Path]:
+    roots = [Path(r).expanduser() for r in (data_root, os.environ.get(ENV_DATA_ROOT)) if r]
+    sub = {"fmnist": ["fashion-mnist", "fmnist", "FashionMNIST/raw"],
+           "cifar10": ["cifar-10-batches-py"], "cifar100": ["cifar-100-python"], "imagenet": ["val"]}[dataset]
+    out = []
+    for r in roots:
+        out.append(r)
+        out.extend(r / s for s in sub)
+    if dataset == "fmnist":
+        out.append(FMNIST_SYSTEM_DIR)
+    return out
+
+
+def _missing(dataset: str, tried: list[Path]) -> UserError:
+    where = ", ".join(str(p) for p in tried) or "(no --data-root given)"
+    return UserError(f"{dataset} data not found (looked in {where}): {HOW_TO_GET[dataset]}")
+
+
+def normalize(x: torch.Tensor, dataset: str) -> torch.Tensor:
+    info = DATASETS[dataset]
+    mean = torch.tensor(info.mean).view(1, -1, 1, 1)
+    std = torch.tensor(info.std).view(1, -1, 1, 1)
+    return (x - mean) / std
+
+
+# --- Fashion-MNIST ------------------------------------------------------------------------------------------
+
+def _read_idx(path: Path) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if len(data) < 8 or data[0] != 0 or data[1] != 0:
+        raise UserError(f"{path} is not an idx file")
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if arr.size != int(np.prod(dims)):
+        raise UserError(f"{path} is truncated: expected {int(np.prod(dims))} values, found {arr.size}")
+    return arr.reshape(dims)
+
+
+def load_fmnist(split: str = "test", data_root: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fashion-MNIST as (N,1,32,32) normalised float tensors (28x28 zero-padded by 2 pixels) and labels."""
+    prefix = "t10k" if split == "test" else "train"
+    tried = _candidates("fmnist", data_root)
+    for d in tried:
+        img = next((d / f"{prefix}-images-idx3-ubyte{s}" for s in (".gz", "")
+                    if (d / f"{prefix}-images-idx3-ubyte{s}").is_file()), None)
+        lab = next((d / f"{prefix}-labels-idx1-ubyte{s}" for s in (".gz", "")
+                    if (d / f"{prefix}-labels-idx1-ubyte{s}").is_file()), None)
+        if img and lab:
+            x = torch.from_numpy(_read_idx(img).copy()).float().div_(255).unsqueeze(1)
+            y = torch.from_numpy(_read_idx(lab).astype(np.int64))
+            if len(x) != len(y):
+                raise UserError(f"{img} and {lab} disagree on the number of samples")
+            x = F.pad(x, (2, 2, 2, 2))
+            return normalize(x, "fmnist"), y
+    raise _missing("fmnist", tried)
+
+
+# --- CIFAR (python pickle batches) -------------------------------------------------------------------------
+
+def load_cifar(dataset: str, split: str = "test", data_root: str | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    tried = _candidates(dataset, data_root)
+    names = {"cifar10": {"test": ["test_batch"], "train": [f"data_batch_{i}" for i in range(1, 6)]},
+             "cifar100": {"test": ["test"], "train": ["train"]}}[dataset][split]
+    label_key = b"labels" if dataset == "cifar10" else b"fine_labels"
+    for d in tried:
+        if all((d / n).is_file() for n in names):
+            xs, ys = [], []
+            for n in names:
+                try:
+                    with open(d / n, "rb") as f:
+                        batch = pickle.load(f, encoding="bytes")  # the official CIFAR format is a pickle
+                    xs.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+                    ys.append(np.asarray(batch[label_key], dtype=np.int64))
+                except Exception as e:
+                    raise UserError(f"{d / n} is not a CIFAR python batch ({type(e).__name__})") from None
+            x = torch.from_numpy(np.concatenate(xs)).float().div_(255)
+            return normalize(x, dataset), torch.from_numpy(np.concatenate(ys))
+    raise _missing(dataset, tried)
+
+
+# --- ImageNet val (class folders) --------------------------------------------------------------------------
+
+IMG_EXT = {".jpeg", ".jpg", ".png", ".bmp", ".webp"}
+
+
+class ImageFolderVal:
+    """ImageNet val as class folders (sorted names = class indices); resize 256 (shorter side), centre crop
+    224, normalise. Decoded lazily in batches so 50k images never sit in memory at once."""
+
+    def __init__(self, root: Path):
+        classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+        self.samples = [(f, i) for i, c in enumerate(classes)
+                        for f in sorted((root / c).iterdir()) if f.suffix.lower() in IMG_EXT]
+        if not self.samples:
+            raise UserError(f"no images under {root}: {HOW_TO_GET['imagenet']}")
+        self.classes = classes
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @staticmethod
+    def load(path: Path) -> torch.Tensor:
+        try:
+            from PIL import Image
+        except ImportError:
+            raise UserError("reading ImageNet needs Pillow: pip install 'zsqbench[vision]'") from None
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            w, h = im.size
+            s = 256 / min(w, h)
+            im = im.resize((max(1, round(w * s)), max(1, round(h * s))), Image.BILINEAR)
+            w, h = im.size
+            left, top = (w - 224) // 2, (h - 224) // 2
+            im = im.crop((left, top, left + 224, top + 224))
+            arr = np.asarray(im, dtype=np.uint8).copy()
+        return torch.from_numpy(arr).permute(2, 0, 1).float().div_(255)
+
+    def batches(self, batch_size: int, limit: int | None = None):
+        samples = self.samples[:limit] if limit else self.samples
+        for i in range(0, len(samples), batch_size):
+            chunk = samples[i:i + batch_size]
+            x = torch.stack([self.load(p) for p, _ in chunk])
+            yield normalize(x, "imagenet"), torch.tensor([c for _, c in chunk])
+
+
+def load_imagenet_val(data_root: str | None = None) -> ImageFolderVal:
+    tried = _candidates("imagenet", data_root)
+    for d in tried:
+        if d.is_dir() and any(p.is_dir() for p in d.iterdir()):
+            return ImageFolderVal(d)
+    raise _missing("imagenet", tried)
+
+
+def load_test_set(dataset: str, data_root: str | None = None):
+    """The real test split: a (images, labels) pair, or an :class:`ImageFolderVal` for ImageNet."""
+    if dataset == "fmnist":
+        return load_fmnist("test", data_root)
+    if dataset in ("cifar10", "cifar100"):
+        return load_cifar(dataset, "test", data_root)
+    if dataset == "imagenet":
+        return load_imagenet_val(data_root)
+    raise UserError(f"no evaluation data loader for dataset {dataset!r}")

@@ -1,0 +1,148 @@
+"""The three component interfaces and the Method recipe.
+
+The engine (:mod:`zsqbench.loop`) only ever calls these methods, so both synthesizer families fit without a
+special case:
+
+* image-optimisation synthesizers (IntraQ, HAST, ZeroQ) build a fixed set in :meth:`Synthesizer.prepare` and
+  sample from it in :meth:`Synthesizer.next_batch`;
+* generator synthesizers (GDFQ, AdaDFQ, BAG) build their generator in ``prepare`` and, in ``next_batch``, take
+  one generator step from teacher (and student) feedback before handing the detached batch to the distiller.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+import torch.nn as nn
+
+from zsqbench.errors import Diverged
+from zsqbench.teacher.datasets import DatasetInfo
+from zsqbench.teacher.zoo import ModelSpec
+
+
+@dataclass
+class Batch:
+    images: torch.Tensor                         # (B, C, H, W) in the teacher's normalised input space
+    labels: torch.Tensor                         # (B,) the class the image was made for
+    teacher_logits: torch.Tensor | None = None   # if the synthesizer already ran the teacher on these images
+    metrics: dict[str, float] = field(default_factory=dict)  # e.g. the generator's loss terms, for the record
+
+
+class RunContext:
+    """What every component may see: networks, dataset *metadata*, device, seed, helpers. Never real data."""
+
+    def __init__(self, *, teacher: nn.Module, student: nn.Module | None, model: ModelSpec, dataset: DatasetInfo,
+                 wbits: int, abits: int, quantizer: "Quantizer", device: torch.device, seed: int,
+                 total_steps: int, warmup_steps: int, progress: Any = None,
+                 cache_dir: str | None = None, teacher_hash: str | None = None):
+        self.teacher, self.student, self.model, self.dataset = teacher, student, model, dataset
+        self.wbits, self.abits, self.quantizer, self.device = wbits, abits, quantizer, device
+        self.seed = seed
+        self.total_steps, self.warmup_steps = total_steps, warmup_steps
+        self.progress = progress
+        self.cache_dir, self.teacher_hash = cache_dir, teacher_hash
+        self.phase = "setup"
+        self.step = 0
+        self.stats: dict[str, Any] = {}  # components put timings/diagnostics here; they go into the record
+
+    def check_finite(self, value: torch.Tensor, what: str = "loss") -> None:
+        """Stop the run at the first NaN/Inf, naming the phase and step (never train on with a broken model)."""
+        if not bool(torch.isfinite(value).all()):
+            raise Diverged(self.phase, self.step, what)
+
+    @property
+    def num_classes(self) -> int:
+        return self.dataset.num_classes
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return self.dataset.image_shape
+
+    def random_labels(self, n: int) -> torch.Tensor:
+        return torch.randint(0, self.num_classes, (n,), device=self.device)
+
+
+class Component:
+    """Base for synthesizers, distillers and quantizers: a name, documented defaults, and a config dict."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    defaults: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, **config: Any):
+        unknown = set(config) - set(self.defaults)
+        if unknown:
+            from zsqbench.errors import UserError
+            raise UserError(f"{self.kind} {self.name!r} has no setting {', '.join(sorted(unknown))}; "
+                            f"its settings are: {', '.join(sorted(self.defaults)) or '(none)'}")
+        self.config = {**self.defaults, **config}
+
+    kind: ClassVar[str] = "component"
+
+
+class Synthesizer(Component):
+    kind = "synthesizer"
+
+    def prepare(self, ctx: RunContext) -> None:
+        """Build what is needed before training: a generator and its optimiser, or a whole image set."""
+
+    def next_batch(self, ctx: RunContext, batch_size: int) -> Batch:
+        """Images for one step (generators update themselves here first). Called in calibration and distill."""
+        raise NotImplementedError
+
+    def calibration_batch(self, ctx: RunContext, batch_size: int) -> Batch:
+        """Images for one activation-calibration step; the same stream as training unless overridden."""
+        return self.next_batch(ctx, batch_size)
+
+
+class Distiller(Component):
+    kind = "distiller"
+
+    def setup(self, ctx: RunContext) -> None:
+        """Register feature hooks etc. on ctx.teacher / ctx.student."""
+
+    def loss(self, ctx: RunContext, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        """The student's loss on one batch and its named parts (floats, for the record)."""
+        raise NotImplementedError
+
+
+class Quantizer(Component):
+    kind = "quantizer"
+
+    def quantize(self, model: nn.Module, wbits: int, abits: int) -> nn.Module:
+        """A fake-quantized copy of ``model`` (its parameters trainable)."""
+        raise NotImplementedError
+
+    def set_calibrating(self, model: nn.Module, on: bool) -> None:
+        """Start/stop updating activation ranges."""
+
+    def uncalibrated(self, model: nn.Module) -> list[str]:
+        """Names of activation quantizers that never saw data (the engine refuses to train with any)."""
+        return []
+
+
+@dataclass
+class Method:
+    """A named recipe: which components, and their settings per protocol (data, usually a JSON file)."""
+
+    name: str
+    synthesizer: str
+    distiller: str
+    quantizer: str = "minmax-ema"
+    settings: dict[str, dict[str, Any]] | str | None = None  # {protocol: {...}} or a path to such a JSON file
+    description: str = ""
+    paper: str = ""
+    provider: str = field(default="", compare=False)
+
+    def settings_for(self, protocol: str) -> dict[str, Any] | None:
+        import json
+        from pathlib import Path
+        data = self.settings
+        if isinstance(data, (str, Path)):
+            data = json.loads(Path(data).read_text())
+        if data is None:
+            return None
+        if "methods" in data:  # one file for several methods: {"methods": {name: {protocol: ...}}}
+            data = data["methods"].get(self.name, {})
+        return data.get(protocol, data.get("*"))

@@ -1,0 +1,73 @@
+"""Protocols are versioned data files (JSON): which teachers, bit-widths and seeds; the shared training budget;
+and the evaluation rule. A protocol's hash (of its canonical JSON) goes into every record; methods keep their
+own per-protocol settings beside their code."""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from zsqbench.errors import UserError
+
+BUILTIN_DIR = Path(__file__).parent
+REQUIRED = ("name", "version", "description", "models", "bits", "seeds", "train", "eval")
+
+
+def canonical_hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def load_protocol_file(path: Path) -> dict:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"cannot read protocol file {path}: {e}") from None
+    missing = [k for k in REQUIRED if k not in data]
+    if missing:
+        raise UserError(f"protocol file {path} lacks {', '.join(missing)}")
+    data["hash"] = canonical_hash({k: v for k, v in data.items() if k != "hash"})
+    data["path"] = str(path)
+    return data
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def parse_value(text: str) -> Any:
+    """`--set` values: JSON if it parses (numbers, true/false, lists), else the plain string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def apply_overrides(config: dict, overrides: list[str]) -> dict:
+    """Apply ``KEY=VALUE`` overrides with dotted keys (``train.steps=100``, ``distiller.temperature=4``)."""
+    config = copy.deepcopy(config)
+    for item in overrides:
+        if "=" not in item:
+            raise UserError(f"--set expects KEY=VALUE, got {item!r} (e.g. --set train.steps=100)")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        if len(parts) < 2 or parts[0] not in ("train", "synthesizer", "distiller", "quantizer", "eval"):
+            raise UserError(f"--set key {key!r} must start with train., synthesizer., distiller., quantizer. "
+                            "or eval. (e.g. train.steps=100)")
+        node = config
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise UserError(f"--set key {key!r}: {p!r} is not a section")
+        if parts[0] in ("train", "eval") and parts[-1] not in node:
+            raise UserError(f"--set key {key!r} is not a known setting; {'.'.join(parts[:-1])} has: "
+                            f"{', '.join(sorted(node))}")
+        node[parts[-1]] = parse_value(value)
+    return config

@@ -1,0 +1,35 @@
+"""Quantizer components registered by the built-in plugin."""
+from __future__ import annotations
+
+import torch.nn as nn
+
+from zsqbench.interfaces import Quantizer
+from zsqbench.quantizer.fakequant import act_quantizers, quantize_model, set_calibrating
+
+
+class MinMaxEMAQuantizer(Quantizer):
+    name = "minmax-ema"
+    description = ("GDFQ-lineage fake quant: per-channel min/max weights, per-tensor EMA(0.9) activation ranges "
+                   "after ReLU/ReLU6, frozen after calibration, pass-through STE, all conv/linear layers")
+    defaults = {"range_rule": "ema", "momentum": 0.9}
+
+    def quantize(self, model: nn.Module, wbits: int, abits: int, activation_types=None) -> nn.Module:
+        kw = {} if activation_types is None else {"activation_types": activation_types}
+        return quantize_model(model, wbits, abits, range_rule=self.config["range_rule"],
+                              momentum=self.config["momentum"], **kw)
+
+    def set_calibrating(self, model: nn.Module, on: bool) -> None:
+        set_calibrating(model, on)
+
+    def uncalibrated(self, model: nn.Module) -> list[str]:
+        names = {id(m): n for n, m in model.named_modules()}
+        return [names[id(q)] for q in act_quantizers(model) if not q.calibrated]
+
+
+class NoQuantizer(Quantizer):
+    name = "none"
+    description = "Leaves the network in floating point (the FP reference)"
+
+    def quantize(self, model: nn.Module, wbits: int, abits: int, activation_types=None) -> nn.Module:
+        import copy
+        return copy.deepcopy(model)

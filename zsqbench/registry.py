@@ -1,0 +1,164 @@
+"""The registry that hooks fill, and the plugin manager that loads them (one try/except per entry point)."""
+from __future__ import annotations
+
+import importlib.metadata as md
+import os
+import sys
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pluggy
+
+from zsqbench import hookspecs
+from zsqbench.errors import UserError
+from zsqbench.interfaces import Distiller, Method, Quantizer, Synthesizer
+from zsqbench.teacher.zoo import ModelSpec
+
+ENTRY_POINT_GROUP = "zsqbench"
+DISABLE_ENV = "ZSQBENCH_DISABLE_PLUGINS"  # comma-separated entry-point or distribution names
+
+
+class PluginWarning(UserWarning):
+    pass
+
+
+@dataclass
+class Entry:
+    name: str
+    obj: Any
+    provider: str  # "distribution version" of the plugin that registered it
+
+
+@dataclass
+class Registry:
+    methods: dict[str, Entry] = field(default_factory=dict)
+    synthesizers: dict[str, Entry] = field(default_factory=dict)
+    distillers: dict[str, Entry] = field(default_factory=dict)
+    quantizers: dict[str, Entry] = field(default_factory=dict)
+    models: dict[str, Entry] = field(default_factory=dict)
+    protocols: dict[str, Entry] = field(default_factory=dict)
+    plugins: list[dict] = field(default_factory=list)   # [{entry_point, distribution, version, status}]
+    _provider: str = "zsqbench"
+
+    KINDS = ("methods", "synthesizers", "distillers", "quantizers", "models", "protocols")
+
+    def _add(self, table: str, name: str, obj: Any) -> None:
+        tab = getattr(self, table)
+        if name in tab:
+            warnings.warn(f"{table[:-1]} {name!r} from {self._provider} ignored: already registered by "
+                          f"{tab[name].provider}", PluginWarning, stacklevel=3)
+            return
+        tab[name] = Entry(name, obj, self._provider)
+
+    def add_method(self, method: Method) -> None:
+        method.provider = self._provider
+        self._add("methods", method.name, method)
+
+    def add_synthesizer(self, cls: type[Synthesizer]) -> None:
+        self._add("synthesizers", cls.name, cls)
+
+    def add_distiller(self, cls: type[Distiller]) -> None:
+        self._add("distillers", cls.name, cls)
+
+    def add_quantizer(self, cls: type[Quantizer]) -> None:
+        self._add("quantizers", cls.name, cls)
+
+    def add_model(self, spec: ModelSpec) -> None:
+        spec.provider = self._provider
+        self._add("models", spec.key, spec)
+
+    def add_protocol(self, path: str | Path) -> None:
+        from zsqbench.protocols import load_protocol_file
+        proto = load_protocol_file(Path(path))
+        self._add("protocols", proto["name"], proto)
+
+    def get(self, table: str, name: str) -> Any:
+        tab = getattr(self, table)
+        if name not in tab:
+            valid = ", ".join(sorted(tab)) or "(none registered)"
+            raise UserError(f"unknown {table[:-1]} {name!r}; valid: {valid}")
+        return tab[name].obj
+
+
+def _disabled() -> set[str]:
+    return {s.strip() for s in os.environ.get(DISABLE_ENV, "").split(",") if s.strip()}
+
+
+def load_plugins() -> tuple[pluggy.PluginManager, Registry]:
+    """Load every ``zsqbench`` entry point — built-ins included — each in isolation, then fill a registry."""
+    pm = pluggy.PluginManager(hookspecs.NAME)
+    pm.add_hookspecs(hookspecs)
+    registry = Registry()
+    disabled = _disabled()
+    providers: dict[str, str] = {}
+    eps = sorted(md.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: (e.dist.name != "zsqbench", e.name))
+    seen = set()
+    for ep in eps:
+        dist = ep.dist.name if ep.dist else "?"
+        version = ep.dist.version if ep.dist else "?"
+        if ep.name in seen:  # the same entry point seen twice (e.g. an editable and a regular install)
+            continue
+        seen.add(ep.name)
+        info = {"entry_point": ep.name, "distribution": dist, "version": version}
+        if ep.name in disabled or dist in disabled:
+            registry.plugins.append({**info, "status": "disabled"})
+            continue
+        try:
+            module = ep.load()
+            pm.register(module, name=ep.name)
+        except Exception as e:
+            warnings.warn(f"plugin {ep.name!r} ({dist} {version}) failed to load and is skipped: "
+                          f"{type(e).__name__}: {e}", PluginWarning, stacklevel=2)
+            registry.plugins.append({**info, "status": f"failed: {type(e).__name__}"})
+            continue
+        providers[ep.name] = f"{dist} {version}"
+        registry.plugins.append({**info, "status": "loaded"})
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as e:
+        warnings.warn(f"plugin {e.plugin_name!r} has a hook zsqbench does not know: {e}", PluginWarning)
+    # call each plugin's register hook separately so a broken one is reported and the rest still register
+    for name, plugin in pm.list_name_plugin():
+        impl = getattr(plugin, "zsqbench_register", None)
+        if impl is None:
+            continue
+        registry._provider = providers.get(name, name)
+        try:
+            impl(registry=registry)
+        except Exception as e:
+            warnings.warn(f"plugin {name!r} ({registry._provider}) failed while registering and is skipped: "
+                          f"{type(e).__name__}: {e}", PluginWarning, stacklevel=2)
+            for p in registry.plugins:
+                if p["entry_point"] == name:
+                    p["status"] = f"failed: {type(e).__name__}"
+    registry._provider = "zsqbench"
+    return pm, registry
+
+
+_cache: tuple[pluggy.PluginManager, Registry] | None = None
+
+
+def get_registry(reload: bool = False) -> Registry:
+    global _cache
+    if _cache is None or reload:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", PluginWarning)
+            warnings.showwarning = _show_plugin_warning(warnings.showwarning)
+            _cache = load_plugins()
+    return _cache[1]
+
+
+def get_plugin_manager() -> pluggy.PluginManager:
+    get_registry()
+    return _cache[0]
+
+
+def _show_plugin_warning(orig):
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, PluginWarning):
+            print(f"warning: {message}", file=sys.stderr)
+        else:
+            orig(message, category, filename, lineno, file, line)
+    return show

@@ -1,0 +1,113 @@
+"""The GDFQ conditional generator and the generator-synthesizer skeleton shared by GDFQ, AdaDFQ and BAG.
+
+Generator (GDFQ main.py, CIFAR form): label embedding (classes x latent) multiplied by z ~ N(0, I), Linear to
+128*(s/4)^2, BN(128); upsample x2, conv3x3 128->128, BN(eps=0.8), LeakyReLU(0.2); upsample x2, conv 128->64,
+BN(eps=0.8), LeakyReLU(0.2), conv 64->C, Tanh, BN(C, affine=False). The ImageNet form replaces the label
+product by class-conditional BN (per-class gamma/beta). It always runs in train mode (batch statistics).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from zsqbench.interfaces import Batch, RunContext, Synthesizer
+from zsqbench.synthesizer.bns import BNStatHooks
+
+
+class ConditionalBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm without its own affine, followed by a per-class gamma/beta looked up from the labels."""
+
+    def __init__(self, num_classes: int, num_features: int, eps: float = 1e-5):
+        super().__init__(num_features, eps=eps, affine=False)
+        self.gamma = nn.Embedding(num_classes, num_features)
+        self.beta = nn.Embedding(num_classes, num_features)
+        nn.init.ones_(self.gamma.weight)
+        nn.init.zeros_(self.beta.weight)
+
+    def forward(self, x, labels=None):
+        out = super().forward(x)
+        return out * self.gamma(labels)[:, :, None, None] + self.beta(labels)[:, :, None, None]
+
+
+class Generator(nn.Module):
+    def __init__(self, num_classes: int, image_shape: tuple[int, int, int], latent_dim: int = 100,
+                 width: int = 128, conditional_bn: bool = False):
+        super().__init__()
+        c, h, w = image_shape
+        if h != w or h % 4:
+            raise ValueError(f"the GDFQ generator needs square images with side divisible by 4, got {h}x{w}")
+        self.latent_dim, self.init_size, self.width, self.conditional_bn = latent_dim, h // 4, width, conditional_bn
+        self.label_emb = None if conditional_bn else nn.Embedding(num_classes, latent_dim)
+        self.l1 = nn.Linear(latent_dim, width * self.init_size ** 2)
+
+        def bn(n, eps=1e-5):
+            return ConditionalBatchNorm2d(num_classes, n, eps) if conditional_bn else nn.BatchNorm2d(n, eps=eps)
+        self.bn0 = bn(width)
+        self.conv1 = nn.Conv2d(width, width, 3, 1, 1)
+        self.bn1 = bn(width, 0.8)
+        self.act1 = nn.LeakyReLU(0.2, inplace=True)
+        self.conv2 = nn.Conv2d(width, width // 2, 3, 1, 1)
+        self.bn2 = bn(width // 2, 0.8)
+        self.act2 = nn.LeakyReLU(0.2, inplace=True)
+        self.conv3 = nn.Conv2d(width // 2, c, 3, 1, 1)
+        self.tanh = nn.Tanh()
+        self.bn_out = nn.BatchNorm2d(c, affine=False)
+
+    def _bn(self, layer, x, labels):
+        return layer(x, labels) if self.conditional_bn else layer(x)
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        x = z if self.conditional_bn else self.label_emb(labels) * z
+        x = self.l1(x).view(x.shape[0], self.width, self.init_size, self.init_size)
+        x = self._bn(self.bn0, x, labels)
+        x = F.interpolate(x, scale_factor=2)
+        x = self.act1(self._bn(self.bn1, self.conv1(x), labels))
+        x = F.interpolate(x, scale_factor=2)
+        x = self.act2(self._bn(self.bn2, self.conv2(x), labels))
+        return self.bn_out(self.tanh(self.conv3(x)))
+
+
+class GeneratorSynthesizer(Synthesizer):
+    """One generator step per call of :meth:`next_batch`, then the detached batch goes to the distiller.
+
+    Subclasses give :meth:`generator_loss` (and may override :meth:`build_generator`, e.g. BAG quantizes it).
+    The teacher's logits from the generator step are handed on, so the distiller does not run it again
+    (the official GDFQ trainer reuses them the same way).
+    """
+
+    defaults = {
+        "latent_dim": 100, "width": 128, "conditional_bn": False,
+        "lr": 1e-3, "betas": [0.5, 0.999], "milestones": [0.25, 0.5, 0.75], "gamma": 0.1,
+    }
+
+    def build_generator(self, ctx: RunContext) -> nn.Module:
+        cfg = self.config
+        return Generator(ctx.num_classes, ctx.image_shape, cfg["latent_dim"], cfg["width"], cfg["conditional_bn"])
+
+    def prepare(self, ctx: RunContext) -> None:
+        cfg = self.config
+        self.generator = self.build_generator(ctx).to(ctx.device).train()
+        self.optimizer = torch.optim.Adam(self.generator.parameters(), lr=cfg["lr"], betas=tuple(cfg["betas"]))
+        total = max(1, ctx.warmup_steps + ctx.total_steps)  # the official schedule counts warm-up epochs too
+        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(
+            self.optimizer, [max(1, round(f * total)) for f in cfg["milestones"]], cfg["gamma"])
+        self.bns = BNStatHooks(ctx.teacher)
+
+    def generator_loss(self, ctx: RunContext, images: torch.Tensor, labels: torch.Tensor,
+                       teacher_logits: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        raise NotImplementedError
+
+    def next_batch(self, ctx: RunContext, batch_size: int) -> Batch:
+        z = torch.randn(batch_size, self.config["latent_dim"], device=ctx.device)
+        labels = ctx.random_labels(batch_size)
+        images = self.generator(z, labels)
+        with self.bns.recording():
+            teacher_logits = ctx.teacher(images)
+        loss, parts = self.generator_loss(ctx, images, labels, teacher_logits)
+        ctx.check_finite(loss, "generator")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        return Batch(images.detach(), labels, teacher_logits.detach(), {"loss_g": loss.item(), **parts})

@@ -1,0 +1,117 @@
+"""Train an embedded Fashion-MNIST teacher — the committed, seeded script behind teacher/weights/.
+
+    python -m zsqbench.teacher.train --model resnet20 --epochs 15 --seed 0
+
+Plain supervised training on the Fashion-MNIST *train* split (random 32x32 crop of the 4-pixel-padded image,
+horizontal flip), SGD + Nesterov, cosine learning rate. The *final* epoch's network is saved — no model
+selection on the test set — and its test top-1 is measured once and written to weights/manifest.json with
+the file's sha256.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import time
+
+import torch
+import torch.nn.functional as F
+
+from zsqbench.evaluation.data import load_fmnist
+from zsqbench.teacher.zoo import MANIFEST, WEIGHTS_DIR, builtin_models, read_manifest, sha256_file
+
+
+def augment(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Batched random crop (after padding with the background value) + horizontal flip."""
+    n, c, h, w = x.shape
+    background = x[0, 0, 0, 0].item()  # the zero-padding border, already normalised
+    xp = F.pad(x, (pad, pad, pad, pad), value=background)
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+    rows = (dy.view(n, 1) + torch.arange(h).view(1, h))            # (n, h)
+    cols = (dx.view(n, 1) + torch.arange(w).view(1, w))            # (n, w)
+    flip = torch.rand(n, generator=gen) < 0.5
+    cols = torch.where(flip.view(n, 1), cols.flip(1), cols)
+    idx_n = torch.arange(n).view(n, 1, 1)
+    out = xp[idx_n, :, rows.view(n, h, 1), cols.view(n, 1, w)]     # (n, h, w, c)
+    return out.permute(0, 3, 1, 2).contiguous()
+
+
+@torch.no_grad()
+def evaluate(net, x, y, batch_size=500) -> float:
+    net.eval()
+    correct = 0
+    for i in range(0, len(x), batch_size):
+        correct += (net(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum().item()
+    return 100.0 * correct / len(x)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", required=True, choices=["resnet20", "mobilenetv1"])
+    ap.add_argument("--epochs", type=int, default=15)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--lr", type=float, default=0.1)
+    ap.add_argument("--wd", type=float, default=5e-4)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--data-root", default=None)
+    ap.add_argument("--no-manifest", action="store_true", help="write the weights but leave the manifest alone")
+    args = ap.parse_args(argv)
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    gen = torch.Generator().manual_seed(args.seed)
+    spec = next(s for s in builtin_models() if s.name == args.model and s.dataset == "fmnist")
+    net = spec.build()
+    xtr, ytr = load_fmnist("train", args.data_root)
+    xte, yte = load_fmnist("test", args.data_root)
+
+    decay, no_decay = [], []
+    for n_, p in net.named_parameters():
+        (no_decay if p.ndim <= 1 else decay).append(p)  # no weight decay on BN affine and biases
+    opt = torch.optim.SGD([{"params": decay, "weight_decay": args.wd}, {"params": no_decay, "weight_decay": 0}],
+                          lr=args.lr, momentum=0.9, nesterov=True)
+    steps_per_epoch = len(xtr) // args.batch_size
+    total = steps_per_epoch * args.epochs
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / total)))
+    t0 = time.time()
+    for epoch in range(args.epochs):
+        net.train()
+        perm = torch.randperm(len(xtr), generator=gen)
+        loss_sum = 0.0
+        for i in range(steps_per_epoch):
+            idx = perm[i * args.batch_size:(i + 1) * args.batch_size]
+            loss = F.cross_entropy(net(augment(xtr[idx], gen)), ytr[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            loss_sum += loss.item()
+        print(f"epoch {epoch + 1}/{args.epochs} train loss {loss_sum / steps_per_epoch:.4f} "
+              f"elapsed {time.time() - t0:.0f}s", flush=True)
+    wall = time.time() - t0
+    top1 = evaluate(net, xte, yte)
+    print(f"final test top-1 {top1:.2f}% ({wall:.0f}s)", flush=True)
+
+    fname = f"{spec.name}_fmnist.pt"
+    path = WEIGHTS_DIR / fname
+    torch.save(net.state_dict(), path)
+    if not args.no_manifest:
+        manifest = read_manifest()
+        manifest[spec.key] = {
+            "file": fname, "sha256": sha256_file(path), "fp_top1": round(top1, 2),
+            "trained_by": f"python -m zsqbench.teacher.train --model {args.model} --epochs {args.epochs} "
+                          f"--batch-size {args.batch_size} --lr {args.lr} --wd {args.wd} --seed {args.seed}",
+            "selection": "final epoch (no selection on the test set)",
+            "train_wall_s": round(wall), "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads",
+            "torch": torch.__version__,
+        }
+        MANIFEST.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
