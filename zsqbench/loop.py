@@ -240,7 +240,7 @@ def run(spec: RunSpec) -> tuple[dict, Path]:
                     with timer.phase("evaluation"):
                         history.append({"step": ctx.step + 1, "top1": round(evaluator.top1(student), 4)})
                 if progress:
-                    info = f"loss {float(loss):.4g}" + (f" · top1 {history[-1]['top1']:.2f}" if history else "")
+                    info = f"loss {loss.item():.4g}" + (f" · top1 {history[-1]['top1']:.2f}" if history else "")
                     progress.update(task, advance=1, info=info)
             ctx.phase = "evaluation"
             with timer.phase("evaluation"):
