@@ -62,11 +62,16 @@ def normalize(x: torch.Tensor, dataset: str) -> torch.Tensor:
 
 def _read_idx(path: Path) -> np.ndarray:
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
-    if len(data) < 8 or data[0] != 0 or data[1] != 0:
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as e:  # truncated or corrupt .gz (BadGzipFile is an OSError)
+        raise UserError(f"{path} is truncated or corrupt: {e}") from None
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[3] == 0:
         raise UserError(f"{path} is not an idx file")
     ndim = data[3]
+    if len(data) < 4 + 4 * ndim:
+        raise UserError(f"{path} is truncated: its idx header is incomplete")
     dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
     arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if arr.size != int(np.prod(dims)):
@@ -143,15 +148,18 @@ class ImageFolderVal:
             from PIL import Image
         except ImportError:
             raise UserError("reading ImageNet needs Pillow: pip install 'zsqbench[vision]'") from None
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            w, h = im.size
-            s = 256 / min(w, h)
-            im = im.resize((max(1, round(w * s)), max(1, round(h * s))), Image.BILINEAR)
-            w, h = im.size
-            left, top = (w - 224) // 2, (h - 224) // 2
-            im = im.crop((left, top, left + 224, top + 224))
-            arr = np.asarray(im, dtype=np.uint8).copy()
+        try:
+            with Image.open(path) as im:
+                im = im.convert("RGB")
+                w, h = im.size
+                s = 256 / min(w, h)
+                im = im.resize((max(1, round(w * s)), max(1, round(h * s))), Image.BILINEAR)
+                w, h = im.size
+                left, top = (w - 224) // 2, (h - 224) // 2
+                im = im.crop((left, top, left + 224, top + 224))
+                arr = np.asarray(im, dtype=np.uint8).copy()
+        except (OSError, ValueError) as e:
+            raise UserError(f"cannot decode image {path}: {e} — remove or replace the file") from None
         return torch.from_numpy(arr).permute(2, 0, 1).float().div_(255)
 
     def batches(self, batch_size: int, limit: int | None = None):
@@ -164,10 +172,14 @@ class ImageFolderVal:
 
 def load_imagenet_val(data_root: str | None = None) -> ImageFolderVal:
     tried = _candidates("imagenet", data_root)
+    first_error = None
     for d in tried:
         if d.is_dir() and any(p.is_dir() for p in d.iterdir()):
-            return ImageFolderVal(d)
-    raise _missing("imagenet", tried)
+            try:
+                return ImageFolderVal(d)
+            except UserError as e:  # e.g. the parent of val/: its sub-folders hold class folders, not images
+                first_error = first_error or e
+    raise first_error or _missing("imagenet", tried)
 
 
 def load_test_set(dataset: str, data_root: str | None = None):
