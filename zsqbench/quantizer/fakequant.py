@@ -31,9 +31,22 @@ def fake_quantize(x: torch.Tensor, x_min: torch.Tensor, x_max: torch.Tensor, bit
     return (q + zero_point) / scale
 
 
-def ste(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
-    """Forward: x_hat. Backward: identity to x (the official pass-through STE)."""
-    return x + (x_hat - x).detach()
+class _FakeQuantSTE(torch.autograd.Function):
+    """Forward: fake-quantized x. Backward: the gradient passes unchanged (the official pass-through STE).
+    One autograd node that saves nothing, instead of x + (x_hat - x).detach()'s extra ops and buffers."""
+
+    @staticmethod
+    def forward(ctx, x, x_min, x_max, bits):
+        return fake_quantize(x, x_min, x_max, bits)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None, None, None
+
+
+def fake_quantize_ste(x: torch.Tensor, x_min: torch.Tensor, x_max: torch.Tensor, bits: int) -> torch.Tensor:
+    """Fake quantization with the straight-through gradient to ``x`` (none to the range)."""
+    return _FakeQuantSTE.apply(x, x_min, x_max, bits)
 
 
 def quantize_weight(w: torch.Tensor, bits: int) -> torch.Tensor:
@@ -41,8 +54,8 @@ def quantize_weight(w: torch.Tensor, bits: int) -> torch.Tensor:
     with torch.no_grad():
         flat = w.detach().reshape(w.shape[0], -1)
         shape = (-1,) + (1,) * (w.ndim - 1)
-        w_hat = fake_quantize(w.detach(), flat.min(1).values.view(shape), flat.max(1).values.view(shape), bits)
-    return ste(w, w_hat)
+        w_min, w_max = flat.min(1).values.view(shape), flat.max(1).values.view(shape)
+    return fake_quantize_ste(w, w_min, w_max, bits)
 
 
 class QuantConv2d(nn.Conv2d):
@@ -115,7 +128,7 @@ class ActQuantizer(nn.Module):
             self._observe(x)
         if not self.calibrated:
             return x
-        return ste(x, fake_quantize(x.detach(), self.x_min.to(x.dtype), self.x_max.to(x.dtype), self.bits))
+        return fake_quantize_ste(x, self.x_min.to(x.dtype), self.x_max.to(x.dtype), self.bits)
 
     def extra_repr(self):
         return f"bits={self.bits}, rule={self.range_rule}, range=[{float(self.x_min):.4g}, {float(self.x_max):.4g}]"
