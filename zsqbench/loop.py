@@ -106,6 +106,8 @@ def resolve(spec: RunSpec, registry: Registry | None = None) -> dict[str, Any]:
     if spec.overrides:
         config = apply_overrides(config, spec.overrides)
         off_protocol.append("overrides: " + ", ".join(spec.overrides))
+    if spec.weights and model_spec.embedded_weights:
+        off_protocol.append(f"teacher weights from {spec.weights} instead of the embedded ones")
     if model_key not in protocol["models"]:
         off_protocol.append(f"model {model_key} is not in protocol {spec.protocol}")
     if [spec.wbits, spec.abits] not in [list(b) for b in protocol["bits"]]:

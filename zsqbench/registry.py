@@ -44,17 +44,18 @@ class Registry:
 
     KINDS = ("methods", "synthesizers", "distillers", "quantizers", "models", "protocols")
 
-    def _add(self, table: str, name: str, obj: Any) -> None:
+    def _add(self, table: str, name: str, obj: Any) -> bool:
         tab = getattr(self, table)
         if name in tab:
             warnings.warn(f"{table[:-1]} {name!r} from {self._provider} ignored: already registered by "
                           f"{tab[name].provider}", PluginWarning, stacklevel=3)
-            return
+            return False
         tab[name] = Entry(name, obj, self._provider)
+        return True
 
     def add_method(self, method: Method) -> None:
-        method.provider = self._provider
-        self._add("methods", method.name, method)
+        if self._add("methods", method.name, method):
+            method.provider = self._provider
 
     def add_synthesizer(self, cls: type[Synthesizer]) -> None:
         self._add("synthesizers", cls.name, cls)
@@ -66,8 +67,8 @@ class Registry:
         self._add("quantizers", cls.name, cls)
 
     def add_model(self, spec: ModelSpec) -> None:
-        spec.provider = self._provider
-        self._add("models", spec.key, spec)
+        if self._add("models", spec.key, spec):
+            spec.provider = self._provider
 
     def add_protocol(self, path: str | Path) -> None:
         from zsqbench.protocols import load_protocol_file
@@ -94,14 +95,18 @@ def load_plugins() -> tuple[pluggy.PluginManager, Registry]:
     disabled = _disabled()
     providers: dict[str, str] = {}
     eps = sorted(md.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: (e.dist.name != "zsqbench", e.name))
-    seen = set()
+    seen: dict[str, str] = {}  # entry-point name -> the distribution that had it first
     for ep in eps:
         dist = ep.dist.name if ep.dist else "?"
         version = ep.dist.version if ep.dist else "?"
-        if ep.name in seen:  # the same entry point seen twice (e.g. an editable and a regular install)
-            continue
-        seen.add(ep.name)
         info = {"entry_point": ep.name, "distribution": dist, "version": version}
+        if ep.name in seen:  # the same entry point seen twice (e.g. an editable and a regular install)
+            if seen[ep.name] != dist:  # another distribution's plugin under a taken name: never drop it silently
+                warnings.warn(f"plugin {ep.name!r} ({dist} {version}) is skipped: the entry-point name is taken by "
+                              f"{seen[ep.name]}", PluginWarning, stacklevel=2)
+                registry.plugins.append({**info, "status": f"skipped: name taken by {seen[ep.name]}"})
+            continue
+        seen[ep.name] = dist
         if ep.name in disabled or dist in disabled:
             registry.plugins.append({**info, "status": "disabled"})
             continue

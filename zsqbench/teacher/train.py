@@ -70,8 +70,10 @@ def main(argv=None) -> None:
     xte, yte = load_fmnist("test", args.data_root)
 
     decay, no_decay = [], []
-    for n_, p in net.named_parameters():
-        (no_decay if p.ndim <= 1 else decay).append(p)  # no weight decay on BN affine and biases
+    for m in net.modules():  # no weight decay on BN affine, biases and depthwise kernels (usual for MobileNets)
+        for n_, p in m.named_parameters(recurse=False):
+            depthwise = isinstance(m, torch.nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels
+            (no_decay if p.ndim <= 1 or depthwise else decay).append(p)
     opt = torch.optim.SGD([{"params": decay, "weight_decay": args.wd}, {"params": no_decay, "weight_decay": 0}],
                           lr=args.lr, momentum=0.9, nesterov=True)
     steps_per_epoch = len(xtr) // args.batch_size
