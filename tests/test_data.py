@@ -24,14 +24,6 @@ def _clean_env(monkeypatch):
     monkeypatch.delenv(ENV_DATA_ROOT, raising=False)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(_threads):
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # --- Fashion-MNIST idx ----------------------------------------------------------------------------------------
 
 def idx_images(images: np.ndarray) -> bytes:

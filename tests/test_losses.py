@@ -13,14 +13,6 @@ from zsqbench.interfaces import Batch
 from zsqbench.synthesizer.bns import BNStatHooks
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(_threads):
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 S = torch.tensor([[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]], dtype=torch.float64)
 T_ = torch.tensor([[0.5, 1.5, 2.0], [2.0, 0.0, 1.0]], dtype=torch.float64)
 

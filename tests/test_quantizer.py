@@ -12,15 +12,6 @@ from zsqbench.teacher.zoo import mobilenetv1_32, resnet20
 BITS = [2, 3, 4, 8]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(_threads):
-    """Tiny tensors: one thread is fastest, and far faster than two when the cores are busy elsewhere."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def t(v):
     return torch.tensor(v, dtype=torch.float32)
 

@@ -14,6 +14,7 @@ import json
 import math
 import platform
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -57,6 +58,8 @@ def main(argv=None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--data-root", default=None)
+    ap.add_argument("--out", default=None, help="write the weights here instead of teacher/weights/ (implies "
+                    "--no-manifest)")
     ap.add_argument("--no-manifest", action="store_true", help="write the weights but leave the manifest alone")
     args = ap.parse_args(argv)
 
@@ -99,9 +102,9 @@ def main(argv=None) -> None:
     print(f"final test top-1 {top1:.2f}% ({wall:.0f}s)", flush=True)
 
     fname = f"{spec.name}_fmnist.pt"
-    path = WEIGHTS_DIR / fname
+    path = Path(args.out) if args.out else WEIGHTS_DIR / fname
     torch.save(net.state_dict(), path)
-    if not args.no_manifest:
+    if not (args.no_manifest or args.out):
         manifest = read_manifest()
         manifest[spec.key] = {
             "file": fname, "sha256": sha256_file(path), "fp_top1": round(top1, 2),
