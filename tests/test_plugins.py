@@ -309,3 +309,24 @@ def test_load_plugins_and_duplicate_registration_keeps_first():
     with pytest.warns(PluginWarning, match="synthesizer 'dup-synth'.*already registered"):
         fresh.add_synthesizer(S2)
     assert fresh.get("synthesizers", "dup-synth") is S1
+
+
+def test_component_missing_an_abstract_method_is_a_one_line_error(tmp_path):
+    """A plugin synthesizer without next_batch is refused by name before any work starts."""
+    import pytest as _pytest
+
+    from zsqbench.errors import UserError
+    from zsqbench.interfaces import Method, Synthesizer
+    from zsqbench.loop import RunSpec, resolve
+    from zsqbench.registry import load_plugins
+
+    class Incomplete(Synthesizer):
+        name = "incomplete"
+
+    _, registry = load_plugins()
+    registry.add_synthesizer(Incomplete)
+    registry.add_method(Method("half-done", synthesizer="incomplete", distiller="kd",
+                               settings={"smoke": {}}))
+    with _pytest.raises(UserError, match="synthesizer 'incomplete' .* cannot be built.*next_batch"):
+        resolve(RunSpec(method="half-done", model="resnet20", wbits=4, abits=4, protocol="smoke",
+                        out=str(tmp_path)), registry)

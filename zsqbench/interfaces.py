@@ -10,6 +10,8 @@ special case:
 """
 from __future__ import annotations
 
+import abc
+
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -63,7 +65,7 @@ class RunContext:
         return torch.randint(0, self.num_classes, (n,), device=self.device)
 
 
-class Component:
+class Component(abc.ABC):
     """Base for synthesizers, distillers and quantizers: a name, documented defaults, and a config dict."""
 
     name: ClassVar[str] = ""
@@ -87,9 +89,9 @@ class Synthesizer(Component):
     def prepare(self, ctx: RunContext) -> None:
         """Build what is needed before training: a generator and its optimiser, or a whole image set."""
 
+    @abc.abstractmethod
     def next_batch(self, ctx: RunContext, batch_size: int) -> Batch:
         """Images for one step (generators update themselves here first). Called in calibration and distill."""
-        raise NotImplementedError
 
     def calibration_batch(self, ctx: RunContext, batch_size: int) -> Batch:
         """Images for one activation-calibration step; the same stream as training unless overridden."""
@@ -102,17 +104,17 @@ class Distiller(Component):
     def setup(self, ctx: RunContext) -> None:
         """Register feature hooks etc. on ctx.teacher / ctx.student."""
 
+    @abc.abstractmethod
     def loss(self, ctx: RunContext, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         """The student's loss on one batch and its named parts (floats, for the record)."""
-        raise NotImplementedError
 
 
 class Quantizer(Component):
     kind = "quantizer"
 
+    @abc.abstractmethod
     def quantize(self, model: nn.Module, wbits: int, abits: int) -> nn.Module:
         """A fake-quantized copy of ``model`` (its parameters trainable)."""
-        raise NotImplementedError
 
     def set_calibrating(self, model: nn.Module, on: bool) -> None:
         """Start/stop updating activation ranges."""

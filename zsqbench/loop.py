@@ -112,7 +112,13 @@ def resolve(spec: RunSpec, registry: Registry | None = None) -> dict[str, Any]:
         off_protocol.append(f"model {model_key} is not in protocol {spec.protocol}")
     if [spec.wbits, spec.abits] not in [list(b) for b in protocol["bits"]]:
         off_protocol.append(f"W{spec.wbits}A{spec.abits} is not in protocol {spec.protocol}")
-    instances = {kind: cls(**config[kind]) for kind, (name, cls) in components.items()}
+    instances = {}
+    for kind, (name, cls) in components.items():
+        try:
+            instances[kind] = cls(**config[kind])
+        except TypeError as e:  # e.g. a plugin class that leaves an abstract method out
+            provider = getattr(registry, kind + "s")[name].provider
+            raise UserError(f"{kind} {name!r} from {provider} cannot be built: {e}") from None
     return {"method": method, "protocol": protocol, "model_key": model_key, "model_spec": model_spec,
             "components": components, "instances": instances, "config": config,
             "off_protocol": off_protocol, "registry": registry}

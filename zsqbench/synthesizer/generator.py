@@ -7,6 +7,8 @@ product by class-conditional BN (per-class gamma/beta). It always runs in train 
 """
 from __future__ import annotations
 
+import abc
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -94,9 +96,10 @@ class GeneratorSynthesizer(Synthesizer):
             self.optimizer, [max(1, round(f * total)) for f in cfg["milestones"]], cfg["gamma"])
         self.bns = BNStatHooks(ctx.teacher)
 
+    @abc.abstractmethod
     def generator_loss(self, ctx: RunContext, images: torch.Tensor, labels: torch.Tensor,
                        teacher_logits: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        raise NotImplementedError
+        """The generator's loss for one batch and its named parts (floats)."""
 
     def next_batch(self, ctx: RunContext, batch_size: int) -> Batch:
         z = torch.randn(batch_size, self.config["latent_dim"], device=ctx.device)
