@@ -176,7 +176,7 @@ def run(spec: RunSpec) -> tuple[dict, Path]:
     from zsqbench.evaluation.evaluate import Evaluator  # the only import of real data
     with timer.phase("setup"):
         evaluator = Evaluator(model_spec.dataset, spec.data_root, device, evalc.get("limit"),
-                              evalc.get("batch_size", 500))
+                              evalc.get("batch_size", 100))
         teacher, teacher_info = load_teacher(model_spec, spec.weights, spec.cache_dir)
         teacher = teacher.to(device)
     with timer.phase("evaluation"):

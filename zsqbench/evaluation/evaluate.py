@@ -9,7 +9,7 @@ from zsqbench.evaluation.data import ImageFolderVal, load_test_set
 
 class Evaluator:
     def __init__(self, dataset: str, data_root: str | None, device: torch.device, limit: int | None = None,
-                 batch_size: int = 500):
+                 batch_size: int = 100):
         self.dataset, self.device, self.batch_size = dataset, device, batch_size
         data = load_test_set(dataset, data_root)  # fails early, with how-to-get-it, if missing
         if isinstance(data, ImageFolderVal):
