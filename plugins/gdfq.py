@@ -25,7 +25,7 @@ class GDFQSynthesizer(GeneratorSynthesizer):
     description = "GDFQ conditional generator: CE(teacher(G(z|y)), y) + bns_weight * BNS"
     defaults = {**GeneratorSynthesizer.defaults, "bns_weight": 0.1}
 
-    def generator_loss(self, ctx, images, labels, teacher_logits):
+    def generator_loss(self, ctx, images, labels, teacher_logits, student_logits=None):
         ce = F.cross_entropy(teacher_logits, labels)
         bns = self.bns.loss()
         return ce + self.config["bns_weight"] * bns, {"g_ce": ce.item(), "g_bns": bns.item()}

@@ -1,6 +1,7 @@
 """The core's own components, registered through the ``zsqbench`` entry point like any third-party plugin."""
 from __future__ import annotations
 
+from zsqbench.distiller.attention import ChannelAttentionKD
 from zsqbench.distiller.kd import KDDistiller
 from zsqbench.hookspecs import hookimpl
 from zsqbench.protocols import BUILTIN_DIR
@@ -13,6 +14,7 @@ def zsqbench_register(registry):
     registry.add_quantizer(MinMaxEMAQuantizer)
     registry.add_quantizer(NoQuantizer)
     registry.add_distiller(KDDistiller)
+    registry.add_distiller(ChannelAttentionKD)
     for spec in builtin_models():
         registry.add_model(spec)
     for path in sorted(BUILTIN_DIR.glob("*.json")):

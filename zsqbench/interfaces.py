@@ -97,6 +97,11 @@ class Synthesizer(Component):
         """Images for one activation-calibration step; the same stream as training unless overridden."""
         return self.next_batch(ctx, batch_size)
 
+    def diagnostic_images(self, ctx: RunContext) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(images, labels) the evaluation compares with the real test set after the run (teacher features, value
+        range, BNS error: record "diagnostics.data"); None (the default) skips the comparison."""
+        return None
+
 
 class Distiller(Component):
     kind = "distiller"
@@ -137,9 +142,12 @@ class Method:
     paper: str = ""
     provider: str = field(default="", compare=False)
 
-    def settings_for(self, protocol: str) -> dict[str, Any] | None:
+    def settings_for(self, protocol: str, dataset: str | None = None) -> dict[str, Any] | None:
+        """This method's settings for ``protocol``; a ``"datasets": {name: {...}}`` entry inside them is merged
+        over the rest for that dataset (e.g. AdaDFQ's T = 5 on ImageNet, 20 on CIFAR)."""
         import json
         from pathlib import Path
+        from zsqbench.protocols import deep_merge
         data = self.settings
         if isinstance(data, (str, Path)):
             data = json.loads(Path(data).read_text())
@@ -147,4 +155,9 @@ class Method:
             return None
         if "methods" in data:  # one file for several methods: {"methods": {name: {protocol: ...}}}
             data = data["methods"].get(self.name, {})
-        return data.get(protocol, data.get("*"))
+        entry = data.get(protocol, data.get("*"))
+        if entry is None:
+            return None
+        per_dataset = entry.get("datasets", {})
+        entry = {k: v for k, v in entry.items() if k != "datasets"}
+        return deep_merge(entry, per_dataset.get(dataset, {})) if dataset else entry

@@ -89,7 +89,7 @@ def resolve(spec: RunSpec, registry: Registry | None = None) -> dict[str, Any]:
             raise UserError(f"{what} bit-width {bits} out of range: use 1..16")
 
     off_protocol: list[str] = []
-    settings = method.settings_for(spec.protocol)
+    settings = method.settings_for(spec.protocol, model_spec.dataset)
     if settings is None:
         raise UserError(f"method {spec.method!r} has no settings for protocol {spec.protocol!r}")
     components = {}
@@ -180,7 +180,7 @@ def run(spec: RunSpec) -> tuple[dict, Path]:
         teacher, teacher_info = load_teacher(model_spec, spec.weights, spec.cache_dir)
         teacher = teacher.to(device)
     with timer.phase("evaluation"):
-        fp_top1 = evaluator.top1(teacher)
+        fp_top1 = evaluator.top1(teacher, model_spec.pool_module)  # + the real set's diagnostics, same pass
 
     seed_everything(spec.seed)
     student = quantizer.quantize(teacher, spec.wbits, spec.abits).to(device).eval()
@@ -255,6 +255,10 @@ def run(spec: RunSpec) -> tuple[dict, Path]:
                 history.append({"step": steps, "top1": round(evaluator.top1(student), 4)})
     except Diverged as e:
         diverged = {"phase": e.phase, "step": e.step, "what": e.what}
+    sample = synth.diagnostic_images(ctx)  # also after a divergence: an out-of-range set is a likely cause
+    if sample is not None:
+        with timer.phase("diagnostics"):
+            ctx.stats["data"] = evaluator.compare(teacher, model_spec.pool_module, *sample)
 
     final = history[-1]["top1"] if history and diverged is None else None
     best = max((h["top1"] for h in history), default=None)

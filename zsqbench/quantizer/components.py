@@ -13,10 +13,11 @@ class MinMaxEMAQuantizer(Quantizer):
                    "after ReLU/ReLU6, frozen after calibration, pass-through STE, all conv/linear layers")
     defaults = {"range_rule": "ema", "momentum": 0.9}
 
-    def quantize(self, model: nn.Module, wbits: int, abits: int, activation_types=None) -> nn.Module:
+    def quantize(self, model: nn.Module, wbits: int, abits: int, activation_types=None,
+                 quantize_inputs: bool = False) -> nn.Module:
         kw = {} if activation_types is None else {"activation_types": activation_types}
         return quantize_model(model, wbits, abits, range_rule=self.config["range_rule"],
-                              momentum=self.config["momentum"], **kw)
+                              momentum=self.config["momentum"], quantize_inputs=quantize_inputs, **kw)
 
     def set_calibrating(self, model: nn.Module, on: bool) -> None:
         set_calibrating(model, on)

@@ -138,23 +138,28 @@ class QuantizedActivation(nn.Sequential):
     """The original activation module followed by its quantizer (keeps the original as child ``0``)."""
 
 
+class QuantizedInput(nn.Sequential):
+    """An activation quantizer on a layer's input, then the (weight-quantized) layer itself."""
+
+
 DEFAULT_ACTIVATIONS = (nn.ReLU, nn.ReLU6)
 
 
 def quantize_model(model: nn.Module, wbits: int, abits: int, *, activation_types=DEFAULT_ACTIVATIONS,
-                   range_rule: str = "ema", momentum: float = 0.9, inplace: bool = False) -> nn.Module:
+                   quantize_inputs: bool = False, range_rule: str = "ema", momentum: float = 0.9,
+                   inplace: bool = False) -> nn.Module:
     """Fake-quantized copy of ``model``: every Conv2d/Linear at ``wbits``, a quantizer after every activation
-    of ``activation_types`` at ``abits``. Parameters stay FP (trainable), BN is left as it is."""
+    of ``activation_types`` at ``abits`` and, with ``quantize_inputs``, one on the input of every Conv2d/Linear
+    (BAG's generator, whose activations are not all ReLUs). Parameters stay FP (trainable), BN is left as it is."""
     net = model if inplace else copy.deepcopy(model)
 
     def convert(parent: nn.Module) -> None:
         for name, child in list(parent.named_children()):
-            if type(child) is nn.Conv2d:
-                child.__class__ = QuantConv2d
+            if type(child) in (nn.Conv2d, nn.Linear):
+                child.__class__ = QuantConv2d if type(child) is nn.Conv2d else QuantLinear
                 child.wbits = wbits
-            elif type(child) is nn.Linear:
-                child.__class__ = QuantLinear
-                child.wbits = wbits
+                if quantize_inputs:
+                    setattr(parent, name, QuantizedInput(ActQuantizer(abits, momentum, range_rule), child))
             elif isinstance(child, activation_types) and not isinstance(parent, QuantizedActivation):
                 setattr(parent, name, QuantizedActivation(child, ActQuantizer(abits, momentum, range_rule)))
             else:

@@ -14,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from zsqbench.interfaces import Batch, RunContext, Synthesizer
+from zsqbench.quantizer.fakequant import ranges_frozen
 from zsqbench.synthesizer.bns import BNStatHooks
 
 
@@ -75,8 +76,11 @@ class GeneratorSynthesizer(Synthesizer):
 
     Subclasses give :meth:`generator_loss` (and may override :meth:`build_generator`, e.g. BAG quantizes it).
     The teacher's logits from the generator step are handed on, so the distiller does not run it again
-    (the official GDFQ trainer reuses them the same way).
+    (the official GDFQ trainer reuses them the same way). With ``student_feedback = True`` (AdaDFQ) the student
+    also runs on the generated images and its logits, not detached, reach :meth:`generator_loss`.
     """
+
+    student_feedback: bool = False
 
     defaults = {
         "latent_dim": 100, "width": 128, "conditional_bn": False,
@@ -98,8 +102,22 @@ class GeneratorSynthesizer(Synthesizer):
 
     @abc.abstractmethod
     def generator_loss(self, ctx: RunContext, images: torch.Tensor, labels: torch.Tensor,
-                       teacher_logits: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+                       teacher_logits: torch.Tensor, student_logits: torch.Tensor | None = None
+                       ) -> tuple[torch.Tensor, dict[str, float]]:
         """The generator's loss for one batch and its named parts (floats)."""
+
+    def student_logits(self, ctx: RunContext, images: torch.Tensor) -> torch.Tensor:
+        """The student's logits on the generated images, as feedback for the generator: its activation ranges
+        do not move on this pass and no gradient is kept for its weights (only the generator steps here)."""
+        params = [p for p in ctx.student.parameters() if p.requires_grad]
+        for p in params:
+            p.requires_grad_(False)
+        try:
+            with ranges_frozen(ctx.student):
+                return ctx.student(images)
+        finally:
+            for p in params:
+                p.requires_grad_(True)
 
     def next_batch(self, ctx: RunContext, batch_size: int) -> Batch:
         z = torch.randn(batch_size, self.config["latent_dim"], device=ctx.device)
@@ -107,7 +125,8 @@ class GeneratorSynthesizer(Synthesizer):
         images = self.generator(z, labels)
         with self.bns.recording():
             teacher_logits = ctx.teacher(images)
-        loss, parts = self.generator_loss(ctx, images, labels, teacher_logits)
+        student_logits = self.student_logits(ctx, images) if self.student_feedback else None
+        loss, parts = self.generator_loss(ctx, images, labels, teacher_logits, student_logits)
         ctx.check_finite(loss, "generator")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
