@@ -79,6 +79,38 @@ def run(method, model, dataset, bits, wbits, abits, protocol, seed, device, out,
         sys.exit(3)
 
 
+@cli.command()
+@click.option("--method", "-m", required=True, help="An image-optimisation method (intraq, hast, zeroq, ...).")
+@click.option("--model", required=True, help="Teacher: an architecture (resnet20) or arch@dataset (resnet20@fmnist).")
+@click.option("--dataset", default=None, help="Dataset of the teacher (default: the protocol's).")
+@click.option("--protocol", "-p", default="cpu", show_default=True, help="Whose synthesis settings to use.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a setting (synthesizer.num_images=256); a run with the same settings reuses the set.")
+@click.option("--weights", default=None, type=click.Path(dir_okay=False),
+              help="Teacher state_dict to use instead of the embedded/pretrained one.")
+@click.option("--cache-dir", default=None, type=click.Path(),
+              help="Cache root (sets go to DIR/synthetic; default $ZSQBENCH_CACHE_DIR or ~/.cache/zsqbench).")
+@click.option("--force", is_flag=True, help="Rebuild the set even if it is cached.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def synth(method, model, dataset, protocol, seed, device, overrides, weights, cache_dir, force, quiet):
+    """Build a method's synthetic image set into the cache (or find it there) and write a PNG grid per class."""
+    from zsqbench.loop import RunSpec
+    from zsqbench.registry import get_registry
+    from zsqbench.synthesizer.imageopt import build_set
+    bits = get_registry().get("protocols", protocol)["bits"][0]  # the set does not depend on the bit-width
+    spec = RunSpec(method=method, model=model, dataset=dataset, wbits=bits[0], abits=bits[1], protocol=protocol,
+                   seed=seed, device=device, overrides=list(overrides), weights=weights, cache_dir=cache_dir,
+                   quiet=quiet)
+    stats = build_set(spec, force)
+    how = ("found in the cache" if stats["cache"] == "hit" else
+           f"built in {stats['wall_s']:.1f} s ({stats['image_iterations_per_s']:.0f} image-iterations/s)")
+    console.print(f"{stats['images']} images x {stats['iterations']} iterations, {how}; the teacher classifies "
+                  f"{100 * stats['teacher_agrees']:.1f} % as their label", highlight=False)
+    console.print(f"set:  {stats['cache_file']}\ngrid: {stats['png']}", highlight=False, soft_wrap=True)
+
+
 def _summary(rec: dict, path: Path) -> None:
     t = Table(title=f"{rec['method']['name']} · {rec['model']}@{rec['dataset']} · W{rec['wbits']}A{rec['abits']} · "
                     f"seed {rec['seed']} · {rec['protocol']['name']} v{rec['protocol']['version']}",

@@ -14,12 +14,13 @@ from zsqbench.interfaces import Batch, Distiller, RunContext
 
 
 def kd_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float,
-          reduction: str = "mean") -> torch.Tensor:
-    """KL(softmax(t/T) || softmax(s/T)) with the given reduction (no T^2 factor)."""
+          reduction: str = "mean", detach_teacher: bool = True) -> torch.Tensor:
+    """KL(softmax(t/T) || softmax(s/T)) with the given reduction (no T^2 factor). ``detach_teacher=False`` lets a
+    gradient reach the teacher's input too (HAST's difficulty promotion differentiates the loss w.r.t. the images)."""
     if reduction not in ("mean", "batchmean"):
         raise ValueError(f"kl_reduction must be 'mean' or 'batchmean', got {reduction!r}")
     total = F.kl_div(F.log_softmax(student_logits / temperature, dim=1),
-                     F.softmax(teacher_logits.detach() / temperature, dim=1), reduction="sum")
+                     F.softmax((teacher_logits.detach() if detach_teacher else teacher_logits) / temperature, dim=1), reduction="sum")
     # "mean" is spelled out (sum / numel) rather than passed to torch, which deprecates that reduction
     return total / (student_logits.numel() if reduction == "mean" else student_logits.shape[0])
 

@@ -1,0 +1,343 @@
+"""Image-optimisation synthesizers (ZeroQ, IntraQ, HAST): optimise a fixed image set once, then sample from it.
+
+Synthesis, shared by all of them (the skeleton of ZeroQ's and IntraQ/HAST's ``distill_data.py``):
+
+* the set is built ``synthesis_batch_size`` images at a time; a whole batch is one leaf tensor initialised from
+  N(0, 1) in the teacher's normalised input space, optimised by Adam (lr 0.5) with ReduceLROnPlateau on the total
+  loss (factor 0.1, ``plateau_patience``, ``min_lr``) for ``iterations`` steps;
+* each step may show the teacher a random resized crop + flip of every image instead (probability
+  ``synthesis_augment_p`` per step, crop area ``synthesis_crop_scale``: IntraQ's local object reinforcement, HAST's
+  ImageNet augmentation);
+* the teacher's BatchNorm inputs are matched to its running statistics (:class:`BNStatHooks`); a subclass adds its
+  own terms in :meth:`ImageSetSynthesizer.synthesis_loss` and may keep state across batches
+  (:meth:`begin_batch` / :meth:`end_batch`: IntraQ's class centres).
+
+All randomness of synthesis comes from its own generator seeded with the run's seed, so a set depends only on
+(teacher weights, synthesis settings, seed, device type) — that tuple, and nothing else (not the bit-width, not
+the fine-tuning settings), is the key of the on-disk cache (:func:`cache_root`). A cached set is a plain
+``torch.save`` of tensors and JSON-able values, loaded with ``weights_only=True``.
+
+Fine-tuning samples the set without replacement, epoch by epoch, and by default applies RandomResizedCrop(0.5-1)
++ flip per image (IntraQ/HAST ``main_direct.py``). Activation ranges calibrate on the same stream, unless
+``calibration_synthesizer`` names another registered synthesizer: the official IntraQ/HAST code calibrates on a
+GDFQ generator trained during the warm-up (``calibration_synthesizer=gdfq``, ``calibration_batch_size=16``).
+"""
+from __future__ import annotations
+
+import abc
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from zsqbench.distiller.attention import FeatureTap
+from zsqbench.errors import UserError
+from zsqbench.interfaces import Batch, RunContext, Synthesizer
+from zsqbench.protocols import canonical_hash
+from zsqbench.synthesizer.augment import random_resized_crop_flip
+from zsqbench.synthesizer.bns import BNStatHooks
+from zsqbench.synthesizer.preview import class_grid, write_png
+
+CACHE_FORMAT = 1
+ENV_CACHE_DIR = "ZSQBENCH_CACHE_DIR"
+
+
+def cache_root(cache_dir: str | None) -> Path:
+    """Where synthetic sets live: ``<--cache-dir>/synthetic``, else ``$ZSQBENCH_CACHE_DIR/synthetic``, else
+    ``~/.cache/zsqbench/synthetic``."""
+    base = cache_dir or os.environ.get(ENV_CACHE_DIR) or "~/.cache/zsqbench"
+    return Path(base).expanduser() / "synthetic"
+
+
+def mean_parts(parts: list[dict[str, float]]) -> dict[str, float]:
+    """Per loss term, the mean over the batches that have it (IntraQ's first batch has no MDC term)."""
+    keys = sorted({k for p in parts for k in p})
+    return {k: round(sum(p[k] for p in parts if k in p) / sum(k in p for p in parts), 6) for k in keys}
+
+
+class ImageSetSynthesizer(Synthesizer):
+    """A fixed synthetic set, optimised in :meth:`prepare` (or loaded from the cache) and sampled in
+    :meth:`next_batch`. Subclasses give :meth:`synthesis_loss`."""
+
+    # settings that only change how the finished set is used: left out of the cache key
+    USE_KEYS = ("train_augment", "train_crop_scale", "calibration_synthesizer", "calibration_synthesizer_config",
+                "calibration_batch_size")
+    bns_form = "batch"             # BNStatHooks form (ZeroQ: "zeroq")
+    uses_pooled_features = False   # hand the teacher's pooled features to synthesis_loss (IntraQ's MDC)
+
+    defaults = {
+        "num_images": 512, "synthesis_batch_size": 128, "iterations": 200,
+        "lr": 0.5, "plateau_patience": 50, "min_lr": 1e-4,
+        "synthesis_augment_p": 0.0, "synthesis_crop_scale": [0.5, 1.0],
+        "train_augment": True, "train_crop_scale": [0.5, 1.0],
+        "calibration_synthesizer": None, "calibration_synthesizer_config": {}, "calibration_batch_size": None,
+    }
+
+    # --- what a method adds ------------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def synthesis_loss(self, ctx: RunContext, state: dict, images: torch.Tensor, logits: torch.Tensor,
+                       labels: torch.Tensor, bns: torch.Tensor, features: torch.Tensor | None
+                       ) -> tuple[torch.Tensor, dict[str, float]]:
+        """The total loss of one synthesis step on the ``images`` the teacher saw (``bns`` is the BNS term of this
+        forward pass, ``features`` its pooled features if :attr:`uses_pooled_features`) and its parts."""
+
+    def begin_batch(self, ctx: RunContext, labels: torch.Tensor, generator: torch.Generator) -> dict:
+        """Per-batch state for :meth:`synthesis_loss` (soft targets, class centres, ...)."""
+        return {}
+
+    def end_batch(self, ctx: RunContext, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Called with each finished batch; returns the labels to store (ZeroQ: the teacher's predictions)."""
+        return labels
+
+    # --- the set -----------------------------------------------------------------------------------------------
+
+    def cache_key_fields(self, ctx: RunContext) -> dict[str, Any]:
+        synthesis = {k: v for k, v in sorted(self.config.items()) if k not in self.USE_KEYS}
+        return {"format": CACHE_FORMAT, "synthesizer": self.name, "class": type(self).__qualname__,
+                "bns_form": self.bns_form, "synthesis": synthesis, "teacher_sha256": ctx.teacher_hash,
+                "model": ctx.model.key, "seed": ctx.seed, "device": ctx.device.type}
+
+    def cache_path(self, ctx: RunContext) -> Path | None:
+        """The set's file, or None when the teacher has no content hash (then nothing is cached)."""
+        if not ctx.teacher_hash:
+            return None
+        key = canonical_hash(self.cache_key_fields(ctx))
+        return cache_root(ctx.cache_dir) / f"{self.name}_{ctx.model.key.replace('@', '-')}_seed{ctx.seed}_{key[:16]}.pt"
+
+    def prepare(self, ctx: RunContext) -> None:
+        self.check_config(ctx)
+        t0 = time.perf_counter()
+        path = self.cache_path(ctx)
+        if path is not None and path.exists():
+            images, labels, stats = self.load(ctx, path)
+            stats = {**stats, "cache": "hit", "load_s": round(time.perf_counter() - t0, 3)}
+        else:
+            images, labels, stats = self.synthesize(ctx)
+            stats["cache"] = "miss" if path is not None else "off (the teacher weights have no sha256)"
+            if path is not None:
+                self.save(ctx, path, images, labels, stats)
+        if path is not None:
+            stats["cache_file"] = str(path)
+        self.images, self.labels = images.to(ctx.device), labels.to(ctx.device)
+        self.cache_hit = stats["cache"] == "hit"
+        ctx.stats["synthesis"] = stats
+        self._queue = torch.empty(0, dtype=torch.long)
+        self._calibrator = self.build_calibrator(ctx)
+
+    def check_config(self, ctx: RunContext) -> None:
+        cfg = self.config
+        for key in ("num_images", "synthesis_batch_size"):
+            if not isinstance(cfg[key], int) or cfg[key] < 1:
+                raise UserError(f"synthesizer.{key} must be a positive integer, got {cfg[key]!r}")
+        if not isinstance(cfg["iterations"], int) or cfg["iterations"] < 0:
+            raise UserError(f"synthesizer.iterations must be an integer >= 0, got {cfg['iterations']!r}")
+        for key in ("synthesis_crop_scale", "train_crop_scale"):
+            lo_hi = cfg[key]
+            if not (isinstance(lo_hi, (list, tuple)) and len(lo_hi) == 2 and 0 < lo_hi[0] <= lo_hi[1] <= 1):
+                raise UserError(f"synthesizer.{key} must be [low, high] with 0 < low <= high <= 1, got {lo_hi!r}")
+
+    def synthesize(self, ctx: RunContext) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        cfg, dev = self.config, ctx.device
+        gen = torch.Generator(device=dev).manual_seed(ctx.seed)
+        n_total, bsz, iters = cfg["num_images"], cfg["synthesis_batch_size"], cfg["iterations"]
+        n_batches = math.ceil(n_total / bsz)
+        try:
+            bns = BNStatHooks(ctx.teacher, self.bns_form)
+        except ValueError as e:
+            raise UserError(f"synthesizer {self.name!r}: {e}") from None
+        tap = self.pool_tap(ctx) if self.uses_pooled_features else None
+        task = ctx.progress.add_task("synthesis", total=n_batches * iters, info="") if ctx.progress else None
+        images, labels, final_parts = [], [], []
+        t0 = time.perf_counter()
+        try:
+            for b in range(n_batches):
+                n = min(bsz, n_total - b * bsz)
+                x = torch.randn((n, *ctx.image_shape), generator=gen, device=dev).requires_grad_(True)
+                y = torch.randint(0, ctx.num_classes, (n,), generator=gen, device=dev)
+                state = self.begin_batch(ctx, y, gen)
+                opt = torch.optim.Adam([x], lr=cfg["lr"])
+                sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, patience=cfg["plateau_patience"],
+                                                                   min_lr=cfg["min_lr"])
+                parts: dict[str, float] = {}
+                for it in range(iters):
+                    ctx.step = b * iters + it
+                    view = x
+                    if cfg["synthesis_augment_p"] > 0 and \
+                            float(torch.rand((), generator=gen, device=dev)) < cfg["synthesis_augment_p"]:
+                        view = random_resized_crop_flip(x, tuple(cfg["synthesis_crop_scale"]), generator=gen)
+                    with bns.recording():
+                        logits = ctx.teacher(view)
+                    features = tap.features[0].flatten(1) if tap else None
+                    loss, parts = self.synthesis_loss(ctx, state, view, logits, y, bns.loss(), features)
+                    ctx.check_finite(loss, "synthesis loss")
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    sched.step(loss.item())
+                    if task is not None:
+                        ctx.progress.update(task, advance=1, info=f"batch {b + 1}/{n_batches} loss {loss.item():.4g}")
+                done = x.detach()
+                images.append(done)
+                labels.append(self.end_batch(ctx, done, y))
+                final_parts.append({"loss": loss.item(), **parts} if iters else {})
+        finally:
+            bns.remove()
+            if tap:
+                tap.remove()
+        wall = time.perf_counter() - t0
+        images_t, labels_t = torch.cat(images), torch.cat(labels)
+        stats = {"images": n_total, "iterations": iters, "batches": n_batches, "wall_s": round(wall, 3),
+                 "image_iterations_per_s": round(n_total * iters / wall, 2) if wall > 0 else None,
+                 "final": mean_parts(final_parts),  # each batch's last step, averaged over batches
+                 "teacher_agrees": round(self.teacher_agreement(ctx, images_t, labels_t), 4)}
+        return images_t, labels_t, stats
+
+    def pool_tap(self, ctx: RunContext) -> FeatureTap:
+        name = ctx.model.pool_module
+        try:
+            module = ctx.teacher.get_submodule(name)
+        except AttributeError:
+            raise UserError(f"{ctx.model.key} has no module {name!r} (its ModelSpec.pool_module)") from None
+        return FeatureTap(ctx.teacher, [(name, module)])
+
+    @torch.no_grad()
+    def pooled_features(self, ctx: RunContext, images: torch.Tensor) -> torch.Tensor:
+        """The teacher's pooled features (N, D) of ``images``, in chunks of 256."""
+        tap = self.pool_tap(ctx)
+        feats = []
+        try:
+            for x in images.split(256):
+                ctx.teacher(x)
+                feats.append(tap.features[0].flatten(1))
+        finally:
+            tap.remove()
+        return torch.cat(feats)
+
+    @torch.no_grad()
+    def teacher_agreement(self, ctx: RunContext, images: torch.Tensor, labels: torch.Tensor) -> float:
+        """Fraction of the set the teacher classifies as its label (in chunks; 1.0 for ZeroQ by construction)."""
+        hits = sum(int((ctx.teacher(x).argmax(1) == y).sum()) for x, y in zip(images.split(256), labels.split(256)))
+        return hits / max(1, len(labels))
+
+    # --- cache -------------------------------------------------------------------------------------------------
+
+    def save(self, ctx: RunContext, path: Path, images: torch.Tensor, labels: torch.Tensor, stats: dict) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fields = self.cache_key_fields(ctx)
+        tmp = path.with_suffix(".tmp")
+        torch.save({"images": images.detach().float().cpu().contiguous(), "labels": labels.long().cpu(),
+                    "key": json.dumps(fields, sort_keys=True), "stats": json.dumps(stats)}, tmp)
+        os.replace(tmp, path)  # atomic: a run killed mid-write never leaves a half file under the real name
+        path.with_suffix(".json").write_text(json.dumps({"key": fields, "stats": stats}, indent=2) + "\n")
+        write_png(path.with_suffix(".png"), class_grid(images, labels, ctx.num_classes, ctx.dataset.mean,
+                                                        ctx.dataset.std))
+
+    def load(self, ctx: RunContext, path: Path) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        def bad(why: str) -> UserError:
+            return UserError(f"synthetic-set cache {path} {why}; delete it and run again to rebuild it")
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise bad(f"is unreadable ({type(e).__name__})") from None
+        if not isinstance(data, dict) or not {"images", "labels", "key", "stats"} <= set(data):
+            raise bad("is not a zsqbench synthetic set")
+        images, labels = data["images"], data["labels"]
+        expect = (self.config["num_images"], *ctx.image_shape)
+        if not (isinstance(images, torch.Tensor) and isinstance(labels, torch.Tensor)):
+            raise bad("holds no image/label tensors")
+        if tuple(images.shape) != expect or images.dtype != torch.float32 or tuple(labels.shape) != expect[:1]:
+            raise bad(f"holds {tuple(images.shape)} images, expected {expect}")
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= ctx.num_classes):
+            raise bad("has labels outside the teacher's classes")
+        if not bool(torch.isfinite(images).all()):
+            raise bad("holds non-finite values")
+        try:
+            key, stats = json.loads(data["key"]), json.loads(data["stats"])
+        except (TypeError, json.JSONDecodeError):
+            raise bad("has an unreadable header") from None
+        if key != json.loads(json.dumps(self.cache_key_fields(ctx), sort_keys=True)):
+            raise bad("was built for other settings than its name says")
+        return images, labels.long(), stats
+
+    # --- using the set -----------------------------------------------------------------------------------------
+
+    def build_calibrator(self, ctx: RunContext) -> Synthesizer | None:
+        name = self.config["calibration_synthesizer"]
+        if not name:
+            return None
+        from zsqbench.registry import get_registry
+        cls = get_registry().get("synthesizers", name)
+        calibrator = cls(**self.config["calibration_synthesizer_config"])
+        calibrator.prepare(ctx)
+        return calibrator
+
+    def calibration_batch(self, ctx: RunContext, batch_size: int) -> Batch:
+        if self._calibrator is None:
+            return self.next_batch(ctx, batch_size)
+        return self._calibrator.next_batch(ctx, self.config["calibration_batch_size"] or batch_size)
+
+    def take(self, batch_size: int) -> torch.Tensor:
+        """Indices for one batch: the set in a fresh random order each epoch, no image twice in an epoch."""
+        while len(self._queue) < batch_size:
+            self._queue = torch.cat([self._queue, torch.randperm(len(self.labels))])
+        idx, self._queue = self._queue[:batch_size], self._queue[batch_size:]
+        return idx.to(self.images.device)
+
+    def next_batch(self, ctx: RunContext, batch_size: int) -> Batch:
+        self._calibrator = None  # calibration is over; let a calibration generator go
+        idx = self.take(batch_size)
+        images, labels = self.images[idx], self.labels[idx]
+        if self.config["train_augment"]:
+            images = random_resized_crop_flip(images, tuple(self.config["train_crop_scale"]))
+        return Batch(images, labels)
+
+    def diagnostic_images(self, ctx: RunContext):
+        images = getattr(self, "images", None)
+        return None if images is None else (images, self.labels)
+
+
+def build_set(spec, force: bool = False) -> dict:
+    """Build (or find in the cache) the synthetic set of ``spec``'s method on its teacher, without a student: what
+    ``zsqbench synth`` runs. Returns the synthesis stats with the set's file and its PNG grid."""
+    from zsqbench.loop import resolve, resolve_device, seed_everything
+    from zsqbench.teacher.datasets import DATASETS
+    from zsqbench.teacher.zoo import load_teacher
+    resolved = resolve(spec)
+    synth, model_spec = resolved["instances"]["synthesizer"], resolved["model_spec"]
+    if not isinstance(synth, ImageSetSynthesizer):
+        raise UserError(f"method {spec.method!r} uses synthesizer {resolved['components']['synthesizer'][0]!r}, "
+                        "which builds no image set (generators have nothing to cache); use an image-optimisation "
+                        "method such as intraq, hast or zeroq")
+    device = resolve_device(spec.device)
+    teacher, info = load_teacher(model_spec, spec.weights, spec.cache_dir)
+    seed_everything(spec.seed)
+    ctx = RunContext(teacher=teacher.to(device), student=None, model=model_spec, dataset=DATASETS[model_spec.dataset],
+                     wbits=spec.wbits, abits=spec.abits, quantizer=None, device=device, seed=spec.seed,
+                     total_steps=0, warmup_steps=0, cache_dir=spec.cache_dir, teacher_hash=info.get("sha256"))
+    path = synth.cache_path(ctx)
+    if path is None:
+        raise UserError("the teacher weights have no sha256, so their set cannot be cached: pass --weights PATH")
+    if force and path.exists():
+        path.unlink()
+    synth.config = {**synth.config, "calibration_synthesizer": None}  # only the set is wanted here
+    if not spec.quiet:
+        from rich.progress import Progress
+        ctx.progress = Progress(transient=True)
+    with ctx.progress or _nothing():
+        synth.prepare(ctx)
+    png = path.with_suffix(".png")
+    write_png(png, class_grid(synth.images, synth.labels, ctx.num_classes, ctx.dataset.mean, ctx.dataset.std))
+    return {**ctx.stats["synthesis"], "png": str(png), "off_protocol": resolved["off_protocol"]}
+
+
+class _nothing:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
