@@ -64,15 +64,17 @@ def _bits(bits, wbits, abits):
 @click.option("--data-root", default=None, type=click.Path(), help="Where the evaluation data lives.")
 @click.option("--cache-dir", default=None, type=click.Path(), help="pytorchcv weights / synthetic-set cache.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@click.option("--record-file", default=None, hidden=True, help="Write the record to exactly this file (sweeps).")
+@click.option("--sweep-job", default=None, hidden=True, help="The sweep job hash to keep in the record.")
 def run(method, model, dataset, bits, wbits, abits, protocol, seed, device, out, overrides, synthesizer,
-        distiller, quantizer, weights, data_root, cache_dir, quiet):
+        distiller, quantizer, weights, data_root, cache_dir, quiet, record_file, sweep_job):
     """Run one method on one teacher at one bit-width and write its record."""
     from zsqbench.loop import RunSpec, run as run_job
     w, a = _bits(bits, wbits, abits)
     spec = RunSpec(method=method, model=model, dataset=dataset, wbits=w, abits=a, protocol=protocol, seed=seed,
                    device=device, out=out, overrides=list(overrides), synthesizer=synthesizer,
                    distiller=distiller, quantizer=quantizer, weights=weights, data_root=data_root,
-                   cache_dir=cache_dir, quiet=quiet)
+                   cache_dir=cache_dir, quiet=quiet, record_file=record_file, sweep_job=sweep_job)
     record, path = run_job(spec)
     _summary(record, path)
     if record["status"] != "ok":
@@ -109,6 +111,46 @@ def synth(method, model, dataset, protocol, seed, device, overrides, weights, ca
     console.print(f"{stats['images']} images x {stats['iterations']} iterations, {how}; the teacher classifies "
                   f"{100 * stats['teacher_agrees']:.1f} % as their label", highlight=False)
     console.print(f"set:  {stats['cache_file']}\ngrid: {stats['png']}", highlight=False, soft_wrap=True)
+
+
+@cli.command()
+@click.option("--protocol", "-p", required=True, help="The protocol whose grid to run (see `zsqbench list protocols`).")
+@click.option("--methods", multiple=True, help="Only these methods (comma-separated or repeated; default: every "
+              "registered method with settings for the protocol).")
+@click.option("--models", multiple=True, help="Only these teachers (default: the protocol's).")
+@click.option("--bits", multiple=True, help="Only these bit-widths: N or WxAy (default: the protocol's).")
+@click.option("--seeds", multiple=True, help="Only these seeds (default: the protocol's).")
+@click.option("--jobs", "-j", type=click.IntRange(1, 256), default=1, show_default=True,
+              help="Jobs at once; each gets cpu_count // jobs threads.")
+@click.option("--threads", type=click.IntRange(1, 1024), default=None, help="Threads per job (overrides the split).")
+@click.option("--out", "-o", default=None, type=click.Path(file_okay=False),
+              help="Sweep directory (default: sweeps/<protocol>).")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
+@click.option("--retries", type=click.IntRange(0, 10), default=1, show_default=True,
+              help="How often a failed job is run again.")
+@click.option("--data-root", default=None, type=click.Path(), help="Where the evaluation data lives.")
+@click.option("--cache-dir", default=None, type=click.Path(), help="pytorchcv weights / synthetic-set cache.")
+@click.option("--dry-run", is_flag=True, help="List the jobs and whether each is done; run nothing.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def sweep(protocol, methods, models, bits, seeds, jobs, threads, out, device, retries, data_root, cache_dir,
+          dry_run, quiet):
+    """Run a protocol's grid (methods x teachers x bit-widths x seeds), one directory per job; resumable."""
+    from zsqbench.sweep import expand, run_sweep
+    out = Path(out or Path("sweeps") / protocol)
+    grid = expand(protocol, methods, models, bits, seeds, out)
+    if dry_run:
+        for job in grid:
+            console.print(f"{'done' if job.done() else 'todo'}  {job.dir}", highlight=False)
+        return
+    summary = run_sweep(grid, protocol, jobs, threads, device, cache_dir, data_root, retries, quiet, out)
+    minutes = summary["wall_s"] / 60
+    console.print(f"sweep {protocol}: {summary['jobs']} jobs — {summary['ok']} ok, {summary['diverged']} diverged, "
+                  f"{summary['skipped']} already done, {len(summary['failed'])} failed "
+                  f"({summary['retried']} retries) in {minutes:.1f} min; records under {out}/*/{'record.json'}",
+                  highlight=False, soft_wrap=True)
+    if summary["failed"]:
+        console.print("[red]failed[/] (see log.txt in each): " + ", ".join(summary["failed"]), soft_wrap=True)
+        sys.exit(1)
 
 
 def _summary(rec: dict, path: Path) -> None:

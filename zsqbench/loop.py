@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from zsqbench.cache import cache_base
 from zsqbench.errors import Diverged, UserError
 from zsqbench.interfaces import RunContext
 from zsqbench.protocols import apply_overrides, canonical_hash, deep_merge
@@ -46,6 +47,8 @@ class RunSpec:
     data_root: str | None = None
     cache_dir: str | None = None
     quiet: bool = False
+    record_file: str | None = None  # write the record exactly here (a sweep's job directory) instead of out/
+    sweep_job: str | None = None    # the sweep job's configuration hash, kept in the record (resume check)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -179,8 +182,9 @@ def run(spec: RunSpec) -> tuple[dict, Path]:
                               evalc.get("batch_size", 100))
         teacher, teacher_info = load_teacher(model_spec, spec.weights, spec.cache_dir)
         teacher = teacher.to(device)
-    with timer.phase("evaluation"):
-        fp_top1 = evaluator.top1(teacher, model_spec.pool_module)  # + the real set's diagnostics, same pass
+    with timer.phase("evaluation"):  # + the real set's diagnostics, same pass; cached per teacher and data
+        fp_top1, fp_cache = evaluator.reference(teacher, model_spec.pool_module, teacher_info.get("sha256"),
+                                                cache_base(spec.cache_dir) / "eval")
 
     seed_everything(spec.seed)
     student = quantizer.quantize(teacher, spec.wbits, spec.abits).to(device).eval()
@@ -193,6 +197,7 @@ def run(spec: RunSpec) -> tuple[dict, Path]:
                    "components": {k: v[0] for k, v in resolved["components"].items()}, "config": config}
     config_hash = canonical_hash(full_config)
 
+    ctx.stats["fp_reference"] = {"cache": fp_cache}
     history: list[dict] = []
     metrics_sum: dict[str, float] = {}
     step_times: list[float] = []
@@ -297,8 +302,10 @@ def run(spec: RunSpec) -> tuple[dict, Path]:
         "git": record_io.git_info(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+    if spec.sweep_job:
+        record["sweep_job"] = spec.sweep_job
     record_io.validate_record(record)
-    path = record_path(Path(spec.out), resolved, spec, config_hash)
+    path = Path(spec.record_file) if spec.record_file else record_path(Path(spec.out), resolved, spec, config_hash)
     record_io.write_json_atomic(path, record)
     return record, path
 

@@ -1,6 +1,11 @@
 """Top-1 on the real test set: the only place where real images meet a network."""
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+from pathlib import Path
+
 import torch
 import torch.nn as nn
 
@@ -49,6 +54,41 @@ class Evaluator:
                 self.real_stats = probe.close()
         model.train(was_training)
         return 100.0 * correct / self.n
+
+    def data_hash(self) -> str | None:
+        """sha256 of the evaluated tensors (in-memory datasets only; an image folder is not hashed)."""
+        if self.images is None:
+            return None
+        h = hashlib.sha256()
+        for t in (self.images, self.labels):
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()
+
+    def reference(self, teacher: nn.Module, pool_module: str | None, teacher_sha: str | None,
+                  cache_root: Path | None) -> tuple[float, str]:
+        """The FP teacher's top-1 and the real set's diagnostics, cached on disk under ``cache_root`` keyed by
+        (teacher sha256, evaluated data sha256, batch size, device type, pool module): the same teacher on the same
+        images always gives the same figures, and a sweep would otherwise pay for this pass in every run.
+        Returns (top-1, "hit" | "miss" | "off")."""
+        data_sha = self.data_hash() if teacher_sha and cache_root else None
+        if data_sha is None:
+            return self.top1(teacher, pool_module), "off"
+        key = hashlib.sha256(json.dumps([teacher_sha, data_sha, self.batch_size, self.device.type, pool_module,
+                                         self.dataset]).encode()).hexdigest()[:24]
+        path = Path(cache_root) / f"fp_{key}.json"
+        try:
+            cached = json.loads(path.read_text())
+            self.real_stats = cached["real_stats"]
+            return float(cached["top1"]), "hit"
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        top1 = self.top1(teacher, pool_module)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"top1": top1, "real_stats": self.real_stats, "teacher_sha256": teacher_sha,
+                                   "data_sha256": data_sha, "images": self.n}))
+        os.replace(tmp, path)  # atomic: parallel sweep jobs may write the same entry
+        return top1, "miss"
 
     @torch.no_grad()
     def compare(self, teacher: nn.Module, pool_module: str, images: torch.Tensor, labels: torch.Tensor) -> dict:

@@ -43,14 +43,13 @@ from zsqbench.synthesizer.bns import BNStatHooks
 from zsqbench.synthesizer.preview import class_grid, write_png
 
 CACHE_FORMAT = 1
-ENV_CACHE_DIR = "ZSQBENCH_CACHE_DIR"
+from zsqbench.cache import ENV_CACHE_DIR, cache_base  # noqa: F401  (ENV_CACHE_DIR: re-exported for callers)
 
 
 def cache_root(cache_dir: str | None) -> Path:
     """Where synthetic sets live: ``<--cache-dir>/synthetic``, else ``$ZSQBENCH_CACHE_DIR/synthetic``, else
     ``~/.cache/zsqbench/synthetic``."""
-    base = cache_dir or os.environ.get(ENV_CACHE_DIR) or "~/.cache/zsqbench"
-    return Path(base).expanduser() / "synthetic"
+    return cache_base(cache_dir) / "synthetic"
 
 
 def mean_parts(parts: list[dict[str, float]]) -> dict[str, float]:

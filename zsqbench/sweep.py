@@ -1,0 +1,248 @@
+"""``zsqbench sweep``: every (method, teacher, bit-width, seed) job of a protocol, resumable.
+
+Each job runs in its own directory, named by the hash of its full configuration (method, components and their
+resolved settings, teacher and its weights' sha256, bits, seed, protocol hash):
+
+    OUT/<hash16>-<method>-<model>-w<W>a<A>-s<seed>/
+        job.json      what the job is (written first)
+        log.txt       the run's output (appended to by a retry)
+        record.json   the run record, written atomically by the run itself: it exists only if the job finished
+
+A job whose ``record.json`` exists and carries the job's hash is skipped, so killing a sweep (even ``kill -9``)
+and starting it again runs only what is missing and yields the same records as an uninterrupted sweep. Jobs run
+as child processes (one per ``--jobs`` slot, ``cpu_count // jobs`` threads each) that die with the sweep;
+a failed job is retried once. ``OUT/sweep.jsonl`` is an append-only log of the sweep's events.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from zsqbench.errors import UserError
+from zsqbench.protocols import canonical_hash
+from zsqbench.registry import Registry, get_registry
+
+RECORD = "record.json"
+
+
+@dataclass
+class Job:
+    method: str
+    model: str
+    wbits: int
+    abits: int
+    seed: int
+    identity: dict
+    hash: str
+    dir: Path
+
+    @property
+    def label(self) -> str:
+        return f"{self.method} {self.model} W{self.wbits}A{self.abits} s{self.seed}"
+
+    def done(self) -> bool:
+        """True when the job's record exists and belongs to this job (same configuration hash)."""
+        try:
+            return json.loads((self.dir / RECORD).read_text()).get("sweep_job") == self.hash
+        except (OSError, ValueError):
+            return False
+
+
+def _teacher_digest(model_spec) -> str | None:
+    from zsqbench.teacher.zoo import read_manifest
+    if model_spec.embedded_weights:
+        return (read_manifest().get(model_spec.embedded_weights) or {}).get("sha256")
+    return None
+
+
+def _pick(requested: tuple[str, ...] | None, available: list, what: str, parse=str) -> list:
+    if not requested:
+        return list(available)
+    out = []
+    for item in requested:
+        for part in str(item).split(","):
+            if part.strip():
+                out.append(parse(part.strip()))
+    return out
+
+
+def _parse_bits(text: str) -> tuple[int, int]:
+    t = text.upper().replace(" ", "")
+    try:
+        if t.startswith("W") and "A" in t:
+            w, a = t[1:].split("A")
+            return int(w), int(a)
+        return int(t), int(t)
+    except ValueError:
+        raise UserError(f"--bits {text!r}: use N (WNAN) or WxAy, e.g. --bits 3,4 or --bits W2A4") from None
+
+
+def expand(protocol: str, methods=None, models=None, bits=None, seeds=None, out: str | Path = "sweeps",
+           registry: Registry | None = None) -> list[Job]:
+    """The sweep's jobs, in run order: bit-widths outermost, so that image-optimisation methods find the
+    synthetic set of the first bit-width in the cache at the next (the set does not depend on the bit-width)."""
+    from zsqbench.loop import RunSpec, resolve
+    registry = registry or get_registry()
+    proto = registry.get("protocols", protocol)
+    all_methods = sorted(m for m, e in registry.methods.items()
+                         if e.obj.settings_for(protocol) is not None)
+    method_names = _pick(methods, all_methods, "method")
+    for m in method_names:
+        registry.get("methods", m)
+    model_names = _pick(models, proto["models"], "model")
+    bit_pairs = _pick(bits, [tuple(b) for b in proto["bits"]], "bits", _parse_bits)
+    seed_list = _pick(seeds, proto["seeds"], "seed", int)
+    jobs = []
+    root = Path(out)
+    for w, a in bit_pairs:
+        for method in method_names:
+            for model in model_names:
+                for seed in seed_list:
+                    spec = RunSpec(method=method, model=model, wbits=w, abits=a, protocol=protocol, seed=seed)
+                    r = resolve(spec, registry)
+                    if r["off_protocol"]:
+                        raise UserError(f"{method} on {r['model_key']} W{w}A{a} would be off protocol {protocol} "
+                                        f"({'; '.join(r['off_protocol'])}): a sweep runs only the protocol's grid")
+                    identity = {"method": method, "model": r["model_key"], "wbits": w, "abits": a, "seed": seed,
+                                "protocol": {"name": protocol, "version": proto["version"], "hash": proto["hash"]},
+                                "teacher_sha256": _teacher_digest(r["model_spec"]),
+                                "components": {k: v[0] for k, v in r["components"].items()},
+                                "config": r["config"]}
+                    h = canonical_hash(identity)
+                    name = f"{h[:16]}-{method}-{r['model_key'].replace('@', '-')}-w{w}a{a}-s{seed}"
+                    jobs.append(Job(method, r["model_key"], w, a, seed, identity, h, root / name))
+    if not jobs:
+        raise UserError(f"the sweep is empty: protocol {protocol} has no job for these choices")
+    return jobs
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: the kernel kills it when the sweep process dies (even by SIGKILL), so a
+    restarted sweep never races an orphaned job for the same directory."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    os.setpgrp()  # its own group: Ctrl-C in the terminal reaches the sweep, which stops the jobs itself
+
+
+def _command(job: Job, protocol: str, device: str, cache_dir: str | None, data_root: str | None) -> list[str]:
+    cmd = [sys.executable, "-m", "zsqbench.cli", "run", "--method", job.method, "--model", job.model,
+           "--wbits", str(job.wbits), "--abits", str(job.abits), "--seed", str(job.seed), "--protocol", protocol,
+           "--device", device, "--quiet", "--record-file", str(job.dir / RECORD), "--sweep-job", job.hash]
+    if cache_dir:
+        cmd += ["--cache-dir", cache_dir]
+    if data_root:
+        cmd += ["--data-root", data_root]
+    return cmd
+
+
+class _Log:
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __call__(self, event: str, **fields) -> None:
+        line = {"time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "event": event, **fields}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(line) + "\n")
+
+
+def run_sweep(jobs: list[Job], protocol: str, jobs_at_once: int = 1, threads: int | None = None,
+              device: str = "cpu", cache_dir: str | None = None, data_root: str | None = None,
+              retries: int = 1, quiet: bool = False, out: Path | None = None) -> dict:
+    """Run the jobs that have no record yet, ``jobs_at_once`` at a time. Returns a summary dict."""
+    out = Path(out or jobs[0].dir.parent)
+    out.mkdir(parents=True, exist_ok=True)
+    log = _Log(out / "sweep.jsonl")
+    threads = threads or max(1, (os.cpu_count() or 1) // jobs_at_once)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    todo = [j for j in jobs if not j.done()]
+    skipped = len(jobs) - len(todo)
+    t0 = time.perf_counter()
+    log("start", protocol=protocol, jobs=len(jobs), skipped=skipped, parallel=jobs_at_once, threads=threads)
+    summary = {"jobs": len(jobs), "skipped": skipped, "ok": 0, "diverged": 0, "failed": [], "retried": 0}
+
+    progress = None
+    if not quiet:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+            TimeRemainingColumn
+        progress = Progress(TextColumn("[bold]sweep {task.fields[protocol]}"), BarColumn(), MofNCompleteColumn(),
+                            TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"))
+    task = None
+    queue = [(j, 0) for j in todo]
+    running: dict[subprocess.Popen, tuple[Job, int, float, object]] = {}
+
+    def info() -> str:
+        now = ", ".join(j.label for j, *_ in running.values())
+        fails = f" · [red]{len(summary['failed'])} failed[/]" if summary["failed"] else ""
+        return f"{summary['ok']} ok · {summary['diverged']} diverged · {skipped} skipped{fails} · now: {now}"
+
+    def start(job: Job, attempt: int) -> None:
+        job.dir.mkdir(parents=True, exist_ok=True)
+        for stale in job.dir.glob(f".{RECORD}.*.tmp"):  # a record write cut short by a kill
+            stale.unlink(missing_ok=True)
+        (job.dir / "job.json").write_text(json.dumps({"hash": job.hash, **job.identity}, indent=2, sort_keys=True))
+        logf = open(job.dir / "log.txt", "a")
+        logf.write(f"# {datetime.now(timezone.utc).isoformat(timespec='seconds')} attempt {attempt + 1}: "
+                   f"{' '.join(_command(job, protocol, device, cache_dir, data_root)[1:])}\n")
+        logf.flush()
+        proc = subprocess.Popen(_command(job, protocol, device, cache_dir, data_root), stdout=logf,
+                                stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent)
+        running[proc] = (job, attempt, time.perf_counter(), logf)
+
+    try:
+        with progress if progress else _null():
+            if progress:
+                task = progress.add_task("sweep", total=len(jobs), completed=skipped, protocol=protocol,
+                                         info=info())
+            while queue or running:
+                while queue and len(running) < jobs_at_once:
+                    start(*queue.pop(0))
+                    if progress:
+                        progress.update(task, info=info())
+                time.sleep(0.2)
+                for proc in [p for p in running if p.poll() is not None]:
+                    job, attempt, t_job, logf = running.pop(proc)
+                    logf.close()
+                    wall = round(time.perf_counter() - t_job, 1)
+                    if proc.returncode in (0, 3) and job.done():  # 3: a diverged run, a result like any other
+                        kind = "ok" if proc.returncode == 0 else "diverged"
+                        summary[kind] += 1
+                        log(kind, job=job.dir.name, wall_s=wall)
+                        if progress:
+                            progress.update(task, advance=1)
+                    elif attempt < retries:
+                        summary["retried"] += 1
+                        log("retry", job=job.dir.name, returncode=proc.returncode, wall_s=wall)
+                        queue.insert(0, (job, attempt + 1))
+                    else:
+                        summary["failed"].append(job.dir.name)
+                        log("failed", job=job.dir.name, returncode=proc.returncode, wall_s=wall)
+                        if progress:
+                            progress.update(task, advance=1)
+                    if progress:
+                        progress.update(task, info=info())
+    except KeyboardInterrupt:
+        for proc in running:
+            proc.kill()
+        log("interrupted", wall_s=round(time.perf_counter() - t0, 1))
+        raise
+    summary["wall_s"] = round(time.perf_counter() - t0, 1)
+    log("end", **{k: (len(v) if isinstance(v, list) else v) for k, v in summary.items()})
+    return summary
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
