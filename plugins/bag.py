@@ -23,6 +23,7 @@ Chosen here, because the paper leaves it open (each is a setting):
   normalisation, but with it gamma = 30 swamps CE and KL (CA about 200 against CE 2 on the Fashion-MNIST ResNet-20
   at W4A4) and the student diverged within two steps; ``distiller.ca_normalize=false`` gives the literal form;
 * *generator lr schedule*: GDFQ's (x0.1 at 1/4, 1/2, 3/4 of the run) in ``paper``; constant in ``cpu``, as gdfq.
+* *ImageNet* (the paper reports CIFAR-100 only): GDFQ's ImageNet schedule and class-conditional-BN generator.
 """
 from __future__ import annotations
 

@@ -234,6 +234,11 @@ def validate(files):
         sys.exit(1)
 
 
+from zsqbench.leaderboard.commands import register as _register_leaderboard  # noqa: E402
+
+_register_leaderboard(cli)
+
+
 def main():
     from zsqbench.registry import get_plugin_manager
     try:

@@ -21,7 +21,7 @@ import torch
 from zsqbench.cache import cache_base
 from zsqbench.errors import Diverged, UserError
 from zsqbench.interfaces import RunContext
-from zsqbench.protocols import apply_overrides, canonical_hash, deep_merge
+from zsqbench.protocols import apply_overrides, canonical_hash, check_protocol_requirements, deep_merge
 from zsqbench.record import io as record_io
 from zsqbench.registry import Registry, get_registry
 from zsqbench.teacher.datasets import DATASETS
@@ -170,6 +170,7 @@ def run(spec: RunSpec) -> tuple[dict, Path]:
     t_start = time.perf_counter()
     resolved = resolve(spec)
     device = resolve_device(spec.device)
+    check_protocol_requirements(resolved["protocol"], device, off_protocol=bool(resolved["off_protocol"]))
     config, protocol, model_spec = resolved["config"], resolved["protocol"], resolved["model_spec"]
     synth, distiller, quantizer = (resolved["instances"][k] for k in ("synthesizer", "distiller", "quantizer"))
     dataset = DATASETS[model_spec.dataset]

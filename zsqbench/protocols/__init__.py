@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -71,3 +72,26 @@ def apply_overrides(config: dict, overrides: list[str]) -> dict:
                             f"{', '.join(sorted(node))}")
         node[parts[-1]] = parse_value(value)
     return config
+
+
+ALLOW_CPU_ENV = "ZSQBENCH_ALLOW_CPU"  # "1": run a protocol that requires CUDA on the CPU anyway
+
+
+def check_protocol_requirements(protocol: dict, device, off_protocol: bool = False) -> None:
+    """Refuse, in one line and before any work, a run the protocol's ``requires`` says this machine cannot do.
+
+    ``requires.device == "cuda"`` (the ``paper`` protocol: ~80k steps a run) refuses a CPU device unless the run is
+    off-protocol already (``--set`` / a swapped component: a deliberate, e.g. shortened, try) or
+    ``$ZSQBENCH_ALLOW_CPU=1``. ``requires.data`` is enforced by the evaluator, which fails in one line (what is
+    missing, where to put it) before the teacher is loaded; ``requires.weights`` by the teacher zoo.
+    """
+    req = protocol.get("requires") or {}
+    dev = str(getattr(device, "type", device))
+    if req.get("device") == "cuda" and not dev.startswith("cuda") and not off_protocol \
+            and os.environ.get(ALLOW_CPU_ENV, "") not in ("1", "true", "yes"):
+        steps = protocol.get("train", {}).get("steps")
+        budget = f" ({steps} training steps a run)" if steps else ""
+        raise UserError(f"protocol {protocol['name']!r} needs a CUDA GPU{budget}, but the run would use {dev}: run it "
+                        "on a GPU machine with --device cuda (the real test set via --data-root, pretrained teachers "
+                        f"online or --weights), try --protocol cpu here, or set {ALLOW_CPU_ENV}=1 to run it on the CPU "
+                        "anyway")

@@ -1,0 +1,132 @@
+"""zsqbench sweep: the grid, hash-named job directories, skip/resume (also after kill -9), retry once."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import ONE_THREAD
+from zsqbench.errors import UserError
+from zsqbench.sweep import RECORD, Job, expand, run_sweep
+
+# compared between an interrupted and an uninterrupted sweep: everything a run computes (not its timings)
+COMPARED = ("final_top1", "best_top1_selected_on_test", "eval_history", "train_metrics", "config_hash", "fp_top1",
+            "status", "sweep_job")
+
+
+def sweep_cmd(out, cache, *extra):
+    return [sys.executable, "-m", "zsqbench.cli", "sweep", "-p", "smoke", "--methods", "noise,gdfq,adadfq",
+            "--models", "resnet20@fmnist", "-o", str(out), "--cache-dir", str(cache), "-j", "1", "--threads", "1",
+            "-q", *extra]
+
+
+def records(out: Path) -> dict:
+    return {p.parent.name: json.loads(p.read_text()) for p in sorted(out.glob(f"*/{RECORD}"))}
+
+
+def test_expand_grid_and_hashes():
+    jobs = expand("smoke", out="/tmp/x")
+    from zsqbench.registry import get_registry
+    methods = [m for m, e in get_registry().methods.items() if e.obj.settings_for("smoke") is not None]
+    assert len(jobs) == len(methods) * 2  # smoke: 2 teachers x W4A4 x seed 0
+    assert len({j.hash for j in jobs}) == len(jobs)
+    one = expand("smoke", ["gdfq"], ["resnet20@fmnist"], ["W4A4"], ["0"], out="/tmp/x")
+    assert len(one) == 1 and one[0].dir.name.startswith(one[0].hash[:16]) and "gdfq-resnet20-fmnist-w4a4-s0" in \
+        one[0].dir.name
+    assert one[0].hash == expand("smoke", ["gdfq"], ["resnet20@fmnist"], ["4"], ["0"], out="/tmp/x")[0].hash
+    other_seed = expand("smoke", ["gdfq"], ["resnet20@fmnist"], ["4"], ["1"], out="/tmp/x")[0]
+    assert other_seed.hash != one[0].hash
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"methods": ["nosuch"]}, "nosuch"),
+    ({"bits": ["W3A"]}, "--bits"),
+    ({"bits": ["3"]}, "off protocol"),  # smoke has W4A4 only: a sweep runs the protocol's grid, nothing else
+])
+def test_expand_refuses_bad_input(kwargs, message):
+    with pytest.raises(UserError, match=message):
+        expand("smoke", out="/tmp/x", **kwargs)
+
+
+def test_sweep_resumes_after_kill9_with_the_same_records(tmp_path):
+    env = {**os.environ, **ONE_THREAD, "COLUMNS": "200"}
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    done = subprocess.run(sweep_cmd(whole, tmp_path / "cache-a"), env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert len(records(whole)) == 3
+
+    proc = subprocess.Popen(sweep_cmd(cut, tmp_path / "cache-b"), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not list(cut.glob(f"*/{RECORD}")) and time.time() < deadline:
+        time.sleep(0.1)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    first = records(cut)
+    assert 1 <= len(first) < 3, "the kill should land between the first and the last job"
+    time.sleep(3)  # the running job died with the sweep (PR_SET_PDEATHSIG): no record appears afterwards
+    assert records(cut).keys() == first.keys()
+    mtimes = {p: p.stat().st_mtime for p in cut.glob(f"*/{RECORD}")}
+
+    again = subprocess.run(sweep_cmd(cut, tmp_path / "cache-b"), env=env, capture_output=True, text=True,
+                           timeout=600)
+    assert again.returncode == 0, again.stderr + again.stdout
+    assert all(p.stat().st_mtime == t for p, t in mtimes.items()), "finished jobs must not run again"
+    events = [json.loads(line) for line in (cut / "sweep.jsonl").read_text().splitlines()]
+    assert [e["skipped"] for e in events if e["event"] == "start"] == [0, len(first)]  # append-only: both sweeps
+
+    a, b = records(whole), records(cut)
+    assert a.keys() == b.keys()  # same job directories: named by the configuration hash
+    for name in a:
+        assert {k: a[name].get(k) for k in COMPARED} == {k: b[name].get(k) for k in COMPARED}, name
+    # a third call has nothing left to do
+    dry = subprocess.run(sweep_cmd(cut, tmp_path / "cache-b", "--dry-run"), env=env, capture_output=True, text=True)
+    assert dry.stdout.count("done") == 3 and "todo" not in dry.stdout
+
+
+def _fake_job(tmp_path: Path, name: str) -> Job:
+    return Job("noise", "resnet20@fmnist", 4, 4, 0, {"x": name}, (name * 64)[:64], tmp_path / name)
+
+
+def test_failed_job_is_retried_once_then_reported(tmp_path, monkeypatch):
+    """The scheduler alone: a job command that fails on its first attempt and succeeds on the second is retried
+    once; one that always fails is reported after two attempts, with both attempts in its log."""
+    import zsqbench.sweep as sweep
+    flaky, broken = _fake_job(tmp_path, "a"), _fake_job(tmp_path, "b")
+
+    def command(job, *args):
+        script = ("import json, pathlib, sys; d = pathlib.Path(sys.argv[1]); m = d / 'tried'\n"
+                  "if sys.argv[2] == 'b' or not m.exists():\n    m.touch(); sys.exit(1)\n"
+                  "(d / 'record.json').write_text(json.dumps({'sweep_job': sys.argv[3]}))")
+        return [sys.executable, "-c", script, str(job.dir), job.dir.name, job.hash]
+
+    monkeypatch.setattr(sweep, "_command", command)
+    summary = run_sweep([flaky, broken], "smoke", jobs_at_once=2, quiet=True, out=tmp_path)
+    assert summary["ok"] == 1 and summary["failed"] == [broken.dir.name] and summary["retried"] == 2
+    assert flaky.done() and not broken.done()
+    assert (broken.dir / "log.txt").read_text().count("attempt") == 2
+
+
+def test_fp_reference_is_cached_per_teacher_and_data(tmp_path):
+    from zsqbench.evaluation.evaluate import Evaluator
+    from zsqbench.registry import get_registry
+    from zsqbench.teacher.zoo import load_teacher
+    spec = get_registry().get("models", "resnet20@fmnist")
+    teacher, info = load_teacher(spec)
+    first = Evaluator("fmnist", None, torch.device("cpu"), 300, 100)
+    top1, status = first.reference(teacher, spec.pool_module, info["sha256"], tmp_path)
+    assert status == "miss" and len(list(tmp_path.glob("fp_*.json"))) == 1
+    second = Evaluator("fmnist", None, torch.device("cpu"), 300, 100)
+    again, status2 = second.reference(teacher, spec.pool_module, info["sha256"], tmp_path)
+    assert status2 == "hit" and again == top1 and second.real_stats == first.real_stats
+    assert top1 == first.top1(teacher)  # the cached figure is the real one
+    other = Evaluator("fmnist", None, torch.device("cpu"), 200, 100)  # other images: another entry
+    assert other.reference(teacher, spec.pool_module, info["sha256"], tmp_path)[1] == "miss"
+    assert Evaluator("fmnist", None, torch.device("cpu"), 200, 100).reference(
+        teacher, spec.pool_module, None, tmp_path)[1] == "off"  # no weights hash, no cache

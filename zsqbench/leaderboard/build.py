@@ -1,0 +1,196 @@
+"""Aggregate run records into a leaderboard: one row per (model@dataset, WxAy, method) over seeds.
+
+The headline is ``final_top1`` (the final student); ``best_top1_selected_on_test`` is carried beside it as the
+legacy figure. Records of another protocol, of mixed protocol versions/hashes, off-protocol records and
+duplicate seeds within a row are refused (UserError, one line naming the files).
+"""
+from __future__ import annotations
+
+import math
+import shlex
+import sys
+from collections import defaultdict
+from datetime import datetime, timezone
+
+from zsqbench.errors import UserError
+from zsqbench.leaderboard.collect import LEADERBOARD_KIND
+from zsqbench.leaderboard.stats import mean, summarize
+from zsqbench.record.io import validation_errors
+
+SCHEMA_VERSION = 1
+
+
+def name_files(paths, limit: int = 4) -> str:
+    paths = list(paths)
+    shown = ", ".join(paths[:limit])
+    return shown + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
+
+
+def row_key(rec: dict, label: str | None = None) -> tuple:
+    return (rec["model"], rec["dataset"], rec["wbits"], rec["abits"], label or rec["method"]["name"])
+
+
+def run_entry(path: str, rec: dict) -> dict:
+    return {"seed": rec["seed"], "status": rec["status"], "final_top1": rec["final_top1"],
+            "best_top1_selected_on_test": rec["best_top1_selected_on_test"], "fp_top1": rec["fp_top1"],
+            "total_s": rec["timing"]["total_s"], "mean_step_s": rec["timing"]["mean_step_s"],
+            "protocol_version": rec["protocol"]["version"], "protocol_hash": rec["protocol"]["hash"],
+            "git_commit": rec["git"]["commit"], "record": path}
+
+
+def make_row(key: tuple, items: list[tuple[str, dict]]) -> dict:
+    """One row from the (path, record) pairs that share ``key``; refuses duplicate seeds."""
+    runs = sorted((run_entry(p, r) for p, r in items), key=lambda r: r["seed"])
+    check_seeds(key, runs)
+    return row_from_runs(key, runs)
+
+
+def check_seeds(key: tuple, runs: list[dict]) -> None:
+    by_seed = defaultdict(list)
+    for r in runs:
+        by_seed[r["seed"]].append(r["record"])
+    dups = {s: ps for s, ps in by_seed.items() if len(ps) > 1}
+    if dups:
+        model, dataset, w, a, method = key
+        s, ps = sorted(dups.items())[0]
+        raise UserError(f"duplicate seed {s} for {method} on {model}@{dataset} W{w}A{a}: {name_files(ps)} "
+                        "(keep one record per seed)")
+
+
+def row_from_runs(key: tuple, runs: list[dict]) -> dict:
+    model, dataset, w, a, method = key
+    ok = [r for r in runs if r["status"] == "ok" and r["final_top1"] is not None]
+    bad = [r for r in runs if not (r["status"] == "ok" and r["final_top1"] is not None)]
+    finals = [r["final_top1"] for r in ok]
+    best = [r["best_top1_selected_on_test"] for r in ok if r["best_top1_selected_on_test"] is not None]
+    gaps = [r["best_top1_selected_on_test"] - r["final_top1"] for r in ok
+            if r["best_top1_selected_on_test"] is not None]
+    steps = [r["mean_step_s"] for r in ok if r["mean_step_s"] is not None]
+    flags = [f"diverged {len(bad)}/{len(runs)}"] if bad else []
+    return {"model": model, "dataset": dataset, "wbits": w, "abits": a, "method": method,
+            "n": len(ok), "seeds": [r["seed"] for r in ok], "final_top1": finals, **summarize(finals),
+            "best_on_test_mean": mean(best), "gap_mean": mean(gaps),
+            "fp_top1": mean([r["fp_top1"] for r in runs]),
+            "wall_s_mean": mean([r["total_s"] for r in ok]), "step_s_mean": mean(steps),
+            "diverged": len(bad), "diverged_seeds": [r["seed"] for r in bad], "flags": flags, "runs": runs}
+
+
+def check_records(records: list[tuple[str, dict]], protocol: str) -> dict:
+    """Refusals; returns the one protocol block the records share."""
+    other = [p for p, r in records if r["protocol"]["name"] != protocol]
+    if other:
+        names = sorted({r["protocol"]["name"] for _, r in records if r["protocol"]["name"] != protocol})
+        raise UserError(f"{len(other)} record(s) are not protocol {protocol!r} (found {', '.join(names)}): "
+                        f"{name_files(other)}")
+    versions = defaultdict(list)
+    for p, r in records:
+        versions[(r["protocol"]["version"], r["protocol"]["hash"])].append(p)
+    if len(versions) > 1:
+        parts = [f"v{v} {h[:8]}: {name_files(ps, 2)}" for (v, h), ps in sorted(versions.items())]
+        raise UserError(f"mixed versions of protocol {protocol!r} (never compare them; build one leaderboard "
+                        f"per version): {'; '.join(parts)}")
+    off = [p for p, r in records if r["off_protocol"]]
+    if off:
+        raise UserError(f"{len(off)} off-protocol record(s) (overrides or swapped components) cannot enter a "
+                        f"leaderboard: {name_files(off)}")
+    (version, hsh), = versions
+    return {"name": protocol, "version": version, "hash": hsh}
+
+
+def build_leaderboard(records: list[tuple[str, dict]], protocol: str, n_inputs: int,
+                      command: str | None = None) -> dict:
+    if not records:
+        raise UserError("no run records to build a leaderboard from")
+    proto = check_records(records, protocol)
+    groups = defaultdict(list)
+    for p, r in records:
+        groups[row_key(r)].append((p, r))
+    rows = [make_row(k, items) for k, items in groups.items()]
+    rows.sort(key=lambda r: (r["model"], r["dataset"], r["wbits"], r["abits"],
+                             -(r["mean"] if r["mean"] is not None else -math.inf), r["method"]))
+    recs = [r for _, r in records]
+    import zsqbench
+    lb = {
+        "schema_version": SCHEMA_VERSION,
+        "kind": LEADERBOARD_KIND,
+        "headline": "final_top1",
+        "protocol": proto,
+        "provenance": {
+            "zsqbench_version": zsqbench.__version__,
+            "record_zsqbench_versions": sorted({r["versions"]["zsqbench"] for r in recs}),
+            "git_commits": sorted({r["git"]["commit"] or "unknown" for r in recs}),
+            "dirty_records": sum(bool(r["git"]["dirty"]) for r in recs),
+            "devices": sorted({device_label(r["device"]) for r in recs}),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "command": command if command is not None else shlex.join(["zsqbench", *sys.argv[1:]]),
+            "inputs": n_inputs,
+            "records": len(recs),
+            "total_wall_s": sum(r["timing"]["total_s"] for r in recs),
+        },
+        "rows": rows,
+    }
+    return lb
+
+
+def device_label(d: dict) -> str:
+    threads = d.get("threads")
+    return f"{d.get('type')}: {d.get('name')}" + (f", {threads} thread{'s' * (threads != 1)}" if threads else "")
+
+
+# --- validation: syntax (JSON Schema) then semantics ---------------------------------------------------------
+
+def _close(a, b, tol=1e-6) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return abs(a - b) <= tol * max(1.0, abs(a), abs(b))
+
+
+def validate_leaderboard(obj) -> list[str]:
+    """Errors of a leaderboard: JSON Schema first; if that passes, the semantic rules."""
+    errors = validation_errors(obj, "leaderboard")
+    if errors:
+        return errors
+    proto = obj["protocol"]
+    seen = set()
+    for i, row in enumerate(obj["rows"]):
+        where = f"rows/{i} ({row['method']} {row['model']}@{row['dataset']} W{row['wbits']}A{row['abits']})"
+        key = (row["model"], row["dataset"], row["wbits"], row["abits"], row["method"])
+        if key in seen:
+            errors.append(f"{where}: duplicate row")
+        seen.add(key)
+        runs = row["runs"]
+        mixed = {(r["protocol_version"], r["protocol_hash"]) for r in runs} - {(proto["version"], proto["hash"])}
+        if mixed:
+            errors.append(f"{where}: runs of another protocol version/hash than the leaderboard's "
+                          f"(v{proto['version']} {proto['hash'][:8]}): "
+                          + ", ".join(f"v{v} {h[:8]}" for v, h in sorted(mixed)))
+        seeds = [r["seed"] for r in runs]
+        if len(set(seeds)) != len(seeds):
+            errors.append(f"{where}: duplicate seeds {sorted(s for s in set(seeds) if seeds.count(s) > 1)}")
+        if row["n"] != len(row["seeds"]) or row["n"] != len(row["final_top1"]):
+            errors.append(f"{where}: n = {row['n']} but {len(row['seeds'])} seeds and "
+                          f"{len(row['final_top1'])} final values")
+        expect = row_from_runs(key, runs)
+        for field in ("seeds", "final_top1", "diverged", "diverged_seeds"):
+            if row[field] != expect[field]:
+                errors.append(f"{where}: {field} {row[field]} does not match its runs ({expect[field]})")
+        stats = summarize(row["final_top1"])
+        for field in ("mean", "std"):
+            if not _close(row[field], stats[field]):
+                errors.append(f"{where}: {field} {row[field]} is not the {field} of final_top1 {row['final_top1']} "
+                              f"({stats[field]})")
+        if (row["ci95"] is None) != (stats["ci95"] is None) or (
+                row["ci95"] and not all(_close(x, y) for x, y in zip(row["ci95"], stats["ci95"]))):
+            errors.append(f"{where}: ci95 {row['ci95']} does not match final_top1 ({stats['ci95']})")
+    n_runs = sum(len(r["runs"]) for r in obj["rows"])
+    if n_runs != obj["provenance"]["records"]:
+        errors.append(f"provenance/records: {obj['provenance']['records']} but the rows hold {n_runs} runs")
+    return errors
+
+
+def check_leaderboard(obj, path) -> dict:
+    errors = validate_leaderboard(obj)
+    if errors:
+        raise UserError(f"invalid leaderboard {path}: " + "; ".join(errors[:3])
+                        + (f" (+{len(errors) - 3} more)" if len(errors) > 3 else ""))
+    return obj

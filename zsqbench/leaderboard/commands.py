@@ -1,0 +1,105 @@
+"""``zsqbench leaderboard build|show`` and ``zsqbench compare``; ``register(cli)`` adds them to the CLI.
+Bad input raises UserError, which the ``zsqbench`` group turns into one red line and exit 2."""
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import click
+
+from zsqbench.errors import UserError
+
+
+def _console(stderr: bool = False):
+    from rich.console import Console
+    return Console(stderr=stderr)
+
+
+@click.group("leaderboard")
+def leaderboard():
+    """Build leaderboards from run records and show them."""
+
+
+@leaderboard.command("build")
+@click.option("--protocol", "-p", required=True, help="Only records of this protocol (one version) may enter.")
+@click.argument("results", nargs=-1, required=True)
+@click.option("--output", "-o", default=None, type=click.Path(dir_okay=False),
+              help="Leaderboard JSON to write (default: leaderboard/<protocol>.json).")
+def build(protocol, results, output):
+    """Aggregate run records (files, or directories searched recursively) into a leaderboard JSON: one row per
+    model@dataset, bits and method over seeds, headline = mean final top-1. Refuses records of another protocol
+    or version, off-protocol records and duplicate seeds."""
+    from zsqbench.leaderboard.build import build_leaderboard, validate_leaderboard
+    from zsqbench.leaderboard.collect import collect, require_clean
+    from zsqbench.record.io import write_json_atomic
+    out = Path(output or f"leaderboard/{protocol}.json")
+    c = collect(results)
+    require_clean(c, results)
+    command = shlex.join(["zsqbench", "leaderboard", "build", "--protocol", protocol, *results, "-o", str(out)])
+    lb = build_leaderboard(c.records, protocol, len(results), command=command)
+    errors = validate_leaderboard(lb)
+    if errors:  # a bug, not bad input: never write an invalid leaderboard
+        raise UserError(f"the built leaderboard fails validation (not written): {'; '.join(errors[:3])}")
+    write_json_atomic(out, lb)
+    diverged = sum(r["diverged"] for r in lb["rows"])
+    _console().print(f"wrote {out}: {len(lb['rows'])} rows from {len(c.records)} records of protocol {protocol} "
+                     f"v{lb['protocol']['version']}" + (f" ([red]{diverged} diverged run(s)[/])" if diverged else "")
+                     + f"; see `zsqbench leaderboard show {out}`", highlight=False, soft_wrap=True)
+
+
+@leaderboard.command("show")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--published", is_flag=True, help="Add the papers' published numbers where there are any.")
+def show(file, published):
+    """Print a leaderboard: per model and bits, methods by mean final top-1 (★ best)."""
+    from zsqbench.leaderboard.build import check_leaderboard
+    from zsqbench.leaderboard.collect import looks_like_leaderboard
+    from zsqbench.leaderboard.show import leaderboard_table
+    from zsqbench.record.io import load_json
+    lb = load_json(Path(file))
+    if not looks_like_leaderboard(lb):
+        raise UserError(f"{file} is not a zsqbench leaderboard (build one with `zsqbench leaderboard build`)")
+    leaderboard_table(check_leaderboard(lb, file), published=published, console=_console())
+
+
+@click.command("compare")
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--baseline", metavar="METHOD", default=None,
+              help="Compare every method with METHOD within each model and bits (the inputs are pooled).")
+@click.option("--test", type=click.Choice(["welch", "mannwhitney"]), default="welch", show_default=True,
+              help="Test across seeds: Welch's t-test or Mann-Whitney U (two-sided).")
+@click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.05,
+              show_default=True, help="Significance level.")
+@click.option("--fail-if-worse", is_flag=True, help="Exit 1 when any row is significantly worse (for CI).")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON instead of a table.")
+def compare(inputs, baseline, test, alpha, fail_if_worse, as_json):
+    """Compare results across seeds. INPUTS are run records, result directories or leaderboard JSONs; without
+    --baseline the first is the reference and each later one is compared with it row by row (same protocol,
+    model, bits, method). Marks: + better, - worse (significant), ~ not significant, ? < 2 seeds, x protocol
+    versions differ (not compared)."""
+    from zsqbench.leaderboard.compare import compare_baseline, compare_inputs, load_side
+    from zsqbench.leaderboard.show import comparison_table
+    if baseline:
+        result = compare_baseline(load_side(inputs), baseline, test, alpha)
+    else:
+        if len(inputs) < 2:
+            raise UserError("compare needs two or more inputs (the first is the reference), or --baseline METHOD")
+        result = compare_inputs([load_side([p]) for p in inputs], test, alpha)
+    if not result["comparisons"]:
+        raise UserError("nothing to compare: no (protocol, model, bits, method) row is shared"
+                        + (f" with baseline {baseline}" if baseline else " between the reference and the others"))
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    else:
+        comparison_table(result, console=_console())
+    if fail_if_worse and result["worse"]:
+        _console(stderr=True).print(f"[bold red]worse:[/] {result['worse']} row(s) significantly worse at "
+                                    f"alpha {alpha}", highlight=False)
+        sys.exit(1)
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(leaderboard)
+    cli.add_command(compare)

@@ -1,0 +1,153 @@
+"""Compare results across seeds: input against input (the first is the reference) or every method against a
+baseline method. An input is a run record, a directory of records, or a leaderboard (its rows keep the per-seed
+values). Marks: ``+`` better / ``-`` worse (significant at alpha), ``~`` not significant, ``?`` fewer than two
+finished seeds on a side (no test), ``x`` protocol versions/hashes differ (never compared, as asv does)."""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from zsqbench.errors import UserError
+from zsqbench.leaderboard.build import check_leaderboard, check_seeds, name_files, row_from_runs, run_entry
+from zsqbench.leaderboard.collect import collect, require_clean
+from zsqbench.leaderboard.stats import min_pvalue, pvalue
+
+
+@dataclass
+class Side:
+    label: str
+    rows: dict = field(default_factory=dict)  # (protocol, model, dataset, wbits, abits, method) -> row
+
+
+def method_label(rec: dict) -> str:
+    """Off-protocol runs (ablations) are compared under their own label, e.g. ``gdfq [train.steps=200]``."""
+    name = rec["method"]["name"]
+    if not rec["off_protocol"]:
+        return name
+    return f"{name} [" + "; ".join(r.removeprefix("overrides: ") for r in rec["off_protocol"]) + "]"
+
+
+def load_side(paths) -> Side:
+    entries = defaultdict(list)
+    for p in paths:
+        c = collect([p], allow_leaderboards=True)
+        require_clean(c, [p])
+        for path, rec in c.records:
+            entries[(rec["protocol"]["name"], rec["model"], rec["dataset"], rec["wbits"], rec["abits"],
+                     method_label(rec))].append(run_entry(path, rec))
+        for path, lb in c.leaderboards:
+            check_leaderboard(lb, path)
+            for row in lb["rows"]:
+                entries[(lb["protocol"]["name"], row["model"], row["dataset"], row["wbits"], row["abits"],
+                         row["method"])].extend(row["runs"])
+    side = Side(" + ".join(map(str, paths)))
+    for key, runs in entries.items():
+        versions = defaultdict(list)
+        for r in runs:
+            versions[(r["protocol_version"], r["protocol_hash"])].append(r["record"])
+        if len(versions) > 1:
+            parts = [f"v{v} {h[:8]}: {name_files(ps, 2)}" for (v, h), ps in sorted(versions.items())]
+            raise UserError(f"{side.label} mixes versions of protocol {key[0]!r} for {key[5]} on "
+                            f"{key[1]}@{key[2]} W{key[3]}A{key[4]}: {'; '.join(parts)}")
+        runs = sorted(runs, key=lambda r: r["seed"])
+        check_seeds(key[1:], runs)
+        (version, hsh), = versions
+        side.rows[key] = {**row_from_runs(key[1:], runs), "protocol": {"name": key[0], "version": version,
+                                                                       "hash": hsh}}
+    return side
+
+
+def _summary(row: dict) -> dict:
+    return {k: row[k] for k in ("n", "seeds", "final_top1", "mean", "std", "diverged")} | {
+        "protocol_version": row["protocol"]["version"], "protocol_hash": row["protocol"]["hash"]}
+
+
+def compare_rows(a: dict, b: dict, test: str, alpha: float) -> dict:
+    out = {"ref": _summary(a), "new": _summary(b), "delta": None, "p": None}
+    if (a["protocol"]["version"], a["protocol"]["hash"]) != (b["protocol"]["version"], b["protocol"]["hash"]):
+        return out | {"mark": "x", "note": f"protocol v{a['protocol']['version']} {a['protocol']['hash'][:8]} vs "
+                                           f"v{b['protocol']['version']} {b['protocol']['hash'][:8]}"}
+    if a["mean"] is not None and b["mean"] is not None:
+        out["delta"] = b["mean"] - a["mean"]
+    p = pvalue(a["final_top1"], b["final_top1"], test)
+    if p is None:
+        return out | {"mark": "?", "note": "fewer than 2 finished seeds on a side"}
+    mark = "~" if p >= alpha else ("+" if out["delta"] > 0 else "-" if out["delta"] < 0 else "~")
+    note = None
+    if mark == "~" and min_pvalue(a["n"], b["n"], test) >= alpha:
+        note = f"{test} cannot reach p < {alpha} with {a['n']} vs {b['n']} seeds"
+    return out | {"p": p, "mark": mark, "note": note}
+
+
+def _entry(key: tuple, ref_label: str, new_label: str, a: dict, b: dict, test: str, alpha: float) -> dict:
+    protocol, model, dataset, w, a_bits, method = key
+    return {"protocol": protocol, "model": model, "dataset": dataset, "wbits": w, "abits": a_bits,
+            "method": method, "reference": ref_label, "input": new_label,
+            **compare_rows(a, b, test, alpha)}
+
+
+def compare_inputs(sides: list[Side], test: str, alpha: float) -> dict:
+    ref, *others = sides
+    comps, unmatched = [], []
+    for side in others:
+        for key in sorted(set(ref.rows) | set(side.rows), key=_sort_key):
+            if key in ref.rows and key in side.rows:
+                comps.append(_entry(key, ref.label, side.label, ref.rows[key], side.rows[key], test, alpha))
+            else:
+                unmatched.append({"key": _key_text(key), "only_in": ref.label if key in ref.rows else side.label})
+    return _result("inputs", ref.label, comps, unmatched, test, alpha)
+
+
+def compare_baseline(side: Side, baseline: str, test: str, alpha: float) -> dict:
+    if not any(k[5] == baseline for k in side.rows):
+        methods = sorted({k[5] for k in side.rows})
+        raise UserError(f"baseline method {baseline!r} is not in the inputs (found: {', '.join(methods)})")
+    comps, unmatched = [], []
+    for key in sorted(side.rows, key=_sort_key):
+        if key[5] == baseline:
+            continue
+        base_key = key[:5] + (baseline,)
+        if base_key in side.rows:
+            comps.append(_entry(key, baseline, side.label, side.rows[base_key], side.rows[key], test, alpha))
+        else:
+            unmatched.append({"key": _key_text(key), "only_in": f"no {baseline} run for this model and bits"})
+    return _result("baseline", baseline, comps, unmatched, test, alpha)
+
+
+def _result(mode, reference, comps, unmatched, test, alpha) -> dict:
+    for c in comps:
+        c["published"] = published_for(c)
+    return {"mode": mode, "reference": reference, "test": test, "alpha": alpha, "comparisons": comps,
+            "unmatched": unmatched, "worse": sum(c["mark"] == "-" for c in comps)}
+
+
+def _sort_key(key):
+    return key[0], key[1], key[2], key[3], key[4], key[5]
+
+
+def _key_text(key) -> str:
+    protocol, model, dataset, w, a, method = key
+    return f"{method} {model}@{dataset} W{w}A{a} ({protocol})"
+
+
+def published_for(c: dict) -> list[dict] | None:
+    """Published paper numbers for a comparison row of the ``paper`` protocol (None where there are none)."""
+    if c["protocol"] != "paper":
+        return None
+    return lookup_published(c["method"], c["model"], c["dataset"], c["wbits"], c["abits"])
+
+
+def lookup_published(method, model, dataset, wbits, abits, strict: bool = False) -> list[dict] | None:
+    """The papers' figures for one row (their best epoch on the test set), or None. Without ``strict`` a missing
+    or invalid published table gives None instead of an error."""
+    try:
+        from zsqbench.leaderboard.published import published_rows
+    except ImportError:
+        return None
+    try:
+        rows = published_rows(method, model, dataset, wbits, abits)
+    except UserError:
+        if strict:
+            raise
+        return None
+    return list(rows) or None
