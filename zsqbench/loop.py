@@ -21,7 +21,7 @@ import torch
 from zsqbench.cache import cache_base
 from zsqbench.errors import Diverged, UserError
 from zsqbench.interfaces import RunContext
-from zsqbench.protocols import apply_overrides, canonical_hash, check_protocol_requirements, deep_merge
+from zsqbench.protocols import apply_overrides, bits_for, canonical_hash, check_protocol_requirements, deep_merge
 from zsqbench.record import io as record_io
 from zsqbench.registry import Registry, get_registry
 from zsqbench.teacher.datasets import DATASETS
@@ -113,8 +113,8 @@ def resolve(spec: RunSpec, registry: Registry | None = None) -> dict[str, Any]:
         off_protocol.append(f"teacher weights from {spec.weights} instead of the embedded ones")
     if model_key not in protocol["models"]:
         off_protocol.append(f"model {model_key} is not in protocol {spec.protocol}")
-    if [spec.wbits, spec.abits] not in [list(b) for b in protocol["bits"]]:
-        off_protocol.append(f"W{spec.wbits}A{spec.abits} is not in protocol {spec.protocol}")
+    if [spec.wbits, spec.abits] not in bits_for(protocol, model_key):
+        off_protocol.append(f"W{spec.wbits}A{spec.abits} is not in protocol {spec.protocol} for {model_key}")
     instances = {}
     for kind, (name, cls) in components.items():
         try:

@@ -26,7 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from zsqbench.errors import UserError
-from zsqbench.protocols import canonical_hash
+from zsqbench.protocols import bits_for, canonical_hash
 from zsqbench.registry import Registry, get_registry
 
 RECORD = "record.json"
@@ -97,13 +97,19 @@ def expand(protocol: str, methods=None, models=None, bits=None, seeds=None, out:
     for m in method_names:
         registry.get("methods", m)
     model_names = _pick(models, proto["models"], "model")
-    bit_pairs = _pick(bits, [tuple(b) for b in proto["bits"]], "bits", _parse_bits)
+    all_bits = [tuple(b) for b in proto["bits"]]
+    for per_model in proto.get("bits_by_model", {}).values():
+        all_bits += [tuple(b) for b in per_model if tuple(b) not in all_bits]
+    bit_pairs = _pick(bits, all_bits, "bits", _parse_bits)
     seed_list = _pick(seeds, proto["seeds"], "seed", int)
     jobs = []
     root = Path(out)
     for w, a in bit_pairs:
         for method in method_names:
             for model in model_names:
+                key = model if "@" in model else next((m for m in proto["models"] if m.split("@")[0] == model), model)
+                if not bits and [w, a] not in bits_for(proto, key):
+                    continue  # the protocol narrows this teacher's bit-widths
                 for seed in seed_list:
                     spec = RunSpec(method=method, model=model, wbits=w, abits=a, protocol=protocol, seed=seed)
                     r = resolve(spec, registry)

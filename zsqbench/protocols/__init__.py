@@ -20,6 +20,12 @@ def canonical_hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
+def bits_for(protocol: dict, model_key: str) -> list[list[int]]:
+    """The protocol's bit-widths for one teacher: ``bits_by_model[model]`` where the protocol narrows them (a
+    bit-width measured not to separate methods on that teacher), else ``bits``."""
+    return [list(b) for b in protocol.get("bits_by_model", {}).get(model_key, protocol["bits"])]
+
+
 def load_protocol_file(path: Path) -> dict:
     try:
         data = json.loads(Path(path).read_text())
@@ -28,6 +34,9 @@ def load_protocol_file(path: Path) -> dict:
     missing = [k for k in REQUIRED if k not in data]
     if missing:
         raise UserError(f"protocol file {path} lacks {', '.join(missing)}")
+    unknown = set(data.get("bits_by_model", {})) - set(data["models"])
+    if unknown:
+        raise UserError(f"protocol file {path}: bits_by_model names {', '.join(sorted(unknown))}, not in its models")
     data["hash"] = canonical_hash({k: v for k, v in data.items() if k != "hash"})
     data["path"] = str(path)
     return data
