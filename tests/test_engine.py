@@ -162,7 +162,7 @@ def test_wbits_abits_reach_the_student(tmp_path, monkeypatch):
     rec = smoke(tmp_path, wbits=3, abits=5)
     assert (rec["wbits"], rec["abits"]) == (3, 5)
     assert rec["status"] == "ok"
-    assert rec["off_protocol"] == ["W3A5 is not in protocol smoke"]
+    assert rec["off_protocol"] == ["W3A5 is not in protocol smoke for resnet20@fmnist"]
     assert rec["method"]["quantizer"]["name"] == "minmax-ema"
 
     assert len(students) == 1

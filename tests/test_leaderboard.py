@@ -366,3 +366,30 @@ def test_all_seeds_diverged_row(tmp_path, real_record):
     assert validate_leaderboard(lb) == [] and lb["rows"][-1]["method"] == "hast"
     proc = invoke("leaderboard", "show", out)
     assert proc.exit_code == 0 and "⚠ diverged 2/2" in proc.stdout
+
+
+def test_committed_cpu_leaderboard_is_complete_and_current():
+    """leaderboard/cpu.json: valid, built from the current cpu protocol (same version and hash), every built-in
+    method x teacher x that teacher's bit-widths with the protocol's 3 seeds, and every ZSQ method's 3-bit mean
+    above the noise floor (the protocol's promise that W3A3 separates methods)."""
+    from zsqbench.leaderboard.build import validate_leaderboard
+    from zsqbench.protocols import bits_for
+    from zsqbench.registry import get_registry
+    root = Path(__file__).resolve().parents[1]
+    board = json.loads((root / "leaderboard" / "cpu.json").read_text())
+    assert validate_leaderboard(board) == []
+    reg = get_registry()
+    cpu = reg.get("protocols", "cpu")
+    assert (board["protocol"]["version"], board["protocol"]["hash"]) == (cpu["version"], cpu["hash"]), \
+        "leaderboard/cpu.json is stale: regenerate it with the command in leaderboard/README.md"
+    builtin = sorted(m for m, e in reg.methods.items() if e.provider.startswith("zsqbench"))
+    rows = {(r["model"] + "@" + r["dataset"], r["wbits"], r["abits"], r["method"]): r for r in board["rows"]}
+    for model in cpu["models"]:
+        for w, a in bits_for(cpu, model):
+            for method in builtin:
+                row = rows.get((model, w, a, method))
+                assert row is not None, f"no row for {method} {model} W{w}A{a}"
+                assert sorted(r["seed"] for r in row["runs"]) == cpu["seeds"]
+    for (model, w, a, method), row in rows.items():
+        if w == 3 and method not in ("noise", "fp"):
+            assert row["mean"] > rows[(model, w, a, "noise")]["mean"], f"{method} {model} W3A3 is not above noise"
