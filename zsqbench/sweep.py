@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -62,7 +63,7 @@ def _teacher_digest(model_spec) -> str | None:
     return None
 
 
-def _pick(requested: tuple[str, ...] | None, available: list, what: str, parse=str) -> list:
+def _pick(requested: tuple[str, ...] | None, available: list, parse=str) -> list:
     if not requested:
         return list(available)
     out = []
@@ -93,26 +94,25 @@ def expand(protocol: str, methods=None, models=None, bits=None, seeds=None, out:
     proto = registry.get("protocols", protocol)
     all_methods = sorted(m for m, e in registry.methods.items()
                          if e.obj.settings_for(protocol) is not None)
-    method_names = _pick(methods, all_methods, "method")
+    method_names = _pick(methods, all_methods)
     for m in method_names:
         registry.get("methods", m)
-    model_names = _pick(models, proto["models"], "model")
+    model_names = _pick(models, proto["models"])
     all_bits = [tuple(b) for b in proto["bits"]]
     for per_model in proto.get("bits_by_model", {}).values():
         all_bits += [tuple(b) for b in per_model if tuple(b) not in all_bits]
-    bit_pairs = _pick(bits, all_bits, "bits", _parse_bits)
-    seed_list = _pick(seeds, proto["seeds"], "seed", int)
+    bit_pairs = _pick(bits, all_bits, _parse_bits)
+    seed_list = _pick(seeds, proto["seeds"], int)
     jobs = []
     root = Path(out)
     for w, a in bit_pairs:
         for method in method_names:
             for model in model_names:
-                key = model if "@" in model else next((m for m in proto["models"] if m.split("@")[0] == model), model)
-                if not bits and [w, a] not in bits_for(proto, key):
-                    continue  # the protocol narrows this teacher's bit-widths
                 for seed in seed_list:
                     spec = RunSpec(method=method, model=model, wbits=w, abits=a, protocol=protocol, seed=seed)
                     r = resolve(spec, registry)
+                    if not bits and [w, a] not in bits_for(proto, r["model_key"]):
+                        break  # the protocol narrows this teacher's bit-widths
                     if r["off_protocol"]:
                         raise UserError(f"{method} on {r['model_key']} W{w}A{a} would be off protocol {protocol} "
                                         f"({'; '.join(r['off_protocol'])}): a sweep runs only the protocol's grid")
@@ -196,16 +196,17 @@ def run_sweep(jobs: list[Job], protocol: str, jobs_at_once: int = 1, threads: in
         for stale in job.dir.glob(f".{RECORD}.*.tmp"):  # a record write cut short by a kill
             stale.unlink(missing_ok=True)
         (job.dir / "job.json").write_text(json.dumps({"hash": job.hash, **job.identity}, indent=2, sort_keys=True))
+        cmd = _command(job, protocol, device, cache_dir, data_root)
         logf = open(job.dir / "log.txt", "a")
         logf.write(f"# {datetime.now(timezone.utc).isoformat(timespec='seconds')} attempt {attempt + 1}: "
-                   f"{' '.join(_command(job, protocol, device, cache_dir, data_root)[1:])}\n")
+                   f"{' '.join(cmd[1:])}\n")
         logf.flush()
-        proc = subprocess.Popen(_command(job, protocol, device, cache_dir, data_root), stdout=logf,
+        proc = subprocess.Popen(cmd, stdout=logf,
                                 stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent)
         running[proc] = (job, attempt, time.perf_counter(), logf)
 
     try:
-        with progress if progress else _null():
+        with progress or nullcontext():
             if progress:
                 task = progress.add_task("sweep", total=len(jobs), completed=skipped, protocol=protocol,
                                          info=info())
@@ -244,11 +245,3 @@ def run_sweep(jobs: list[Job], protocol: str, jobs_at_once: int = 1, threads: in
     summary["wall_s"] = round(time.perf_counter() - t0, 1)
     log("end", **{k: (len(v) if isinstance(v, list) else v) for k, v in summary.items()})
     return summary
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
