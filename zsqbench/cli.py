@@ -163,7 +163,7 @@ def _summary(rec: dict, path: Path) -> None:
         d = rec["diverged"]
         t.add_row("status", f"[red]DIVERGED[/] ({d['what']} in {d['phase']} at step {d['step']})")
     t.add_row("final top-1", "—" if rec["final_top1"] is None else f"{rec['final_top1']:.2f} %  "
-              f"({rec['eval_samples']} test images)")
+              f"({rec['eval_samples']} {rec['config']['eval'].get('split', 'test')} images)")
     t.add_row("FP top-1", f"{rec['fp_top1']:.2f} %")
     if rec["best_top1_selected_on_test"] is not None and len(rec["eval_history"]) > 1:
         t.add_row("best on test (legacy)", f"{rec['best_top1_selected_on_test']:.2f} %  [dim](selected on the test "

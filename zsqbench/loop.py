@@ -180,7 +180,7 @@ def run(spec: RunSpec) -> tuple[dict, Path]:
     from zsqbench.evaluation.evaluate import Evaluator  # the only import of real data
     with timer.phase("setup"):
         evaluator = Evaluator(model_spec.dataset, spec.data_root, device, evalc.get("limit"),
-                              evalc.get("batch_size", 100))
+                              evalc.get("batch_size", 100), evalc.get("split", "test"))
         teacher, teacher_info = load_teacher(model_spec, spec.weights, spec.cache_dir)
         teacher = teacher.to(device)
     with timer.phase("evaluation"):  # + the real set's diagnostics, same pass; cached per teacher and data

@@ -191,3 +191,30 @@ def load_test_set(dataset: str, data_root: str | None = None):
     if dataset == "imagenet":
         return load_imagenet_val(data_root)
     raise UserError(f"no evaluation data loader for dataset {dataset!r}")
+
+
+DEV_SIZE = 10_000
+EVAL_SPLITS = ("test", "dev")
+
+
+def load_dev_set(dataset: str, data_root: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The last 10 000 images of the *train* split: where to choose settings, so that the test split is only
+    ever used to report. The embedded teachers saw these images in training, so top-1 on them runs higher
+    than on test; compare settings with it, never report it."""
+    if dataset == "fmnist":
+        x, y = load_fmnist("train", data_root)
+    elif dataset in ("cifar10", "cifar100"):
+        x, y = load_cifar(dataset, "train", data_root)
+    else:
+        raise UserError(f"eval.split=dev needs the train split of {dataset}, which zsqbench does not read; "
+                        "use eval.split=test")
+    return x[-DEV_SIZE:], y[-DEV_SIZE:]
+
+
+def load_eval_set(dataset: str, split: str = "test", data_root: str | None = None):
+    """The split a run is scored on: ``test`` (what records report) or ``dev`` (:func:`load_dev_set`)."""
+    if split == "test":
+        return load_test_set(dataset, data_root)
+    if split == "dev":
+        return load_dev_set(dataset, data_root)
+    raise UserError(f"eval.split must be one of {', '.join(EVAL_SPLITS)}, got {split!r}")

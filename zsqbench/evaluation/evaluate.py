@@ -1,4 +1,5 @@
-"""Top-1 on the real test set: the only place where real images meet a network."""
+"""Top-1 on the real test set (or the dev split, for choosing settings): the only place where real images meet a
+network."""
 from __future__ import annotations
 
 import hashlib
@@ -9,15 +10,15 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from zsqbench.evaluation.data import ImageFolderVal, load_test_set
+from zsqbench.evaluation.data import ImageFolderVal, load_eval_set
 from zsqbench.evaluation.diagnostics import TeacherProbe, has_module
 
 
 class Evaluator:
     def __init__(self, dataset: str, data_root: str | None, device: torch.device, limit: int | None = None,
-                 batch_size: int = 100):
-        self.dataset, self.device, self.batch_size = dataset, device, batch_size
-        data = load_test_set(dataset, data_root)  # fails early, with how-to-get-it, if missing
+                 batch_size: int = 100, split: str = "test"):
+        self.dataset, self.device, self.batch_size, self.split = dataset, device, batch_size, split
+        data = load_eval_set(dataset, split, data_root)  # fails early, with how-to-get-it, if missing
         if isinstance(data, ImageFolderVal):
             self.folder, self.images, self.labels = data, None, None
             self.n = min(len(data), limit) if limit else len(data)

@@ -60,6 +60,10 @@ def parse_value(text: str) -> Any:
         return text
 
 
+# settings a protocol may leave out, with their meaning when it does
+OPTIONAL_KEYS = {"eval.split": "test"}  # "dev": score on held-out train images to choose settings (never to report)
+
+
 def apply_overrides(config: dict, overrides: list[str]) -> dict:
     """Apply ``KEY=VALUE`` overrides with dotted keys (``train.steps=100``, ``distiller.temperature=4``)."""
     config = copy.deepcopy(config)
@@ -76,7 +80,7 @@ def apply_overrides(config: dict, overrides: list[str]) -> dict:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
                 raise UserError(f"--set key {key!r}: {p!r} is not a section")
-        if parts[0] in ("train", "eval") and parts[-1] not in node:
+        if parts[0] in ("train", "eval") and parts[-1] not in node and key.strip() not in OPTIONAL_KEYS:
             raise UserError(f"--set key {key!r} is not a known setting; {'.'.join(parts[:-1])} has: "
                             f"{', '.join(sorted(node))}")
         node[parts[-1]] = parse_value(value)
