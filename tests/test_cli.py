@@ -150,3 +150,20 @@ def test_validate_not_json(cli, tmp_path):
     assert "Traceback" not in proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and "is not JSON" in lines[0], proc.stderr
+
+
+def test_dev_split_run_is_off_protocol_and_says_so(cli, tmp_path):
+    proc = cli(*RUN, "--method", "noise", "--wbits", "4", "--abits", "4", "--set", "eval.split=dev",
+               "--set", "eval.limit=200", "--out", tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "200 dev images" in proc.stdout
+    rec = json.loads(next(tmp_path.glob("*.json")).read_text())
+    assert rec["config"]["eval"]["split"] == "dev" and rec["eval_samples"] == 200
+    assert any("eval.split=dev" in o for o in rec["off_protocol"])  # never a leaderboard row
+    bad = cli(*RUN, "--method", "noise", "--wbits", "4", "--abits", "4", "--set", "eval.split=val",
+              "--out", tmp_path / "bad")
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == \
+        ["error: eval.split must be one of test, dev, got 'val'"]
+    assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").iterdir())
+    unknown = cli(*RUN, "--method", "noise", "--wbits", "4", "--abits", "4", "--set", "eval.splt=dev")
+    assert unknown.returncode == 2 and "not a known setting" in unknown.stderr

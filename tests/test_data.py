@@ -406,3 +406,32 @@ def test_imagenet_empty_class_folders(tmp_path):
     (tmp_path / "val" / "n01" / "x.txt").write_text("")
     with pytest.raises(UserError, match="no images"):
         load_imagenet_val(tmp_path)
+
+
+# --- the dev split (eval.split=dev) ---------------------------------------------------------------------------
+
+def test_dev_split_is_the_tail_of_the_train_split(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "DEV_SIZE", 3)
+    tr_images, tr_labels = fake_fmnist(5, seed=3)
+    write_fmnist(tmp_path, tr_images, tr_labels, prefix="train")
+    write_fmnist(tmp_path, *fake_fmnist(2, seed=4))
+    x, y = data.load_eval_set("fmnist", "dev", tmp_path)
+    full_x, full_y = load_fmnist("train", tmp_path)
+    assert len(x) == 3 and torch.equal(x, full_x[-3:]) and torch.equal(y, full_y[-3:])
+    xt, _ = data.load_eval_set("fmnist", "test", tmp_path)
+    assert len(xt) == 2  # "test" is the test split, unchanged
+    with pytest.raises(UserError, match="eval.split must be one of test, dev, got 'val'"):
+        data.load_eval_set("fmnist", "val", tmp_path)
+    with pytest.raises(UserError, match="use eval.split=test"):
+        data.load_eval_set("imagenet", "dev", tmp_path)
+
+
+def test_dev_split_on_the_real_train_split():
+    try:
+        x, y = data.load_eval_set("fmnist", "dev")
+    except UserError:
+        pytest.skip("Fashion-MNIST is not installed")
+    full_x, full_y = load_fmnist("train")
+    assert len(x) == data.DEV_SIZE == 10_000
+    assert torch.equal(x, full_x[-10_000:]) and torch.equal(y, full_y[-10_000:])
+    assert sorted(y.unique().tolist()) == list(range(10))

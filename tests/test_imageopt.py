@@ -376,3 +376,35 @@ def test_tampered_cache_is_one_line_error(cli, tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "delete it" in proc.stderr and str(pt) in proc.stderr.replace("\n", "")
     assert cli(*args, "--force").returncode == 0  # --force rebuilds it
+
+
+# --- activation calibration on a GDFQ generator (the official IntraQ/HAST trainers) ---------------------------
+
+def test_cpu_settings_calibrate_on_a_gdfq_generator_like_the_official_code():
+    for method, iterations in (("intraq", 50), ("hast", 200)):
+        cfg = resolve(RunSpec(method=method, model="resnet20", wbits=3, abits=3, protocol="cpu"))["config"]
+        syn = cfg["synthesizer"]
+        assert (syn["calibration_synthesizer"], syn["calibration_batch_size"], syn["iterations"]) == \
+            ("gdfq", 16, iterations)
+    # and null switches it off (calibration on the method's own set), off-protocol
+    res = resolve(RunSpec(method="hast", model="resnet20", wbits=3, abits=3, protocol="cpu",
+                          overrides=["synthesizer.calibration_synthesizer=null"]))
+    assert res["config"]["synthesizer"]["calibration_synthesizer"] is None and res["off_protocol"]
+
+
+def test_calibration_batches_come_from_the_generator_then_training_from_the_set(teacher_ctx, tmp_path):
+    ctx = RunContext(teacher=teacher_ctx.teacher, student=None, model=teacher_ctx.model,
+                     dataset=teacher_ctx.dataset, wbits=4, abits=4, quantizer=None, device=torch.device("cpu"),
+                     seed=0, total_steps=4, warmup_steps=2, cache_dir=str(tmp_path), teacher_hash=None)
+    synth = IntraQSynthesizer(num_images=8, synthesis_batch_size=4, iterations=1, plateau_patience=1,
+                              train_augment=False, calibration_synthesizer="gdfq", calibration_batch_size=3)
+    synth.prepare(ctx)
+    calib = synth.calibration_batch(ctx, 8)
+    assert calib.images.shape == (3, *ctx.image_shape)  # calibration_batch_size, not the training batch size
+    in_set = lambda x: bool((synth.images == x).flatten(1).all(1).any())  # noqa: E731
+    assert not any(in_set(x) for x in calib.images)  # generator images, not the optimised set
+    train = synth.next_batch(ctx, 4)
+    assert synth._calibrator is None  # the generator is let go once training starts
+    assert all(in_set(x) for x in train.images)
+    assert synth.calibration_batch(ctx, 2).images.shape[0] == 2 and all(in_set(x) for x in
+                                                                          synth.calibration_batch(ctx, 2).images)

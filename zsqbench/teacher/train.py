@@ -72,6 +72,8 @@ def main(argv=None) -> None:
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--lr", type=float, default=0.1)
     ap.add_argument("--wd", type=float, default=5e-4)
+    ap.add_argument("--decay-all", action="store_true", help="weight decay on every parameter, depthwise kernels and "
+                    "BN affine included (default: not on those, as usual for MobileNets)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--data-root", default=None)
@@ -97,7 +99,7 @@ def main(argv=None) -> None:
     for m in net.modules():  # no weight decay on BN affine, biases and depthwise kernels (usual for MobileNets)
         for n_, p in m.named_parameters(recurse=False):
             depthwise = isinstance(m, torch.nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels
-            (no_decay if p.ndim <= 1 or depthwise else decay).append(p)
+            (no_decay if (p.ndim <= 1 or depthwise) and not args.decay_all else decay).append(p)
     opt = torch.optim.SGD([{"params": decay, "weight_decay": args.wd}, {"params": no_decay, "weight_decay": 0}],
                           lr=args.lr, momentum=0.9, nesterov=True)
     steps_per_epoch = len(xtr) // args.batch_size
@@ -131,7 +133,8 @@ def main(argv=None) -> None:
         manifest[spec.key] = {
             "file": fname, "sha256": sha256_file(path), "fp_top1": round(top1, 2),
             "trained_by": f"python -m zsqbench.teacher.train --model {args.model} --epochs {args.epochs} "
-                          f"--batch-size {args.batch_size} --lr {args.lr} --wd {args.wd} --seed {args.seed}",
+                          f"--batch-size {args.batch_size} --lr {args.lr} --wd {args.wd} --seed {args.seed}"
+                          + (" --decay-all" if args.decay_all else ""),
             "selection": "final epoch (no selection on the test set)",
             "train_wall_s": round(wall), "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads",
             "torch": torch.__version__, "dead_bn_channels_neutralized": dead,
