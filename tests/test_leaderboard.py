@@ -390,6 +390,14 @@ def test_committed_cpu_leaderboard_is_complete_and_current():
                 row = rows.get((model, w, a, method))
                 assert row is not None, f"no row for {method} {model} W{w}A{a}"
                 assert sorted(r["seed"] for r in row["runs"]) == cpu["seeds"]
+    # built from the current settings and teachers too: each run's sweep job is the job a sweep would run now (the
+    # job hash covers the method's settings, the components and the teacher's sha256)
+    from zsqbench.sweep import expand
+    current = {job.dir.name for job in expand("cpu", methods=tuple(builtin), registry=reg)}
+    built = {Path(run["record"]).parent.name for row in board["rows"] for run in row["runs"]}
+    assert built == current, ("leaderboard/cpu.json is stale: a method's cpu settings or a teacher changed since its "
+                              f"records were made ({len(current - built)} jobs not in it); re-run `zsqbench sweep "
+                              "--protocol cpu` and rebuild it with the command in leaderboard/README.md")
     for (model, w, a, method), row in rows.items():
         if w == 3 and method not in ("noise", "fp"):
             assert row["mean"] > rows[(model, w, a, "noise")]["mean"], f"{method} {model} W3A3 is not above noise"
