@@ -60,8 +60,9 @@ def parse_value(text: str) -> Any:
         return text
 
 
-# settings a protocol may leave out, with their meaning when it does
-OPTIONAL_KEYS = {"eval.split": "test"}  # "dev": score on held-out train images to choose settings (never to report)
+# settings a protocol may leave out (--set may still give them): eval.split, absent = "test"; "dev" scores on
+# held-out train images, to choose settings (never to report)
+OPTIONAL_KEYS = frozenset({"eval.split"})
 
 
 def apply_overrides(config: dict, overrides: list[str]) -> dict:
