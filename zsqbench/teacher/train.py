@@ -22,6 +22,8 @@ import torch.nn.functional as F
 from zsqbench.evaluation.data import load_fmnist
 from zsqbench.teacher.zoo import MANIFEST, WEIGHTS_DIR, builtin_models, read_manifest, sha256_file
 
+EQUALIZE_IMAGES = 20000  # training images whose ReLU peaks set the cross-layer equalisation
+
 
 def augment(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
     """Batched random crop (after padding with the background value) + horizontal flip."""
@@ -56,6 +58,73 @@ def neutralize_dead_bn_channels(net: torch.nn.Module, var_threshold: float = 1e-
     return n
 
 
+def relu_chain(net: torch.nn.Module) -> list[tuple[torch.nn.Module, torch.nn.Module]]:
+    """(Conv-BN-ReLU block, the layer its output feeds) for a plain chain network — pytorchcv's MobileNetV1: every
+    ConvBlock feeds the next one's conv, the last feeds `output` through the (linear) average pool. Networks with
+    skip connections (ResNets) are refused: scaling a channel there would also scale the residual path."""
+    if type(net).__name__ != "MobileNet":
+        raise ValueError(f"cross-layer equalisation needs a plain conv chain (pytorchcv MobileNetV1), "
+                         f"not {type(net).__name__}")
+    blocks = [m for m in net.modules() if hasattr(m, "conv") and hasattr(m, "bn")
+              and isinstance(getattr(m, "activ", None), torch.nn.ReLU)]
+    return [(b, blocks[i + 1].conv if i + 1 < len(blocks) else net.output) for i, b in enumerate(blocks)]
+
+
+@torch.no_grad()
+def relu_peaks(net: torch.nn.Module, chain, x: torch.Tensor, batch_size: int = 1000) -> list[torch.Tensor]:
+    """Per block of `chain`, each channel's largest ReLU output over the images `x`."""
+    net.eval()
+    peaks = [torch.zeros(b.bn.num_features) for b, _ in chain]
+
+    def keep_peak(peak):
+        def hook(module, inputs, out):  # returns None: a forward hook's return value would replace the output
+            torch.maximum(peak, out.amax((0, 2, 3)), out=peak)
+        return hook
+    hooks = [b.activ.register_forward_hook(keep_peak(p)) for (b, _), p in zip(chain, peaks)]
+    try:
+        for i in range(0, len(x), batch_size):
+            net(x[i:i + batch_size])
+    finally:
+        for h in hooks:
+            h.remove()
+    return peaks
+
+
+def peak_spread(peaks: list[torch.Tensor]) -> float:
+    """Mean over blocks of (largest / smallest) channel peak among the channels that fire at all."""
+    ratios = [float(p[p > 0].max() / p[p > 0].min()) for p in peaks if (p > 0).any()]
+    return sum(ratios) / max(len(ratios), 1)
+
+
+@torch.no_grad()
+def equalize_cross_layer(net: torch.nn.Module, x: torch.Tensor) -> tuple[float, float]:
+    """Cross-layer equalisation (after Nagel et al., "Data-Free Quantization", 2019), with activation ranges.
+
+    ReLU is positively homogeneous, so scaling channel c of a block's BN output by t_c > 0 and dividing the next
+    layer's input channel c by t_c leaves the network's function unchanged (zero padding and average pooling
+    commute with the scaling too). With r1 = the channel's largest ReLU output on `x` and r2 = the largest
+    |weight| reading it in the next layer, t = sqrt(r2 / r1) gives both the range sqrt(r1 * r2), so one
+    per-tensor 4-bit grid no longer has to cover channels whose peaks differ by orders of magnitude. Channels
+    silent on `x` keep t = 1. One pass is exact: block i's scaling is undone in block i+1's conv, so no other
+    block's r1 or r2 moves. Returns :func:`peak_spread` before and after."""
+    chain = relu_chain(net)
+    peaks = relu_peaks(net, chain, x)
+    for (block, nxt), r1 in zip(chain, peaks):
+        w = nxt.weight
+        depthwise = isinstance(nxt, torch.nn.Conv2d) and nxt.groups > 1
+        # input channel c of the next layer: a depthwise conv's output channel c, else weight column c
+        r2 = w.abs().flatten(1).amax(1) if depthwise else w.abs().transpose(0, 1).flatten(1).amax(1)
+        live = (r1 > 0) & (r2 > 0)
+        t = torch.ones_like(r1)
+        t[live] = torch.sqrt(r2[live] / r1[live])
+        block.bn.weight.mul_(t)
+        block.bn.bias.mul_(t)
+        shape = [1] * w.ndim
+        shape[0 if depthwise else 1] = -1
+        w.div_(t.view(shape))
+    return peak_spread(peaks), peak_spread(relu_peaks(net, chain, x))
+
+
 @torch.no_grad()
 def evaluate(net, x, y, batch_size=500) -> float:
     net.eval()
@@ -80,11 +149,17 @@ def main(argv=None) -> None:
     ap.add_argument("--out", default=None, help="write the weights here instead of teacher/weights/ (implies "
                     "--no-manifest)")
     ap.add_argument("--no-manifest", action="store_true", help="write the weights but leave the manifest alone")
-    ap.add_argument("--neutralize-only", action="store_true",
-                    help="do not train: apply the dead-BN-channel step to the embedded weights, re-measure, rewrite")
+    ap.add_argument("--equalize", action="store_true",
+                    help="after training, equalise channel ranges across layers on the first "
+                         f"{EQUALIZE_IMAGES} training images (function-preserving; MobileNetV1 only)")
+    ap.add_argument("--post-process-only", action="store_true",
+                    help="do not train: apply the post-processing steps (dead BN channels; --equalize) to the "
+                         "embedded weights, re-measure, rewrite the weights and the manifest")
     args = ap.parse_args(argv)
-    if args.neutralize_only:
-        return neutralize_embedded(args)
+    if args.equalize and args.model != "mobilenetv1":
+        ap.error(f"--equalize needs a plain conv chain: mobilenetv1, not {args.model} (skip connections)")
+    if args.post_process_only:
+        return post_process_embedded(args)
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -122,6 +197,7 @@ def main(argv=None) -> None:
               f"elapsed {time.time() - t0:.0f}s", flush=True)
     wall = time.time() - t0
     dead = neutralize_dead_bn_channels(net)
+    equalized = equalize(net, xtr) if args.equalize else None
     top1 = evaluate(net, xte, yte)
     print(f"final test top-1 {top1:.2f}% ({wall:.0f}s)", flush=True)
 
@@ -134,32 +210,46 @@ def main(argv=None) -> None:
             "file": fname, "sha256": sha256_file(path), "fp_top1": round(top1, 2),
             "trained_by": f"python -m zsqbench.teacher.train --model {args.model} --epochs {args.epochs} "
                           f"--batch-size {args.batch_size} --lr {args.lr} --wd {args.wd} --seed {args.seed}"
-                          + (" --decay-all" if args.decay_all else ""),
+                          + (" --decay-all" if args.decay_all else "") + (" --equalize" if args.equalize else ""),
             "selection": "final epoch (no selection on the test set)",
             "train_wall_s": round(wall), "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads",
             "torch": torch.__version__, "dead_bn_channels_neutralized": dead,
         }
+        if equalized:
+            manifest[spec.key]["cross_layer_equalized"] = equalized
         MANIFEST.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     print(f"wrote {path}")
 
 
-def neutralize_embedded(args) -> None:
-    """Apply :func:`neutralize_dead_bn_channels` to already committed weights (they were trained before the step
-    was part of this script) and record it, with the re-measured top-1, in the manifest."""
+def equalize(net, xtr) -> dict:
+    """:func:`equalize_cross_layer` on the first EQUALIZE_IMAGES training images; what the manifest records."""
+    before, after = equalize_cross_layer(net, xtr[:EQUALIZE_IMAGES])
+    print(f"cross-layer equalisation: channel peak spread {before:.1f}x -> {after:.1f}x", flush=True)
+    return {"images": f"fmnist train[:{EQUALIZE_IMAGES}]", "peak_spread_before": round(before, 2),
+            "peak_spread_after": round(after, 2)}
+
+
+def post_process_embedded(args) -> None:
+    """Apply the post-processing steps to already committed weights (trained before a step was part of this
+    script) and record them, with the re-measured top-1, in the manifest."""
     from zsqbench.teacher.zoo import load_teacher
     spec = next(s for s in builtin_models() if s.name == args.model and s.dataset == "fmnist")
     net, _ = load_teacher(spec)
     xte, yte = load_fmnist("test", args.data_root)
     before = evaluate(net, xte, yte)
     dead = neutralize_dead_bn_channels(net)
+    equalized = equalize(net, load_fmnist("train", args.data_root)[0]) if args.equalize else None
     top1 = evaluate(net, xte, yte)
     path = WEIGHTS_DIR / f"{spec.name}_fmnist.pt"
     torch.save(net.state_dict(), path)
     manifest = read_manifest()
     entry = manifest[spec.key]
     entry.update({"sha256": sha256_file(path), "fp_top1": round(top1, 2), "dead_bn_channels_neutralized": dead,
-                  "post_processed_by": f"python -m zsqbench.teacher.train --model {args.model} --neutralize-only",
+                  "post_processed_by": f"python -m zsqbench.teacher.train --model {args.model} --post-process-only"
+                                       + (" --equalize" if args.equalize else ""),
                   "fp_top1_before_post_processing": round(before, 2)})
+    if equalized:
+        entry["cross_layer_equalized"] = equalized
     MANIFEST.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     print(f"{spec.key}: {dead} dead BN channels neutralized; test top-1 {before:.2f}% -> {top1:.2f}%; wrote {path}")
 

@@ -1,0 +1,62 @@
+"""Teacher post-processing: cross-layer equalisation keeps the function and equalises the ranges it targets."""
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from zsqbench.teacher.train import equalize_cross_layer, relu_chain, relu_peaks
+from zsqbench.teacher.zoo import mobilenetv1_32, read_manifest, resnet20
+
+
+def _random_mobilenet(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    net = mobilenetv1_32(10, 1, width=0.25)
+    with torch.no_grad():  # uneven BN statistics and scales, as in a trained network
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-1, 1)
+                m.running_var.uniform_(0.01, 4)
+                m.weight.copy_(torch.exp(torch.randn(m.num_features) * 1.5))
+                m.bias.uniform_(-0.5, 1)
+    return net.eval()
+
+
+def test_equalisation_preserves_the_function_and_equalises_ranges():
+    net = _random_mobilenet()
+    x = torch.randn(64, 1, 32, 32)
+    probe = torch.randn(16, 1, 32, 32)  # images the equalisation never saw
+    with torch.no_grad():
+        before = net(probe).clone()
+    spread_before, spread_after = equalize_cross_layer(net, x)
+    with torch.no_grad():
+        after = net(probe)
+    assert torch.allclose(after, before, rtol=1e-4, atol=1e-4 * before.abs().max().item())
+    assert spread_after < spread_before
+    # on the images it used, each live channel's activation peak equals the weight range that reads it
+    chain = relu_chain(net)
+    for (block, nxt), r1 in zip(chain, relu_peaks(net, chain, x)):
+        w = nxt.weight.detach()
+        depthwise = isinstance(nxt, torch.nn.Conv2d) and nxt.groups > 1
+        r2 = w.abs().flatten(1).amax(1) if depthwise else w.abs().transpose(0, 1).flatten(1).amax(1)
+        live = r1 > 0
+        assert torch.allclose(r1[live], r2[live], rtol=1e-3)
+
+
+def test_equalisation_refuses_networks_with_skip_connections():
+    with pytest.raises(ValueError, match="plain conv chain"):
+        equalize_cross_layer(resnet20(10, 1), torch.randn(2, 1, 32, 32))
+    r = subprocess.run([sys.executable, "-m", "zsqbench.teacher.train", "--model", "resnet20", "--equalize"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1].endswith("--equalize needs a plain conv chain: mobilenetv1, not "
+                                                      "resnet20 (skip connections)")
+
+
+def test_embedded_mobilenet_records_its_post_processing():
+    entry = read_manifest()["mobilenetv1@fmnist"]
+    assert "--decay-all" in entry["trained_by"]
+    assert entry["post_processed_by"].endswith("--post-process-only --equalize")
+    eq = entry["cross_layer_equalized"]
+    assert eq["peak_spread_after"] < eq["peak_spread_before"]
+    assert entry["fp_top1"] == entry["fp_top1_before_post_processing"]  # function-preserving, measured
