@@ -50,8 +50,10 @@ def real_record(tmp_path_factory):
 
 
 def variant(base: dict, method="gdfq", seed=0, final=80.0, best=None, total_s=10.0, step_s=0.05,
-            version=None, protocol=None, off=(), status="ok", model=None) -> dict:
+            version=None, protocol=None, off=(), status="ok", model=None, teacher=None) -> dict:
     r = copy.deepcopy(base)
+    if teacher is not None:  # other weights of the same teacher model
+        r["teacher"]["sha256"] = teacher
     r["method"]["name"] = method
     r["seed"] = seed
     r["status"] = status
@@ -149,6 +151,8 @@ REFUSALS = {
     "mixed-version": (dict(seed=5, version=2), "", ["mixed versions of protocol 'smoke'", "v1", "v2"]),
     "off-protocol": (dict(seed=6, off=["overrides: train.steps=3"]), "", ["off-protocol", "cannot enter"]),
     "wrong-protocol": (dict(seed=7, protocol="cpu"), "", ["not protocol 'smoke'", "found cpu"]),
+    "mixed-teacher": (dict(seed=8, teacher="ab" * 32), "", ["gdfq on resnet20@fmnist W4A4 mixes teacher weights",
+                                                          "abababab", "re-run"]),
 }
 
 
@@ -209,6 +213,9 @@ def test_leaderboard_schema_rejects_broken_files(tmp_path, results):
         lambda x: x["rows"][0]["runs"].append(copy.deepcopy(x["rows"][0]["runs"][0]))))
     assert any("another protocol version" in e for e in errors(
         lambda x: x["rows"][0]["runs"][0].update(protocol_version=7)))
+    assert any("different teacher weights" in e for e in errors(
+        lambda x: next(r for r in x["rows"] if len(r["runs"]) > 1)["runs"][0].update(teacher_sha256="ab" * 32)))
+    assert any("teacher_sha256" in e for e in errors(lambda x: x["rows"][0]["runs"][0].update(teacher_sha256="x")))
     bad = copy.deepcopy(lb)
     bad["rows"][1]["std"] = 0.1
     (tmp_path / "bad.json").write_text(json.dumps(bad))
@@ -289,18 +296,21 @@ def sets(tmp_path, real_record):
         ("equal", [80.2, 80.9, 80.4], {}),
         ("one", [90.0], {}),
         ("v2", [90.0, 90.5, 91.0], {"version": 2}),
+        ("teacher2", [90.0, 90.5, 91.0], {"teacher": "ab" * 32}),
     ]}
 
 
 def test_compare_marks(sets):
-    proc, res = compare_json(sets["ref"], sets["better"], sets["worse"], sets["equal"], sets["one"], sets["v2"])
+    proc, res = compare_json(sets["ref"], sets["better"], sets["worse"], sets["equal"], sets["one"], sets["v2"],
+                             sets["teacher2"])
     assert proc.exit_code == 0
     assert marks(res) == {("gdfq", "better"): "+", ("gdfq", "worse"): "-", ("gdfq", "equal"): "~",
-                          ("gdfq", "one"): "?", ("gdfq", "v2"): "x"}
+                          ("gdfq", "one"): "?", ("gdfq", "v2"): "x", ("gdfq", "teacher2"): "x"}
     by = {c["input"].rsplit("/", 1)[-1]: c for c in res["comparisons"]}
     assert by["better"]["delta"] == pytest.approx(5.0) and by["better"]["p"] < 0.05
     assert by["equal"]["p"] > 0.05 and by["one"]["p"] is None
     assert by["v2"]["delta"] is None and by["v2"]["p"] is None  # never compared
+    assert by["teacher2"]["delta"] is None and "teacher weights" in by["teacher2"]["note"]  # apples and oranges
     assert res["worse"] == 1
 
 

@@ -35,14 +35,33 @@ def run_entry(path: str, rec: dict) -> dict:
             "best_top1_selected_on_test": rec["best_top1_selected_on_test"], "fp_top1": rec["fp_top1"],
             "total_s": rec["timing"]["total_s"], "mean_step_s": rec["timing"]["mean_step_s"],
             "protocol_version": rec["protocol"]["version"], "protocol_hash": rec["protocol"]["hash"],
-            "git_commit": rec["git"]["commit"], "record": path}
+            "git_commit": rec["git"]["commit"], "teacher_sha256": rec["teacher"].get("sha256"), "record": path}
 
 
 def make_row(key: tuple, items: list[tuple[str, dict]]) -> dict:
     """One row from the (path, record) pairs that share ``key``; refuses duplicate seeds."""
     runs = sorted((run_entry(p, r) for p, r in items), key=lambda r: r["seed"])
     check_seeds(key, runs)
+    check_teacher(key, runs)
     return row_from_runs(key, runs)
+
+
+def teacher_weights(runs: list[dict]) -> set:
+    """The teacher weights' sha256 values of a row's runs (optional in the schema: older leaderboards lack it)."""
+    return {r["teacher_sha256"] for r in runs if r.get("teacher_sha256")}
+
+
+def check_teacher(key: tuple, runs: list[dict]) -> None:
+    """One row, one teacher: seeds run on different weights of the same model are not one result."""
+    by_sha = defaultdict(list)
+    for r in runs:
+        if r.get("teacher_sha256"):
+            by_sha[r["teacher_sha256"]].append(r["record"])
+    if len(by_sha) > 1:
+        model, dataset, w, a, method = key
+        parts = [f"{sha[:8]}: {name_files(ps, 2)}" for sha, ps in sorted(by_sha.items())]
+        raise UserError(f"{method} on {model}@{dataset} W{w}A{a} mixes teacher weights ({'; '.join(parts)}): "
+                        "keep the records of one teacher (re-run the others)")
 
 
 def check_seeds(key: tuple, runs: list[dict]) -> None:
@@ -164,6 +183,9 @@ def validate_leaderboard(obj) -> list[str]:
             errors.append(f"{where}: runs of another protocol version/hash than the leaderboard's "
                           f"(v{proto['version']} {proto['hash'][:8]}): "
                           + ", ".join(f"v{v} {h[:8]}" for v, h in sorted(mixed)))
+        if len(teacher_weights(runs)) > 1:
+            errors.append(f"{where}: runs on different teacher weights "
+                          + ", ".join(sha[:8] for sha in sorted(teacher_weights(runs))))
         seeds = [r["seed"] for r in runs]
         if len(set(seeds)) != len(seeds):
             errors.append(f"{where}: duplicate seeds {sorted(s for s in set(seeds) if seeds.count(s) > 1)}")
