@@ -183,9 +183,9 @@ def validate_leaderboard(obj) -> list[str]:
             errors.append(f"{where}: runs of another protocol version/hash than the leaderboard's "
                           f"(v{proto['version']} {proto['hash'][:8]}): "
                           + ", ".join(f"v{v} {h[:8]}" for v, h in sorted(mixed)))
-        if len(teacher_weights(runs)) > 1:
-            errors.append(f"{where}: runs on different teacher weights "
-                          + ", ".join(sha[:8] for sha in sorted(teacher_weights(runs))))
+        shas = teacher_weights(runs)
+        if len(shas) > 1:
+            errors.append(f"{where}: runs on different teacher weights " + ", ".join(s[:8] for s in sorted(shas)))
         seeds = [r["seed"] for r in runs]
         if len(set(seeds)) != len(seeds):
             errors.append(f"{where}: duplicate seeds {sorted(s for s in set(seeds) if seeds.count(s) > 1)}")
