@@ -152,3 +152,19 @@ def test_protocol_narrows_bit_widths_per_teacher(tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps(bad))
     with pytest.raises(UserError, match="resnet56@fmnist, not in its models"):
         load_protocol_file(tmp_path / "bad.json")
+
+
+def test_sweep_overrides_make_an_off_protocol_grid_with_its_own_hashes(tmp_path):
+    """`sweep --set` (learning curves, ablations): every job carries the overrides into its command and hash; a
+    bad override is refused before any job starts."""
+    from zsqbench.sweep import _command
+    plain = expand("smoke", ["noise"], ["resnet20@fmnist"], None, ["0"], tmp_path)
+    curve = expand("smoke", ["noise"], ["resnet20@fmnist"], None, ["0"], tmp_path,
+                   overrides=["eval.split=dev", "eval.limit=500"])
+    assert plain[0].hash != curve[0].hash
+    assert curve[0].identity["overrides"] == ["eval.split=dev", "eval.limit=500"]
+    assert curve[0].identity["config"]["eval"]["limit"] == 500
+    cmd = _command(curve[0], "smoke", "cpu", None, None)
+    assert cmd[-4:] == ["--set", "eval.split=dev", "--set", "eval.limit=500"]
+    with pytest.raises(UserError, match="not a known setting"):
+        expand("smoke", ["noise"], ["resnet20@fmnist"], None, ["0"], tmp_path, overrides=["train.stepz=3"])

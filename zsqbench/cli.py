@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from zsqbench.errors import UserError
@@ -21,7 +22,7 @@ class Group(click.Group):
         try:
             return super().invoke(ctx)
         except UserError as e:
-            err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
             sys.exit(2)
         except KeyboardInterrupt:
             err_console.print("[bold red]interrupted[/] (no record written)")
@@ -130,14 +131,16 @@ def synth(method, model, dataset, protocol, seed, device, overrides, weights, ca
               help="How often a failed job is run again.")
 @click.option("--data-root", default=None, type=click.Path(), help="Where the evaluation data lives.")
 @click.option("--cache-dir", default=None, type=click.Path(), help="pytorchcv weights / synthetic-set cache.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a setting in every job (learning curves, ablations): the records are off-protocol.")
 @click.option("--dry-run", is_flag=True, help="List the jobs and whether each is done; run nothing.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def sweep(protocol, methods, models, bits, seeds, jobs, threads, out, device, retries, data_root, cache_dir,
-          dry_run, quiet):
+          overrides, dry_run, quiet):
     """Run a protocol's grid (methods x teachers x bit-widths x seeds), one directory per job; resumable."""
     from zsqbench.sweep import expand, run_sweep
     out = Path(out or Path("sweeps") / protocol)
-    grid = expand(protocol, methods, models, bits, seeds, out)
+    grid = expand(protocol, methods, models, bits, seeds, out, overrides=overrides)
     if dry_run:
         for job in grid:
             console.print(f"{'done' if job.done() else 'todo'}  {job.dir}", highlight=False)
@@ -244,7 +247,7 @@ def main():
     try:
         get_plugin_manager().hook.zsqbench_register_commands(cli=cli)
     except UserError as e:
-        err_console.print(f"[bold red]error:[/] {e}")
+        err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     cli()
 

@@ -43,6 +43,7 @@ class Job:
     identity: dict
     hash: str
     dir: Path
+    overrides: tuple[str, ...] = ()   # --set KEY=VALUE for every job (an off-protocol sweep: curves, ablations)
 
     @property
     def label(self) -> str:
@@ -86,9 +87,12 @@ def _parse_bits(text: str) -> tuple[int, int]:
 
 
 def expand(protocol: str, methods=None, models=None, bits=None, seeds=None, out: str | Path = "sweeps",
-           registry: Registry | None = None) -> list[Job]:
+           registry: Registry | None = None, overrides=()) -> list[Job]:
     """The sweep's jobs, in run order: bit-widths outermost, so that image-optimisation methods find the
-    synthetic set of the first bit-width in the cache at the next (the set does not depend on the bit-width)."""
+    synthetic set of the first bit-width in the cache at the next (the set does not depend on the bit-width).
+
+    ``overrides`` (``KEY=VALUE`` strings, as ``run --set``) apply to every job: the records are off-protocol and
+    never enter a leaderboard, but keep the sweep's resume and retry (learning curves, ablations)."""
     from zsqbench.loop import RunSpec, resolve
     registry = registry or get_registry()
     proto = registry.get("protocols", protocol)
@@ -109,21 +113,25 @@ def expand(protocol: str, methods=None, models=None, bits=None, seeds=None, out:
         for method in method_names:
             for model in model_names:
                 for seed in seed_list:
-                    spec = RunSpec(method=method, model=model, wbits=w, abits=a, protocol=protocol, seed=seed)
+                    spec = RunSpec(method=method, model=model, wbits=w, abits=a, protocol=protocol, seed=seed,
+                                   overrides=list(overrides))
                     r = resolve(spec, registry)
                     if not bits and [w, a] not in bits_for(proto, r["model_key"]):
                         break  # the protocol narrows this teacher's bit-widths
-                    if r["off_protocol"]:
+                    reasons = [x for x in r["off_protocol"] if not x.startswith("overrides:")]
+                    if reasons:
                         raise UserError(f"{method} on {r['model_key']} W{w}A{a} would be off protocol {protocol} "
-                                        f"({'; '.join(r['off_protocol'])}): a sweep runs only the protocol's grid")
+                                        f"({'; '.join(reasons)}): a sweep runs only the protocol's grid")
                     identity = {"method": method, "model": r["model_key"], "wbits": w, "abits": a, "seed": seed,
                                 "protocol": {"name": protocol, "version": proto["version"], "hash": proto["hash"]},
                                 "teacher_sha256": _teacher_digest(r["model_spec"]),
                                 "components": {k: v[0] for k, v in r["components"].items()},
                                 "config": r["config"]}
+                    if overrides:
+                        identity["overrides"] = list(overrides)
                     h = canonical_hash(identity)
                     name = f"{h[:16]}-{method}-{r['model_key'].replace('@', '-')}-w{w}a{a}-s{seed}"
-                    jobs.append(Job(method, r["model_key"], w, a, seed, identity, h, root / name))
+                    jobs.append(Job(method, r["model_key"], w, a, seed, identity, h, root / name, tuple(overrides)))
     if not jobs:
         raise UserError(f"the sweep is empty: protocol {protocol} has no job for these choices")
     return jobs
@@ -148,6 +156,8 @@ def _command(job: Job, protocol: str, device: str, cache_dir: str | None, data_r
         cmd += ["--cache-dir", cache_dir]
     if data_root:
         cmd += ["--data-root", data_root]
+    for item in job.overrides:
+        cmd += ["--set", item]
     return cmd
 
 

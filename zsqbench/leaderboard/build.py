@@ -14,10 +14,11 @@ from datetime import datetime, timezone
 
 from zsqbench.errors import UserError
 from zsqbench.leaderboard.collect import LEADERBOARD_KIND
-from zsqbench.leaderboard.stats import mean, summarize
+from zsqbench.leaderboard.stats import holm, mean, pvalue, summarize
 from zsqbench.record.io import validation_errors
 
 SCHEMA_VERSION = 1
+ALPHA = 0.05  # family-wise error rate of the adjacent-row comparisons (Holm)
 
 
 def name_files(paths, limit: int = 4) -> str:
@@ -125,8 +126,8 @@ def build_leaderboard(records: list[tuple[str, dict]], protocol: str, n_inputs: 
     for p, r in records:
         groups[row_key(r)].append((p, r))
     rows = [make_row(k, items) for k, items in groups.items()]
-    rows.sort(key=lambda r: (r["model"], r["dataset"], r["wbits"], r["abits"],
-                             -(r["mean"] if r["mean"] is not None else -math.inf), r["method"]))
+    rows.sort(key=rank_order)
+    significance = add_significance(rows)
     recs = [r for _, r in records]
     import zsqbench
     lb = {
@@ -146,9 +147,44 @@ def build_leaderboard(records: list[tuple[str, dict]], protocol: str, n_inputs: 
             "records": len(recs),
             "total_wall_s": sum(r["timing"]["total_s"] for r in recs),
         },
+        "significance": significance,
         "rows": rows,
     }
     return lb
+
+
+def rank_order(row: dict) -> tuple:
+    """Rows of one model and bit-width together, best mean first (rows without a mean last)."""
+    return (row["model"], row["dataset"], row["wbits"], row["abits"],
+            -(row["mean"] if row["mean"] is not None else -math.inf), row["method"])
+
+
+def add_significance(rows: list[dict], alpha: float = ALPHA) -> dict:
+    """Compare each row with the next lower-ranked row of its model and bits (Welch's t on the per-seed final
+    top-1), Holm-corrected over the adjacent pairs of that table (one family per model and bits: each table is one
+    ranking question): a reader sees which steps of the ranking are real. Sets ``significance`` and ``group`` on
+    every row; returns the leaderboard's ``significance`` block."""
+    tables = defaultdict(list)
+    for row in sorted(rows, key=rank_order):
+        tables[(row["model"], row["dataset"], row["wbits"], row["abits"])].append(row)
+    n_pairs = 0
+    for ranked in tables.values():
+        pairs = []
+        for upper, lower in zip(ranked, ranked[1:]):
+            p = pvalue(upper["final_top1"], lower["final_top1"])
+            if p is not None:
+                pairs.append((upper, lower, p))
+        for row in ranked:
+            row["significance"] = None
+        for (upper, lower, p), p_holm in zip(pairs, holm([p for *_, p in pairs])):
+            upper["significance"] = {"next": lower["method"], "delta": upper["mean"] - lower["mean"], "p": p,
+                                     "p_holm": p_holm, "differs": p_holm < alpha}
+        group = 1
+        for upper, lower in zip([None] + ranked, ranked):
+            group += bool(upper and (upper["significance"] or {}).get("differs"))
+            lower["group"] = group
+        n_pairs += len(pairs)
+    return {"test": "welch", "correction": "holm", "alpha": alpha, "comparisons": n_pairs}
 
 
 def device_label(d: dict) -> str:
@@ -204,6 +240,20 @@ def validate_leaderboard(obj) -> list[str]:
         if (row["ci95"] is None) != (stats["ci95"] is None) or (
                 row["ci95"] and not all(_close(x, y) for x, y in zip(row["ci95"], stats["ci95"]))):
             errors.append(f"{where}: ci95 {row['ci95']} does not match final_top1 ({stats['ci95']})")
+    if "significance" in obj:
+        import copy
+        expect_rows = copy.deepcopy(obj["rows"])
+        expect = add_significance(expect_rows, obj["significance"]["alpha"])
+        if expect != obj["significance"]:
+            errors.append(f"significance: {obj['significance']} but the rows give {expect}")
+        for row, want in zip(obj["rows"], expect_rows):
+            for field in ("group", "significance"):
+                got, exp = row.get(field), want[field]
+                same = got == exp if not (isinstance(got, dict) and isinstance(exp, dict)) else \
+                    all(_close(got.get(k), v) if isinstance(v, float) else got.get(k) == v for k, v in exp.items())
+                if not same:
+                    errors.append(f"rows ({row['method']} {row['model']}@{row['dataset']} W{row['wbits']}A"
+                                  f"{row['abits']}): {field} {got} does not match the per-seed values ({exp})")
     n_runs = sum(len(r["runs"]) for r in obj["rows"])
     if n_runs != obj["provenance"]["records"]:
         errors.append(f"provenance/records: {obj['provenance']['records']} but the rows hold {n_runs} runs")

@@ -52,6 +52,11 @@ def _row_order(r):
 
 def leaderboard_table(lb: dict, published: bool = False, console: Console | None = None) -> None:
     console = console or Console()
+    if "significance" not in lb:  # built before the adjacent-row tests existed: derive them from the seeds
+        import copy
+        from zsqbench.leaderboard.build import add_significance
+        lb = copy.deepcopy(lb)
+        lb["significance"] = add_significance(lb["rows"])
     rows = sorted(lb["rows"], key=lambda r: (_group_key(r), _row_order(r)))
     pub = {}
     if published:
@@ -63,6 +68,7 @@ def leaderboard_table(lb: dict, published: bool = False, console: Console | None
                     "top-1, mean ± std over seeds", title_justify="left")
     right = {"justify": "right"}
     columns = [("model", {}), ("bits", {}), ("method", {"style": "bold"}), ("n", right), ("final top-1 %", right),
+               ("grp", {}), ("vs next", right),
                ("95 % CI", {}), ("per seed", {}), ("best on test % (legacy)", right)]
     columns += [("published % (best on test)", {})] * show_pub
     columns += [("gap", right), ("FP %", right), ("wall s", right), ("step ms", right), ("flags", {})]
@@ -79,6 +85,7 @@ def leaderboard_table(lb: dict, published: bool = False, console: Console | None
             cells = [f"{r['model']}@{r['dataset']}" if i == 0 else "", f"W{r['wbits']}A{r['abits']}" if i == 0 else "",
                      r["method"], str(r["n"]) + (f"/{r['n'] + r['diverged']}" if r["diverged"] else ""),
                      _mark(final, r["mean"] is not None and r["mean"] == best_mean),
+                     _group_letter(r.get("group")), _vs_next(r.get("significance")),
                      "—" if r["ci95"] is None else f"[{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}]",
                      " / ".join(f"{v:.2f}" for v in r["final_top1"]) or "—",
                      _mark(_f(r["best_on_test_mean"]), r["best_on_test_mean"] is not None
@@ -101,9 +108,29 @@ def leaderboard_table(lb: dict, published: bool = False, console: Console | None
     console.print(f"{STAR} best per model and bits (mean final top-1; best on test; fastest). Best on test is "
                   "selected on the test set (legacy, as papers report); the headline is the final student.",
                   style="dim", highlight=False)
+    sig = lb["significance"]
+    console.print(f"grp: rows sharing a letter are not told apart; vs next: Δ to the next row and its Welch p, "
+                  f"{sig['correction'].capitalize()}-corrected over each table's {sig['comparisons']} adjacent pairs "
+                  f"in all (* = p < {sig['alpha']}).", style="dim", highlight=False)
     if published and not show_pub:
         console.print("no published numbers for these models/datasets/bits (or the published table is not "
                       "available)", style="dim", highlight=False)
+
+
+def _group_letter(group: int | None) -> str:
+    if not group:
+        return ""
+    letters = ""
+    while group:
+        group, rest = divmod(group - 1, 26)
+        letters = chr(ord("a") + rest) + letters
+    return letters
+
+
+def _vs_next(sig: dict | None) -> str:
+    if not sig:
+        return ""
+    return f"{sig['delta']:+.2f} p={sig['p_holm']:.2g}" + ("*" if sig["differs"] else " ")
 
 
 def _side_text(s: dict) -> str:

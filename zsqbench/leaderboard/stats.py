@@ -1,4 +1,5 @@
-"""Statistics across seeds: mean, sample std, t-based 95 % CI; Welch / Mann-Whitney tests between two rows."""
+"""Statistics across seeds: mean, sample std, t-based 95 % CI; Welch / Mann-Whitney tests between two rows; Holm's
+step-down correction for a family of tests."""
 from __future__ import annotations
 
 import math
@@ -51,3 +52,16 @@ def min_pvalue(n_a: int, n_b: int, test: str) -> float:
     if test == "mannwhitney" and n_a >= 1 and n_b >= 1:
         return min(1.0, 2 / math.comb(n_a + n_b, n_a))
     return 0.0
+
+
+def holm(pvalues: list[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (same order as given): the i-th smallest p times (m - i), made monotone.
+    Rejecting where the adjusted p < alpha controls the family-wise error rate at alpha."""
+    m = len(pvalues)
+    order = sorted(range(m), key=lambda i: pvalues[i])
+    adjusted = [0.0] * m
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * pvalues[i]))
+        adjusted[i] = running
+    return adjusted
