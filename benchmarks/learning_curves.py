@@ -42,10 +42,10 @@ METHODS = {
     "gdfq": {"train.batch_size": 32, "train.lr": 1e-4},
     "adadfq": {"train.batch_size": 16, "train.lr": 1e-4},
     "hast": {"train.batch_size": 32, "train.lr": 1e-5},
-    "bag": {"train.batch_size": 16, "train.lr": 1e-4},
-    "adasg": {"train.batch_size": 16, "train.lr": 1e-4},
     "intraq": {"train.batch_size": 32, "train.lr": 1e-5},
     "zeroq-kd": {"train.batch_size": 32, "train.lr": 1e-5},
+    "bag": {"train.batch_size": 16, "train.lr": 1e-4},
+    "adasg": {"train.batch_size": 16, "train.lr": 1e-4},
 }
 
 # (teacher, bits) in priority order: ResNet-20 W3A3 separates methods most, then W4A4, then MobileNetV1 W4A4.
