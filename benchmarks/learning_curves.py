@@ -48,12 +48,21 @@ METHODS = {
     "adasg": {"train.batch_size": 16, "train.lr": 1e-4},
 }
 
+# Schedules. "constant": the official lr throughout (how long does the student keep improving?). "official": the
+# issue's reference runs of the official code — 200 warm-up + 800 steps (20 epochs x 50 iterations, 4 warm-up
+# epochs), lr x0.1 at epochs 5/10/15, i.e. after 50, 300 and 550 distillation steps (fidelity at a matched budget,
+# and what the early decays do to the seed spread).
+SCHEDULES = {
+    "constant": {},
+    "official": {"train.steps": 800, "train.milestones": [0.0625, 0.375, 0.6875]},
+}
+
 # (teacher, bits) in priority order: ResNet-20 W3A3 separates methods most, then W4A4, then MobileNetV1 W4A4.
 SETTINGS = [("resnet20@fmnist", "3"), ("resnet20@fmnist", "4"), ("mobilenetv1@fmnist", "4")]
 
 
-def _overrides(method: str) -> list[str]:
-    merged = {**COMMON, **METHODS[method]}
+def _overrides(method: str, schedule: str = "constant") -> list[str]:
+    merged = {**COMMON, **METHODS[method], **SCHEDULES[schedule]}
     return [f"{k}={json.dumps(v)}" for k, v in merged.items()]
 
 
@@ -72,7 +81,7 @@ def jobs(args) -> list:
             continue
         for method in methods:
             out += expand("cpu", [method], [model], [bits], _split(args.seeds) or ["0", "1", "2"], args.out,
-                          overrides=_overrides(method))
+                          overrides=_overrides(method, args.schedule))
     return out
 
 
@@ -99,6 +108,8 @@ def cmd_collect(args) -> None:
             "diverged": rec["diverged"], "split": cfg["eval"].get("split", "test"), "eval_samples": rec["eval_samples"],
             "batch_size": cfg["train"]["batch_size"], "lr": cfg["train"]["lr"],
             "warmup_steps": cfg["train"]["warmup_steps"], "steps": cfg["train"]["steps"],
+            "milestones": cfg["train"]["milestones"],
+            "schedule": "constant" if not cfg["train"]["milestones"] else "official",
             "history": [[h["step"], h["top1"]] for h in rec["eval_history"]],
             "mean_step_s": rec["timing"]["mean_step_s"], "phases_s": rec["timing"]["phases_s"],
             "total_s": rec["timing"]["total_s"], "commit": rec["git"].get("commit"),
@@ -106,7 +117,7 @@ def cmd_collect(args) -> None:
         })
     DATA.parent.mkdir(parents=True, exist_ok=True)
     DATA.write_text(json.dumps({"about": __doc__.split("\n\n")[0], "common": COMMON, "methods": METHODS,
-                                "runs": rows}, indent=1) + "\n")
+                                "schedules": SCHEDULES, "runs": rows}, indent=1) + "\n")
     print(f"{len(rows)} runs -> {DATA}")
 
 
@@ -114,7 +125,7 @@ def _curves(runs: list[dict]) -> dict:
     """(method, model, bits) -> {step: [top1 per seed]} over finished runs (diverged runs count as missing)."""
     out: dict = {}
     for r in runs:
-        key = (r["method"], r["model"], r["bits"])
+        key = (r["method"], r["model"], r["bits"], r["schedule"])
         by_step = out.setdefault(key, {})
         for step, top1 in r["history"]:
             by_step.setdefault(step, []).append(top1)
@@ -135,18 +146,19 @@ def plateau_step(by_step: dict, tolerance: float = 0.5) -> int | None:
 def cmd_table(args) -> None:
     data = json.loads(DATA.read_text())
     import statistics
-    print("| method | teacher | bits | seeds | dev top-1 at 200 / 400 / 600 / 800 / 1000 (mean) | sd at the end |"
-          " plateau (±0.5) | ms/step |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    for (method, model, bits), by_step in sorted(_curves(data["runs"]).items(), key=lambda kv: (kv[0][1], kv[0][2])):
+    print("| method | teacher | bits | schedule | seeds | dev top-1 at 100 / 200 / 400 / 600 / 800 / 1000 (mean) |"
+          " sd at the end | plateau (±0.5) | ms/step |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for (method, model, bits, schedule), by_step in sorted(_curves(data["runs"]).items(),
+                                                           key=lambda kv: (kv[0][1], kv[0][2], kv[0][3])):
         n = max(len(v) for v in by_step.values())
         means = " / ".join(f"{statistics.mean(by_step[s]):.1f}" if s in by_step else "—"
-                           for s in (200, 400, 600, 800, 1000))
+                           for s in (100, 200, 400, 600, 800, 1000))
         last = by_step[max(by_step)]
         sd = f"{statistics.stdev(last):.2f}" if len(last) > 1 else "—"
-        ms = [r["mean_step_s"] for r in data["runs"] if (r["method"], r["model"], r["bits"]) == (method, model, bits)
-              and r["mean_step_s"]]
-        print(f"| {method} | {model} | {bits} | {n} | {means} | {sd} | {plateau_step(by_step)} | "
+        ms = [r["mean_step_s"] for r in data["runs"] if r["mean_step_s"]
+              and (r["method"], r["model"], r["bits"], r["schedule"]) == (method, model, bits, schedule)]
+        print(f"| {method} | {model} | {bits} | {schedule} | {n} | {means} | {sd} | {plateau_step(by_step)} | "
               f"{1000 * statistics.mean(ms):.0f} |")
 
 
@@ -159,23 +171,25 @@ def cmd_plot(args) -> None:
     for r in data["runs"]:
         by_method.setdefault(r["method"], []).append(r)
     for method, runs in sorted(by_method.items()):
-        panels = sorted({(r["model"], r["bits"]) for r in runs})
+        panels = sorted({(r["model"], r["bits"], r["schedule"]) for r in runs})
         fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
-        for ax, (model, bits) in zip(axes[0], panels):
-            mine = [r for r in runs if (r["model"], r["bits"]) == (model, bits)]
+        for ax, (model, bits, schedule) in zip(axes[0], panels):
+            mine = [r for r in runs if (r["model"], r["bits"], r["schedule"]) == (model, bits, schedule)]
             for r in sorted(mine, key=lambda r: r["seed"]):
                 xs, ys = zip(*r["history"]) if r["history"] else ((), ())
                 ax.plot(xs, ys, marker=".", lw=1, alpha=0.6, label=f"seed {r['seed']}"
                         + (" (diverged)" if r["status"] != "ok" else ""))
-            by_step = _curves(mine)[(method, model, bits)]
+            by_step = _curves(mine)[(method, model, bits, schedule)]
             steps = sorted(by_step)
             ax.plot(steps, [sum(by_step[s]) / len(by_step[s]) for s in steps], color="black", lw=2, label="mean")
             p = plateau_step(by_step)
             if p:
                 ax.axvline(p, color="grey", ls="--", lw=1, label=f"plateau ≈ {p}")
             r0 = mine[0]
-            ax.set_title(f"{model} {bits}\nbatch {r0['batch_size']}, lr {r0['lr']:g}, warm-up {r0['warmup_steps']}",
-                         fontsize=9)
+            decays = ", x0.1 at " + "/".join(str(round(f * r0["steps"])) for f in r0["milestones"]) \
+                if r0["milestones"] else ", constant"
+            ax.set_title(f"{model} {bits}\nbatch {r0['batch_size']}, lr {r0['lr']:g}{decays}, warm-up "
+                         f"{r0['warmup_steps']}", fontsize=9)
             ax.set_xlabel("distillation step")
             ax.set_ylabel(f"dev top-1 % ({r0['eval_samples']} images)")
             ax.grid(alpha=0.3)
@@ -197,6 +211,7 @@ def main(argv=None) -> None:
     r.add_argument("--bits")
     r.add_argument("--seeds")
     r.add_argument("--jobs", type=int, default=2)
+    r.add_argument("--schedule", choices=sorted(SCHEDULES), default="constant")
     r.add_argument("--cache-dir")
     r.add_argument("--dry-run", action="store_true")
     r.add_argument("--quiet", action="store_true")
