@@ -9,5 +9,13 @@ if [ ! -f /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ] && [ -z 
   $SUDO apt-get update -qq
   $SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null
 fi
+# Headless Chromium for the leaderboard site's browser test (tests/test_site.py); that test skips, saying why, where
+# it cannot be installed.
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  { DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null 2>&1 ||
+    { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null; }; } ||
+    echo "setup.sh: could not install chromium; the browser test (tests/test_site.py) will be skipped" >&2
+fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
-.venv/bin/python -m pip install -q -c constraints.txt -e ".[test]"
+.venv/bin/python -m pip install -q -c constraints.txt -e ".[test,ray]"  # ray: the Ray backend's tests

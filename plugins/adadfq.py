@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
 from zsqbench.distiller.kd import teacher_logits as batch_teacher_logits
 from zsqbench.hookspecs import hookimpl
@@ -54,8 +55,14 @@ class AdaDFQSynthesizer(GeneratorSynthesizer):
     name = "adadfq"
     description = ("GDFQ generator with AdaDFQ's loss: entropy margin on softmax(t-q) + disagreement/agreement CE "
                    "+ BNS (student feedback)")
-    defaults = {**GeneratorSynthesizer.defaults, "lambda_l": 0.1, "lambda_u": 0.8, "alpha_ds": 0.2,
-                "alpha_as": 0.1, "beta": 1.0, "bns_weight": 1.0}
+
+    class Settings(GeneratorSynthesizer.Settings):
+        lambda_l: float = Field(0.1, ge=0, le=1, description="lower entropy margin")
+        lambda_u: float = Field(0.8, ge=0, le=1, description="upper entropy margin")
+        alpha_ds: float = Field(0.2, ge=0, description="weight of the disagreement CE(t - q)")
+        alpha_as: float = Field(0.1, ge=0, description="weight of the agreement CE(t + q)")
+        beta: float = Field(1.0, ge=0, description="weight of both CE terms")
+        bns_weight: float = Field(1.0, ge=0)
     student_feedback = True
 
     def generator_loss(self, ctx, images, labels, teacher_logits, student_logits=None):
@@ -72,7 +79,9 @@ class AdaDFQSynthesizer(GeneratorSynthesizer):
 class LogitEntropyDistiller(Distiller):
     name = "logit-entropy"
     description = "AdaDFQ's student loss: -T^2 * mean entropy of softmax((t - q)/T) (logit matching up to a shift)"
-    defaults = {"temperature": 20.0}
+
+    class Settings(Distiller.Settings):
+        temperature: float = Field(20.0, gt=0, description="T of -T^2 * H(softmax((t - q)/T))")
 
     def loss(self, ctx, batch):
         t = batch_teacher_logits(ctx, batch).detach()

@@ -28,6 +28,9 @@ Chosen here, because the paper leaves it open (each is a setting):
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
 
 from zsqbench.errors import UserError
 from zsqbench.hookspecs import hookimpl
@@ -39,11 +42,12 @@ from zsqbench_plugins.gdfq import GDFQSynthesizer
 class BitwidthAwareSynthesizer(GDFQSynthesizer):
     name = "bag"
     description = "GDFQ generator fake-quantized at the student's bit-width (weights and layer inputs); CE + 0.1*BNS"
-    defaults = {**GDFQSynthesizer.defaults, "g_act_ranges": "track"}
+
+    class Settings(GDFQSynthesizer.Settings):
+        g_act_ranges: Literal["track", "warmup"] = Field(
+            "track", description="generator activation ranges: keep tracking, or freeze after warm-up")
 
     def build_generator(self, ctx):
-        if self.config["g_act_ranges"] not in ("track", "warmup"):
-            raise UserError(f"synthesizer.g_act_ranges must be 'track' or 'warmup', got {self.config['g_act_ranges']!r}")
         generator = super().build_generator(ctx)
         try:
             quantized = ctx.quantizer.quantize(generator, ctx.wbits, ctx.abits, activation_types=(),

@@ -18,6 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch.nn.functional as F
+from pydantic import Field
 
 from zsqbench.hookspecs import hookimpl
 from zsqbench.interfaces import Method
@@ -27,7 +28,9 @@ from zsqbench.synthesizer.generator import GeneratorSynthesizer
 class GDFQSynthesizer(GeneratorSynthesizer):
     name = "gdfq"
     description = "GDFQ conditional generator: CE(teacher(G(z|y)), y) + bns_weight * BNS"
-    defaults = {**GeneratorSynthesizer.defaults, "bns_weight": 0.1}
+
+    class Settings(GeneratorSynthesizer.Settings):
+        bns_weight: float = Field(0.1, ge=0, description="weight of the BNS term in the generator loss")
 
     def generator_loss(self, ctx, images, labels, teacher_logits, student_logits=None):
         ce = F.cross_entropy(teacher_logits, labels)

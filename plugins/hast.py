@@ -30,15 +30,18 @@ not the test split's; the test figure under the old default is what prompted the
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
 from zsqbench.distiller.attention import ChannelAttentionKD, attention_loss
 from zsqbench.distiller.kd import kd_kl
 from zsqbench.errors import UserError
 from zsqbench.hookspecs import hookimpl
 from zsqbench.interfaces import Method
+from zsqbench.settings import CropScale, Fraction
 from zsqbench.synthesizer.imageopt import ImageSetSynthesizer
 
 SETTINGS = str(Path(__file__).with_name("hast.json"))
@@ -60,8 +63,12 @@ def focal_ce(logits: torch.Tensor, labels: torch.Tensor, gamma: float) -> torch.
 class HardSampleSynthesizer(ImageSetSynthesizer):
     name = "hast"
     description = "HAST hard samples: BNS + beta * focal-weighted CE (1 - p_y)^gamma"
-    defaults = {**ImageSetSynthesizer.defaults, "beta": 10.0, "gamma": 2.0,
-                "synthesis_augment_p": 0.0, "synthesis_crop_scale": [0.4, 1.0]}
+
+    class Settings(ImageSetSynthesizer.Settings):
+        beta: float = Field(10.0, ge=0, description="weight of the focal CE")
+        gamma: float = Field(2.0, ge=0, description="focal exponent")
+        synthesis_augment_p: Fraction = 0.0
+        synthesis_crop_scale: CropScale = [0.4, 1.0]
 
     def synthesis_loss(self, ctx, state, images, logits, labels, bns, features):
         hard = focal_ce(logits, labels, self.config["gamma"])
@@ -72,9 +79,18 @@ class HASTDistiller(ChannelAttentionKD):
     name = "hast"
     description = ("HAST: alpha*T^2*KL(batchmean) + lambda * channel-attention loss (normalised, channel mean, layer "
                    "sum) on x and on x + eps*sign(grad_x) (difficulty promotion)")
-    defaults = {**ChannelAttentionKD.defaults, "alpha": 20.0, "temperature": 20.0, "kl_reduction": "batchmean",
-                "ce_weight": 0.0, "ca_normalize": True, "ca_channel_reduction": "mean",
-                "ca_layer_reduction": "sum", "ca_weight": None, "eps": None, "lambda_eps": "code"}
+
+    class Settings(ChannelAttentionKD.Settings):
+        alpha: float = Field(20.0, ge=0)
+        temperature: float = Field(20.0, gt=0)
+        kl_reduction: Literal["mean", "batchmean"] = "batchmean"
+        ce_weight: float = Field(0.0, ge=0)
+        ca_normalize: bool = True
+        ca_channel_reduction: Literal["sum", "mean"] = "mean"
+        ca_layer_reduction: Literal["sum", "mean"] = "sum"
+        ca_weight: float | None = Field(None, ge=0, description="lambda (null: from lambda_eps)")
+        eps: float | None = Field(None, ge=0, description="promotion step (null: from lambda_eps)")
+        lambda_eps: Literal["code", "hocon"] = Field("code", description="lambda/eps of the released code or hocons")
 
     def setup(self, ctx):
         super().setup(ctx)

@@ -31,9 +31,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
 from zsqbench.hookspecs import hookimpl
 from zsqbench.interfaces import Method
+from zsqbench.settings import CropScale, Fraction
 from zsqbench.synthesizer.imageopt import ImageSetSynthesizer
 
 SETTINGS = str(Path(__file__).with_name("intraq.json"))
@@ -60,8 +62,14 @@ class IntraQSynthesizer(ImageSetSynthesizer):
     name = "intraq"
     description = ("IntraQ: BNS + soft inception loss + marginal distance to earlier class centres, with local "
                    "object reinforcement (random resized crop + flip)")
-    defaults = {**ImageSetSynthesizer.defaults, "synthesis_augment_p": 0.5, "synthesis_crop_scale": [0.5, 1.0],
-                "target_low": 0.95, "soft_fraction": 0.5, "lambda_l": 0.05, "lambda_u": 0.8}
+
+    class Settings(ImageSetSynthesizer.Settings):
+        synthesis_augment_p: Fraction = 0.5
+        synthesis_crop_scale: CropScale = [0.5, 1.0]
+        target_low: Fraction = Field(0.95, description="soft targets ~ U(target_low, 1) (epsilon)")
+        soft_fraction: Fraction = Field(0.5, description="share of each batch with soft targets")
+        lambda_l: float = Field(0.05, ge=0, le=2, description="lower margin on the cosine distance to the centre")
+        lambda_u: float = Field(0.8, ge=0, le=2, description="upper margin on the cosine distance to the centre")
     uses_pooled_features = True
 
     def synthesize(self, ctx):

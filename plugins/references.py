@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from pydantic import Field
 
 from zsqbench.hookspecs import hookimpl
 from zsqbench.interfaces import Batch, Method, RunContext, Synthesizer
@@ -13,7 +14,10 @@ from zsqbench.interfaces import Batch, Method, RunContext, Synthesizer
 class GaussianNoise(Synthesizer):
     name = "noise"
     description = "i.i.d. N(mean, std) images in the teacher's normalised input space, random labels"
-    defaults = {"mean": 0.0, "std": 1.0}
+
+    class Settings(Synthesizer.Settings):
+        mean: float = 0.0
+        std: float = Field(1.0, gt=0)
 
     def next_batch(self, ctx: RunContext, batch_size: int) -> Batch:
         x = torch.randn(batch_size, *ctx.image_shape, device=ctx.device) * self.config["std"] + self.config["mean"]

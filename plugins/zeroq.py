@@ -15,8 +15,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import torch
+from pydantic import Field
 
 from zsqbench.hookspecs import hookimpl
 from zsqbench.interfaces import Method
@@ -29,8 +31,12 @@ SETTINGS = str(Path(__file__).with_name("zeroq.json"))
 class ZeroQSynthesizer(ImageSetSynthesizer):
     name = "zeroq"
     description = "ZeroQ distilled data: per-sample BN mean/std matching + N(0,1) input prior, no class terms"
-    defaults = {**ImageSetSynthesizer.defaults, "iterations": 500, "plateau_patience": 100,
-                "bns_form": "zeroq", "input_prior": True}
+
+    class Settings(ImageSetSynthesizer.Settings):
+        iterations: int = Field(500, ge=0)
+        plateau_patience: int = Field(100, ge=0)
+        bns_form: Literal["zeroq", "batch"] = Field("zeroq", description="ZeroQ's per-sample statistic or the batch one")
+        input_prior: bool = Field(True, description="per-sample N(0, 1) prior on the images")
 
     @property
     def bns_form(self) -> str:

@@ -195,7 +195,7 @@ REAL_FMNIST = Path("/usr/share/datasets/fashion-mnist")
 @pytest.mark.skipif(not (REAL_FMNIST / "t10k-images-idx3-ubyte.gz").is_file(),
                     reason="Fashion-MNIST is not installed at /usr/share/datasets/fashion-mnist")
 def test_real_fmnist_test_set(tmp_path):
-    x, y = load_test_set("fmnist", data_root=tmp_path)  # empty root: falls back to the system copy
+    x, y = load_test_set("fmnist")  # no data root named: the system copy
     assert x.shape == (10000, 1, 32, 32)
     assert y.shape == (10000,) and y.dtype == torch.int64
     assert sorted(y.unique().tolist()) == list(range(10))
@@ -435,3 +435,23 @@ def test_dev_split_on_the_real_train_split():
     assert len(x) == data.DEV_SIZE == 10_000
     assert torch.equal(x, full_x[-10_000:]) and torch.equal(y, full_y[-10_000:])
     assert sorted(y.unique().tolist()) == list(range(10))
+
+
+def test_named_data_root_without_data_never_falls_back_to_the_system_copy(tmp_path, monkeypatch):
+    """A --data-root / $ZSQBENCH_DATA_ROOT that lacks the data is an error naming what is missing, even where the
+    system copy exists; only without a named root does the system location apply."""
+    monkeypatch.setattr(data, "FMNIST_SYSTEM_DIR", tmp_path / "system")
+    images, labels = fake_fmnist(3)
+    write_fmnist(tmp_path / "system", images, labels)
+    assert len(load_test_set("fmnist")[0]) == 3
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(UserError) as e:
+        load_test_set("fmnist", data_root=empty)
+    msg = str(e.value)
+    assert f"under --data-root {empty}" in msg and "t10k-images-idx3-ubyte.gz" in msg and "system" not in msg
+    monkeypatch.setenv(ENV_DATA_ROOT, str(empty))
+    with pytest.raises(UserError, match=r"under \$ZSQBENCH_DATA_ROOT"):
+        load_test_set("fmnist")
+    with pytest.raises(UserError, match="cifar-10-batches-py"):
+        load_test_set("cifar10")

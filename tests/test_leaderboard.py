@@ -227,7 +227,7 @@ def test_leaderboard_schema_rejects_broken_files(tmp_path, results):
 
 def test_show_marks_best_and_diverged(tmp_path, results):
     _, out = build(tmp_path, results)
-    proc = invoke("leaderboard", "show", out)
+    proc = invoke("leaderboard", "show", out, "--wide")  # every column (the default fits 80 columns)
     assert proc.exit_code == 0, proc.output
     lines = proc.stdout.splitlines()
     bag = next(line for line in lines if " bag " in line)
@@ -245,7 +245,7 @@ def test_show_marks_best_and_diverged(tmp_path, results):
     assert "⚠ diverged 1/4" in gdfq and "3/4" in gdfq and "+4.67" in gdfq
     assert lines.index(bag) < lines.index(gdfq)
     assert "published" not in proc.stdout
-    proc = invoke("leaderboard", "show", out, "--published")  # fmnist: no published numbers, no column
+    proc = invoke("leaderboard", "show", out, "--published", "--wide")  # fmnist: no published numbers, no column
     assert proc.exit_code == 0 and "published %" not in proc.stdout
 
 
@@ -255,7 +255,7 @@ def test_show_published_column(tmp_path, real_record, monkeypatch):
     _, out = build(tmp_path, d, protocol="paper")
     fake = [{"top1": 90.25, "source": {"paper": "Xu 2020", "table": "Table 1", "reported_by": "gdfq"}}]
     monkeypatch.setattr("zsqbench.leaderboard.show.lookup_published", lambda *a, **k: fake)
-    proc = invoke("leaderboard", "show", out, "--published")
+    proc = invoke("leaderboard", "show", out, "--published", "--wide")
     assert proc.exit_code == 0 and "published %" in proc.stdout and "90.25 (gdfq Table 1)" in proc.stdout
 
 
@@ -317,7 +317,7 @@ def test_compare_marks(sets):
 def test_compare_fail_if_worse_and_table(sets):
     proc = invoke("compare", sets["ref"], sets["worse"], "--fail-if-worse")
     assert proc.exit_code == 1 and "significantly worse" in proc.stderr
-    proc = invoke("compare", sets["ref"], sets["better"], sets["v2"], "--fail-if-worse")
+    proc = invoke("compare", sets["ref"], sets["better"], sets["v2"], "--fail-if-worse", "--wide")
     assert proc.exit_code == 0, proc.output
     better = next(line for line in proc.stdout.splitlines() if "better" in line and "gdfq" in line)
     v2 = next(line for line in proc.stdout.splitlines() if "v2" in line and "gdfq" in line)
@@ -374,7 +374,7 @@ def test_all_seeds_diverged_row(tmp_path, real_record):
     h = rows_by_method(lb)["hast"]
     assert h["n"] == 0 and h["mean"] is None and h["wall_s_mean"] is None and h["diverged_seeds"] == [0, 1]
     assert validate_leaderboard(lb) == [] and lb["rows"][-1]["method"] == "hast"
-    proc = invoke("leaderboard", "show", out)
+    proc = invoke("leaderboard", "show", out, "--wide")  # every column (the default fits 80 columns)
     assert proc.exit_code == 0 and "⚠ diverged 2/2" in proc.stdout
 
 
@@ -401,7 +401,9 @@ def test_committed_cpu_leaderboard_is_complete_and_current():
                 assert row is not None, f"no row for {method} {model} W{w}A{a}"
                 assert sorted(r["seed"] for r in row["runs"]) == cpu["seeds"]
     # built from the current settings and teachers too: each run's sweep job is the job a sweep would run now (the
-    # job hash covers the method's settings, the components and the teacher's sha256)
+    # job directory is named by the settings hash: the method's settings, the components and the teacher's sha256).
+    # Deliberately not the full job hash, which adds code fingerprints: any commit would then demand a 10-hour re-run;
+    # the committed records predate fingerprints and form one "unknown" code version, which their rows share.
     from zsqbench.sweep import expand
     current = {job.dir.name for job in expand("cpu", methods=tuple(builtin), registry=reg)}
     built = {Path(run["record"]).parent.name for row in board["rows"] for run in row["runs"]}

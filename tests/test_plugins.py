@@ -330,3 +330,74 @@ def test_component_missing_an_abstract_method_is_a_one_line_error(tmp_path):
     with _pytest.raises(UserError, match="synthesizer 'incomplete' .* cannot be built.*next_batch"):
         resolve(RunSpec(method="half-done", model="resnet20", wbits=4, abits=4, protocol="smoke",
                         out=str(tmp_path)), registry)
+
+
+# --- all-or-nothing registration; code versions in sweep hashes and leaderboard rows ------------------------------
+
+HALF_REGISTER = '''\
+from zsqbench.hookspecs import hookimpl
+from zsqbench.interfaces import Batch, Synthesizer
+
+
+class HalfSynth(Synthesizer):
+    name = "half-synth"
+
+    def next_batch(self, ctx, batch_size):
+        raise AssertionError("never used")
+
+
+@hookimpl
+def zsqbench_register(registry):
+    registry.add_synthesizer(HalfSynth)
+    raise RuntimeError("toy plugin broken half-way through registering")
+'''
+
+
+def test_plugin_failing_half_way_registers_nothing(cli, tmp_path):
+    site = pip_install(tmp_path, dist="zsqbench-half", version="0.0.1", ep="half", module="zsqbench_half",
+                       code=HALF_REGISTER)
+    env = with_path(site)
+    proc = cli("list", "synthesizers", env=env)
+    assert proc.returncode == 0 and "half-synth" not in tables(proc.stdout)["synthesizers"]
+    out = tmp_path / "out"
+    proc = cli("run", "--method", "gdfq", "--synthesizer", "half-synth", "--model", "resnet20", "--bits", "4",
+               "--protocol", "smoke", "-q", "--out", out, env=env)
+    assert proc.returncode == 2 and "unknown synthesizer 'half-synth'" in proc.stderr
+    assert not out.exists()
+
+
+def test_plugin_upgrade_reruns_sweep_jobs_and_mixed_rows_are_refused(cli, tmp_path):
+    """0.1.0 -> 0.1.1 of a third-party plugin (same settings, other code): its sweep job is no longer done, and a
+    row with one seed of each version cannot be built; a row of one version can."""
+    old = pip_install(tmp_path / "a", dist="zsqbench-toyq", version="0.1.0", ep="toyq", module="zsqbench_toyq",
+                      code=TOYQ)
+    new = pip_install(tmp_path / "b", dist="zsqbench-toyq", version="0.1.1", ep="toyq", module="zsqbench_toyq",
+                      code=TOYQ.replace("torch.rand(", "2 * torch.rand("))
+    sweep_dir = tmp_path / "sweep"
+    grid = ["sweep", "--protocol", "smoke", "--methods", "toyq", "--models", "resnet20@fmnist", "-o", sweep_dir, "-q"]
+    proc = cli(*grid, "--seeds", "0", env=with_path(old))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert cli(*grid, "--seeds", "0", "--dry-run", env=with_path(old)).stdout.startswith("done")
+    todo = cli(*grid, "--seeds", "0", "--dry-run", env=with_path(new)).stdout
+    assert todo.startswith("todo"), todo  # same settings, other code: the job runs again
+    (job,) = [d for d in sweep_dir.iterdir() if d.is_dir()]
+    assert job.name in todo  # the same directory: it is named by the settings, not by the code
+    rec0 = json.loads((job / "record.json").read_text())
+    assert rec0["code"]["zsqbench-toyq"]["version"] == "0.1.0" and "zsqbench" in rec0["code"]
+    proc = cli(*grid, "--seeds", "1", env=with_path(new))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    board = tmp_path / "board.json"
+    proc = cli("leaderboard", "build", "--protocol", "smoke", sweep_dir, "-o", board, env=with_path(new))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert len(stderr_lines(proc)) == 1 and "mixes code versions" in proc.stderr and "0.1.0" in proc.stderr
+    assert not board.exists()
+    # compare marks such a row x rather than testing seeds of two codes as one sample
+    proc = cli("compare", sweep_dir, sweep_dir, "--json", env=with_path(new))
+    assert proc.returncode == 0, proc.stderr
+    (row,) = json.loads(proc.stdout)["comparisons"]
+    assert row["mark"] == "x" and "mixes code versions" in row["note"]
+    # re-run seed 0 with the new code: one version again, the row builds
+    proc = cli(*grid, "--seeds", "0", env=with_path(new))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc = cli("leaderboard", "build", "--protocol", "smoke", sweep_dir, "-o", board, env=with_path(new))
+    assert proc.returncode == 0, proc.stderr

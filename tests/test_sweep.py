@@ -36,8 +36,9 @@ def test_expand_grid_and_hashes():
     assert len(jobs) == len(methods) * 2  # smoke: 2 teachers x W4A4 x seed 0
     assert len({j.hash for j in jobs}) == len(jobs)
     one = expand("smoke", ["gdfq"], ["resnet20@fmnist"], ["W4A4"], ["0"], out="/tmp/x")
-    assert len(one) == 1 and one[0].dir.name.startswith(one[0].hash[:16]) and "gdfq-resnet20-fmnist-w4a4-s0" in \
-        one[0].dir.name
+    # the directory is named by the settings hash; the job hash adds the code and the teacher's preprocessing
+    assert len(one) == 1 and one[0].dir.name.startswith(one[0].settings_hash[:16]) and \
+        "gdfq-resnet20-fmnist-w4a4-s0" in one[0].dir.name
     assert one[0].hash == expand("smoke", ["gdfq"], ["resnet20@fmnist"], ["4"], ["0"], out="/tmp/x")[0].hash
     other_seed = expand("smoke", ["gdfq"], ["resnet20@fmnist"], ["4"], ["1"], out="/tmp/x")[0]
     assert other_seed.hash != one[0].hash

@@ -62,19 +62,23 @@ def _bits(bits, wbits, abits):
 @click.option("--quantizer", default=None, help="Swap the method's quantizer (ablation; off-protocol).")
 @click.option("--weights", default=None, type=click.Path(dir_okay=False),
               help="Teacher state_dict to use instead of the embedded/pretrained one.")
+@click.option("--teacher-card", default=None, type=click.Path(dir_okay=False),
+              help="JSON with the teacher's input normalisation {mean, std, fit} (default: WEIGHTS.card.json beside "
+                   "--weights, the manifest's for embedded teachers, else the dataset's).")
 @click.option("--data-root", default=None, type=click.Path(), help="Where the evaluation data lives.")
 @click.option("--cache-dir", default=None, type=click.Path(), help="pytorchcv weights / synthetic-set cache.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @click.option("--record-file", default=None, hidden=True, help="Write the record to exactly this file (sweeps).")
 @click.option("--sweep-job", default=None, hidden=True, help="The sweep job hash to keep in the record.")
 def run(method, model, dataset, bits, wbits, abits, protocol, seed, device, out, overrides, synthesizer,
-        distiller, quantizer, weights, data_root, cache_dir, quiet, record_file, sweep_job):
+        distiller, quantizer, weights, teacher_card, data_root, cache_dir, quiet, record_file, sweep_job):
     """Run one method on one teacher at one bit-width and write its record."""
     from zsqbench.loop import RunSpec, run as run_job
     w, a = _bits(bits, wbits, abits)
     spec = RunSpec(method=method, model=model, dataset=dataset, wbits=w, abits=a, protocol=protocol, seed=seed,
                    device=device, out=out, overrides=list(overrides), synthesizer=synthesizer,
-                   distiller=distiller, quantizer=quantizer, weights=weights, data_root=data_root,
+                   distiller=distiller, quantizer=quantizer, weights=weights, teacher_card=teacher_card,
+                   data_root=data_root,
                    cache_dir=cache_dir, quiet=quiet, record_file=record_file, sweep_job=sweep_job)
     record, path = run_job(spec)
     _summary(record, path)
@@ -111,7 +115,7 @@ def synth(method, model, dataset, protocol, seed, device, overrides, weights, ca
            f"built in {stats['wall_s']:.1f} s ({stats['image_iterations_per_s']:.0f} image-iterations/s)")
     console.print(f"{stats['images']} images x {stats['iterations']} iterations, {how}; the teacher classifies "
                   f"{100 * stats['teacher_agrees']:.1f} % as their label", highlight=False)
-    console.print(f"set:  {stats['cache_file']}\ngrid: {stats['png']}", highlight=False, soft_wrap=True)
+    console.print(escape(f"set:  {stats['cache_file']}\ngrid: {stats['png']}"), highlight=False, soft_wrap=True)
 
 
 @cli.command()
@@ -121,8 +125,9 @@ def synth(method, model, dataset, protocol, seed, device, overrides, weights, ca
 @click.option("--models", multiple=True, help="Only these teachers (default: the protocol's).")
 @click.option("--bits", multiple=True, help="Only these bit-widths: N or WxAy (default: the protocol's).")
 @click.option("--seeds", multiple=True, help="Only these seeds (default: the protocol's).")
-@click.option("--jobs", "-j", type=click.IntRange(1, 256), default=1, show_default=True,
-              help="Jobs at once; each gets cpu_count // jobs threads.")
+@click.option("--jobs", "-j", type=click.IntRange(1, 100000), default=None,
+              help="Jobs at once (default 1; each gets cpu_count // jobs threads). With --backend ray: at most this "
+                   "many (default: as many as the cluster's resources hold).")
 @click.option("--threads", type=click.IntRange(1, 1024), default=None, help="Threads per job (overrides the split).")
 @click.option("--out", "-o", default=None, type=click.Path(file_okay=False),
               help="Sweep directory (default: sweeps/<protocol>).")
@@ -133,19 +138,34 @@ def synth(method, model, dataset, protocol, seed, device, overrides, weights, ca
 @click.option("--cache-dir", default=None, type=click.Path(), help="pytorchcv weights / synthetic-set cache.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a setting in every job (learning curves, ablations): the records are off-protocol.")
+@click.option("--backend", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: child processes here; ray: tasks on an existing Ray cluster (docs/clusters.md).")
+@click.option("--address", default=None, help="The Ray cluster (HOST:PORT of its head; default $RAY_ADDRESS or the "
+              "cluster started on this machine). Only with --backend ray.")
 @click.option("--dry-run", is_flag=True, help="List the jobs and whether each is done; run nothing.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def sweep(protocol, methods, models, bits, seeds, jobs, threads, out, device, retries, data_root, cache_dir,
-          overrides, dry_run, quiet):
+          overrides, backend, address, dry_run, quiet):
     """Run a protocol's grid (methods x teachers x bit-widths x seeds), one directory per job; resumable."""
     from zsqbench.sweep import expand, run_sweep
     out = Path(out or Path("sweeps") / protocol)
+    if address and backend != "ray":
+        raise UserError("--address names a Ray cluster: use it with --backend ray")
+    if backend == "ray":  # every node must find the same files: no path relative to this shell
+        from zsqbench.sweep_ray import absolute
+        out, cache_dir, data_root = Path(absolute(out)), absolute(cache_dir), absolute(data_root)
     grid = expand(protocol, methods, models, bits, seeds, out, overrides=overrides)
     if dry_run:
         for job in grid:
-            console.print(f"{'done' if job.done() else 'todo'}  {job.dir}", highlight=False)
+            console.print(f"{'done' if job.done() else 'todo'}  {escape(str(job.dir))}", highlight=False)
         return
-    summary = run_sweep(grid, protocol, jobs, threads, device, cache_dir, data_root, retries, quiet, out)
+    runner = None
+    if backend == "ray":
+        from zsqbench.registry import get_registry
+        from zsqbench.sweep_ray import RayBackend
+        runner = RayBackend(get_registry().get("protocols", protocol), device, address, jobs, threads)
+    summary = run_sweep(grid, protocol, jobs or 1, threads, device, cache_dir, data_root, retries, quiet, out,
+                        backend=runner)
     minutes = summary["wall_s"] / 60
     console.print(f"sweep {protocol}: {summary['jobs']} jobs — {summary['ok']} ok, {summary['diverged']} diverged, "
                   f"{summary['skipped']} already done, {len(summary['failed'])} failed "
@@ -157,17 +177,22 @@ def sweep(protocol, methods, models, bits, seeds, jobs, threads, out, device, re
 
 
 def _summary(rec: dict, path: Path) -> None:
-    t = Table(title=f"{rec['method']['name']} · {rec['model']}@{rec['dataset']} · W{rec['wbits']}A{rec['abits']} · "
-                    f"seed {rec['seed']} · {rec['protocol']['name']} v{rec['protocol']['version']}",
+    t = Table(title=escape(f"{rec['method']['name']} · {rec['model']}@{rec['dataset']} · W{rec['wbits']}A{rec['abits']}"
+                           f" · seed {rec['seed']} · {rec['protocol']['name']} v{rec['protocol']['version']}"),
               show_header=False, title_justify="left")
     t.add_column(style="bold")
-    t.add_column()
+    t.add_column(overflow="fold")  # the record's full path, never cut
     if rec["status"] == "diverged":
         d = rec["diverged"]
         t.add_row("status", f"[red]DIVERGED[/] ({d['what']} in {d['phase']} at step {d['step']})")
     t.add_row("final top-1", "—" if rec["final_top1"] is None else f"{rec['final_top1']:.2f} %  "
               f"({rec['eval_samples']} {rec['config']['eval'].get('split', 'test')} images)")
     t.add_row("FP top-1", f"{rec['fp_top1']:.2f} %")
+    prep = rec["teacher"].get("preprocessing")
+    if prep:
+        t.add_row("teacher input", escape(f"mean {prep['mean']}, std {prep['std']}"
+                                          + (f", {prep['fit']} to the network size" if prep.get("fit") else "")
+                                          + f" ({prep['source']})"))
     if rec["best_top1_selected_on_test"] is not None and len(rec["eval_history"]) > 1:
         t.add_row("best on test (legacy)", f"{rec['best_top1_selected_on_test']:.2f} %  [dim](selected on the test "
                   "set, as the papers report)[/]")
@@ -179,19 +204,29 @@ def _summary(rec: dict, path: Path) -> None:
     t.add_row("peak memory", f"{rec['memory']['peak_rss_mb']:.0f} MB RSS"
               + (f", {rec['memory']['peak_cuda_mb']:.0f} MB CUDA" if rec["memory"].get("peak_cuda_mb") else ""))
     if rec["off_protocol"]:
-        t.add_row("off-protocol", "[yellow]" + "; ".join(rec["off_protocol"]) + "[/]")
-    t.add_row("record", str(path))
+        t.add_row("off-protocol", "[yellow]" + escape("; ".join(rec["off_protocol"])) + "[/]")
+    t.add_row("record", escape(str(Path(path).resolve())))
     console.print(t)
 
 
 @cli.command("list")
 @click.argument("what", required=False,
                 type=click.Choice(["methods", "synthesizers", "distillers", "quantizers", "models", "protocols",
-                                   "plugins"]))
-def list_(what):
-    """Show registered methods, components, models, protocols and plugins, with their providers."""
+                                   "plugins", "settings"]))
+@click.argument("method", required=False)
+def list_(what, method):
+    """Show registered methods, components, models, protocols and plugins, with their providers;
+    `list settings METHOD`: every setting of a method with its type, default and value per protocol."""
     from zsqbench.registry import get_registry
     reg = get_registry()
+    if what == "settings":
+        if not method:
+            raise UserError("give the method: zsqbench list settings METHOD (see `zsqbench list methods`)")
+        from zsqbench.listing import settings_table
+        console.print(settings_table(reg, method))
+        return
+    if method:
+        raise UserError(f"`zsqbench list {what}` takes no name (only `zsqbench list settings METHOD` does)")
     kinds = [what] if what else list(reg.KINDS) + ["plugins"]
     for kind in kinds:
         if kind == "plugins":
@@ -199,7 +234,7 @@ def list_(what):
             for c in ("entry point", "distribution", "version", "status"):
                 t.add_column(c)
             for p in reg.plugins:
-                t.add_row(p["entry_point"], p["distribution"], p["version"], p["status"])
+                t.add_row(*(escape(str(p[k])) for k in ("entry_point", "distribution", "version", "status")))
             console.print(t)
             continue
         t = Table(title=kind, title_justify="left")
@@ -209,30 +244,38 @@ def list_(what):
         for name, entry in sorted(getattr(reg, kind).items()):
             obj = entry.obj
             if kind == "methods":
-                desc = f"{obj.description} [dim]({obj.synthesizer} + {obj.distiller} + {obj.quantizer})[/]"
+                desc = (escape(obj.description)
+                        + f" [dim]{escape(f'({obj.synthesizer} + {obj.distiller} + {obj.quantizer})')}[/]")
             elif kind == "models":
-                desc = obj.notes
+                desc = escape(obj.notes)
             elif kind == "protocols":
-                desc = f"v{obj['version']}: {obj['description']}"
+                desc = escape(f"v{obj['version']}: {obj['description']}")
             else:
-                desc = obj.description
-            t.add_row(name, entry.provider, desc)
+                desc = escape(obj.description)
+            t.add_row(escape(name), escape(entry.provider), desc)  # plugin-supplied text: never markup
         console.print(t)
 
 
 @cli.command()
-@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
-def validate(files):
-    """Check run records against the committed JSON Schema."""
-    from zsqbench.record.io import load_json, validation_errors
-    bad = 0
-    for f in files:
-        errors = validation_errors(load_json(Path(f)))
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+def validate(paths):
+    """Check run records, leaderboards and published baselines (detected by their content) against their JSON
+    Schemas and rules; a directory is searched for *.json (files of none of these kinds are skipped there)."""
+    from zsqbench.record.validate import find_files, validate_file
+    bad = checked = 0
+    for path, explicit in find_files(paths):
+        kind, errors = validate_file(path)
+        if kind is None and not explicit:
+            continue  # a sweep's job.json, a cache entry, ...: not something validate knows
+        checked += 1
         if errors:
             bad += 1
-            console.print(f"[red]invalid[/] {f}: " + "; ".join(errors[:5]), highlight=False, soft_wrap=True)
+            console.print(f"[red]invalid[/] {escape(str(path))}" + (f" ({kind})" if kind else "") + ": "
+                          + escape("; ".join(errors[:5])), highlight=False, soft_wrap=True)
         else:
-            console.print(f"[green]valid[/] {f}", highlight=False)
+            console.print(f"[green]valid[/] {escape(str(path))} ({kind})", highlight=False, soft_wrap=True)
+    if not checked:
+        raise UserError(f"no run record, leaderboard or published baselines file in {', '.join(paths)}")
     if bad:
         sys.exit(1)
 

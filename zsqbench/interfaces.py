@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn as nn
 
+from zsqbench import settings as settings_mod
 from zsqbench.errors import Diverged
 from zsqbench.teacher.datasets import DatasetInfo
 from zsqbench.teacher.zoo import ModelSpec
@@ -66,19 +67,27 @@ class RunContext:
 
 
 class Component(abc.ABC):
-    """Base for synthesizers, distillers and quantizers: a name, documented defaults, and a config dict."""
+    """Base for synthesizers, distillers and quantizers: a name, typed settings, and a config dict.
+
+    A component declares its settings as a nested ``class Settings(<parent>.Settings)`` pydantic model (type,
+    range, choices, default per field; :mod:`zsqbench.settings`); ``defaults`` is derived from it. A component that
+    gives only a plain ``defaults`` dict gets a model with types inferred from those values."""
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
+    Settings: ClassVar[type[settings_mod.Settings]] = settings_mod.Settings
     defaults: ClassVar[dict[str, Any]] = {}
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "Settings" in cls.__dict__:
+            cls.defaults = settings_mod.defaults_of(cls.Settings)
+        elif "defaults" in cls.__dict__:
+            cls.Settings = settings_mod.model_from_defaults(f"{cls.__name__}Settings", cls.Settings, cls.defaults)
+
     def __init__(self, **config: Any):
-        unknown = set(config) - set(self.defaults)
-        if unknown:
-            from zsqbench.errors import UserError
-            raise UserError(f"{self.kind} {self.name!r} has no setting {', '.join(sorted(unknown))}; "
-                            f"its settings are: {', '.join(sorted(self.defaults)) or '(none)'}")
         self.config = {**self.defaults, **config}
+        settings_mod.check(self.Settings, self.config, self.kind)
 
     kind: ClassVar[str] = "component"
 
@@ -150,7 +159,14 @@ class Method:
         from zsqbench.protocols import deep_merge
         data = self.settings
         if isinstance(data, (str, Path)):
-            data = json.loads(Path(data).read_text())
+            try:
+                data = json.loads(Path(data).read_text())
+            except (OSError, ValueError) as e:
+                from zsqbench.errors import UserError
+                raise UserError(f"cannot read method {self.name!r}'s settings file {data}: {e}") from None
+            if not isinstance(data, dict):
+                from zsqbench.errors import UserError
+                raise UserError(f"method {self.name!r}'s settings file {data} is not a JSON object")
         if data is None:
             return None
         if "methods" in data:  # one file for several methods: {"methods": {name: {protocol: ...}}}

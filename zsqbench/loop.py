@@ -22,8 +22,11 @@ from zsqbench.cache import cache_base
 from zsqbench.errors import Diverged, UserError
 from zsqbench.interfaces import RunContext
 from zsqbench.protocols import apply_overrides, bits_for, canonical_hash, check_protocol_requirements, deep_merge
+from zsqbench.provenance import run_code
 from zsqbench.record import io as record_io
 from zsqbench.registry import Registry, get_registry
+from zsqbench.settings import SECTION_MODELS, check as settings_check
+from zsqbench.teacher.card import preprocessing_identity, resolve_card
 from zsqbench.teacher.datasets import DATASETS
 from zsqbench.teacher.zoo import load_teacher
 
@@ -44,6 +47,7 @@ class RunSpec:
     distiller: str | None = None
     quantizer: str | None = None
     weights: str | None = None
+    teacher_card: str | None = None  # JSON: the teacher's input normalisation (default: beside --weights, manifest)
     data_root: str | None = None
     cache_dir: str | None = None
     quiet: bool = False
@@ -109,8 +113,13 @@ def resolve(spec: RunSpec, registry: Registry | None = None) -> dict[str, Any]:
     if spec.overrides:
         config = apply_overrides(config, spec.overrides)
         off_protocol.append("overrides: " + ", ".join(spec.overrides))
+    check_settings(config, {kind: cls for kind, (_, cls) in components.items()},
+                   _setting_source(spec, method, protocol, settings))
     if spec.weights and model_spec.embedded_weights:
         off_protocol.append(f"teacher weights from {spec.weights} instead of the embedded ones")
+    card = resolve_card(model_spec, spec.weights, spec.teacher_card)
+    if spec.teacher_card and model_spec.embedded_weights and not spec.weights:
+        off_protocol.append(f"teacher card {spec.teacher_card} instead of the manifest's")
     if model_key not in protocol["models"]:
         off_protocol.append(f"model {model_key} is not in protocol {spec.protocol}")
     if [spec.wbits, spec.abits] not in bits_for(protocol, model_key):
@@ -124,7 +133,33 @@ def resolve(spec: RunSpec, registry: Registry | None = None) -> dict[str, Any]:
             raise UserError(f"{kind} {name!r} from {provider} cannot be built: {e}") from None
     return {"method": method, "protocol": protocol, "model_key": model_key, "model_spec": model_spec,
             "components": components, "instances": instances, "config": config,
-            "off_protocol": off_protocol, "registry": registry}
+            "off_protocol": off_protocol, "registry": registry, "card": card}
+
+
+def check_settings(config: dict, component_classes: dict, source=None) -> None:
+    """Every value of a merged run configuration against its declared type, range and choices (train/eval: the
+    protocol models; each component: its Settings) — one line for the first bad value, before any work."""
+    for section, model in SECTION_MODELS.items():
+        settings_check(model, config[section], section, source)
+    for kind, cls in component_classes.items():
+        settings_check(cls.Settings, config[kind], kind, source)
+
+
+def _setting_source(spec: RunSpec, method, protocol: dict, method_settings: dict):
+    """Where a setting's value came from, for the error message: --set, the method's settings, the protocol."""
+    given = {item.split("=", 1)[0].strip() for item in spec.overrides}
+
+    def source(key: str) -> str:
+        if key in given:
+            return "--set"
+        section, _, name = key.partition(".")
+        if name in (method_settings.get(section) or {}):
+            where = method.settings if isinstance(method.settings, str) else method.provider
+            return f"method {method.name}'s {spec.protocol} settings, {where}"
+        if section in SECTION_MODELS:
+            return f"protocol {protocol['name']}, {protocol.get('path', '?')}"
+        return "the component's default"
+    return source
 
 
 def seed_everything(seed: int) -> None:
@@ -180,7 +215,7 @@ def run(spec: RunSpec) -> tuple[dict, Path]:
     from zsqbench.evaluation.evaluate import Evaluator  # the only import of real data
     with timer.phase("setup"):
         evaluator = Evaluator(model_spec.dataset, spec.data_root, device, evalc.get("limit"),
-                              evalc.get("batch_size", 100), evalc.get("split", "test"))
+                              evalc.get("batch_size", 100), evalc.get("split", "test"), resolved["card"])
         teacher, teacher_info = load_teacher(model_spec, spec.weights, spec.cache_dir)
         teacher = teacher.to(device)
     with timer.phase("evaluation"):  # + the real set's diagnostics, same pass; cached per teacher and data
@@ -195,7 +230,8 @@ def run(spec: RunSpec) -> tuple[dict, Path]:
                      warmup_steps=warmup, cache_dir=spec.cache_dir, teacher_hash=teacher_info.get("sha256"))
     full_config = {"method": spec.method, "model": resolved["model_key"], "wbits": spec.wbits, "abits": spec.abits,
                    "seed": spec.seed, "protocol_hash": protocol["hash"], "teacher_sha256": teacher_info.get("sha256"),
-                   "components": {k: v[0] for k, v in resolved["components"].items()}, "config": config}
+                   "components": {k: v[0] for k, v in resolved["components"].items()}, "config": config,
+                   "teacher_preprocessing": preprocessing_identity(resolved["card"])}
     config_hash = canonical_hash(full_config)
 
     ctx.stats["fp_reference"] = {"cache": fp_cache}
@@ -282,7 +318,7 @@ def run(spec: RunSpec) -> tuple[dict, Path]:
         "off_protocol": resolved["off_protocol"],
         "config": {"train": train, "eval": evalc},
         "config_hash": config_hash,
-        "teacher": {k: v for k, v in teacher_info.items() if v is not None},
+        "teacher": {**{k: v for k, v in teacher_info.items() if v is not None}, "preprocessing": resolved["card"]},
         "fp_top1": round(fp_top1, 4),
         "final_top1": final,
         "best_top1_selected_on_test": best,
@@ -303,6 +339,7 @@ def run(spec: RunSpec) -> tuple[dict, Path]:
         "git": record_io.git_info(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+    record["code"] = run_code(resolved)
     if spec.sweep_job:
         record["sweep_job"] = spec.sweep_job
     record_io.validate_record(record)

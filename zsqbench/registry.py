@@ -29,6 +29,7 @@ class Entry:
     name: str
     obj: Any
     provider: str  # "distribution version" of the plugin that registered it
+    distribution: str = "zsqbench"  # the distribution whose code it is (code fingerprints: zsqbench.provenance)
 
 
 @dataclass
@@ -40,18 +41,37 @@ class Registry:
     models: dict[str, Entry] = field(default_factory=dict)
     protocols: dict[str, Entry] = field(default_factory=dict)
     plugins: list[dict] = field(default_factory=list)   # [{entry_point, distribution, version, status}]
+    # distribution -> {"version", "modules": top-level modules of its loaded entry points} (code fingerprints)
+    distributions: dict[str, dict] = field(default_factory=dict)
     _provider: str = "zsqbench"
+    _distribution: str = "zsqbench"
+    _parent: "Registry | None" = None  # set on a staging registry: names taken there count as taken
 
     KINDS = ("methods", "synthesizers", "distillers", "quantizers", "models", "protocols")
 
+    def _lookup(self, table: str, name: str) -> Entry | None:
+        entry = getattr(self, table).get(name)
+        if entry is None and self._parent is not None:
+            return self._parent._lookup(table, name)
+        return entry
+
     def _add(self, table: str, name: str, obj: Any) -> bool:
-        tab = getattr(self, table)
-        if name in tab:
+        taken = self._lookup(table, name)
+        if taken is not None:
             warnings.warn(f"{table[:-1]} {name!r} from {self._provider} ignored: already registered by "
-                          f"{tab[name].provider}", PluginWarning, stacklevel=3)
+                          f"{taken.provider}", PluginWarning, stacklevel=3)
             return False
-        tab[name] = Entry(name, obj, self._provider)
+        getattr(self, table)[name] = Entry(name, obj, self._provider, self._distribution)
         return True
+
+    def staging(self, provider: str, distribution: str) -> "Registry":
+        """An empty registry for one plugin's hook: what it adds becomes visible only through :meth:`commit`, so a
+        plugin whose hook raises half-way registers nothing."""
+        return Registry(_provider=provider, _distribution=distribution, _parent=self)
+
+    def commit(self, stage: "Registry") -> None:
+        for table in self.KINDS:
+            getattr(self, table).update(getattr(stage, table))
 
     def add_method(self, method: Method) -> None:
         if self._add("methods", method.name, method):
@@ -76,11 +96,12 @@ class Registry:
         self._add("protocols", proto["name"], proto)
 
     def get(self, table: str, name: str) -> Any:
-        tab = getattr(self, table)
-        if name not in tab:
-            valid = ", ".join(sorted(tab)) or "(none registered)"
+        entry = self._lookup(table, name)
+        if entry is None:
+            names = set(getattr(self, table)) | (set(getattr(self._parent, table)) if self._parent else set())
+            valid = ", ".join(sorted(names)) or "(none registered)"
             raise UserError(f"unknown {table[:-1]} {name!r}; valid: {valid}")
-        return tab[name].obj
+        return entry.obj
 
 
 def _disabled() -> set[str]:
@@ -94,6 +115,7 @@ def load_plugins() -> tuple[pluggy.PluginManager, Registry]:
     registry = Registry()
     disabled = _disabled()
     providers: dict[str, str] = {}
+    dists: dict[str, str] = {}
     eps = sorted(md.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: (e.dist.name != "zsqbench", e.name))
     seen: dict[str, str] = {}  # entry-point name -> the distribution that had it first
     for ep in eps:
@@ -119,26 +141,31 @@ def load_plugins() -> tuple[pluggy.PluginManager, Registry]:
             registry.plugins.append({**info, "status": f"failed: {type(e).__name__}"})
             continue
         providers[ep.name] = f"{dist} {version}"
+        dists[ep.name] = dist
         registry.plugins.append({**info, "status": "loaded"})
+        registry.distributions.setdefault(dist, {"version": version, "modules": set()})["modules"].add(
+            ep.value.split(":")[0].split(".")[0])
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as e:
         warnings.warn(f"plugin {e.plugin_name!r} has a hook zsqbench does not know: {e}", PluginWarning)
-    # call each plugin's register hook separately so a broken one is reported and the rest still register
+    # call each plugin's register hook separately, into its own staging area: a broken one is reported and registers
+    # nothing (not the half it added before the error), and the rest still register
     for name, plugin in pm.list_name_plugin():
         impl = getattr(plugin, "zsqbench_register", None)
         if impl is None:
             continue
-        registry._provider = providers.get(name, name)
+        stage = registry.staging(providers.get(name, name), dists.get(name, name))
         try:
-            impl(registry=registry)
+            impl(registry=stage)
         except Exception as e:
-            warnings.warn(f"plugin {name!r} ({registry._provider}) failed while registering and is skipped: "
+            warnings.warn(f"plugin {name!r} ({stage._provider}) failed while registering and is skipped: "
                           f"{type(e).__name__}: {e}", PluginWarning, stacklevel=2)
             for p in registry.plugins:
                 if p["entry_point"] == name:
                     p["status"] = f"failed: {type(e).__name__}"
-    registry._provider = "zsqbench"
+            continue
+        registry.commit(stage)
     return pm, registry
 
 

@@ -12,6 +12,9 @@ A job whose ``record.json`` exists and carries the job's hash is skipped, so kil
 and starting it again runs only what is missing and yields the same records as an uninterrupted sweep. Jobs run
 as child processes (one per ``--jobs`` slot, ``cpu_count // jobs`` threads each) that die with the sweep;
 a failed job is retried once. ``OUT/sweep.jsonl`` is an append-only log of the sweep's events.
+
+Where jobs run is a backend's business (``LocalBackend`` here; ``zsqbench.sweep_ray.RayBackend``: Ray tasks on a
+cluster); skipping, retrying, the log and the progress bar are ``run_sweep``'s, the same for every backend.
 """
 from __future__ import annotations
 
@@ -28,7 +31,9 @@ from pathlib import Path
 
 from zsqbench.errors import UserError
 from zsqbench.protocols import bits_for, canonical_hash
+from zsqbench.provenance import run_code
 from zsqbench.registry import Registry, get_registry
+from zsqbench.teacher.card import preprocessing_identity
 
 RECORD = "record.json"
 
@@ -44,6 +49,7 @@ class Job:
     hash: str
     dir: Path
     overrides: tuple[str, ...] = ()   # --set KEY=VALUE for every job (an off-protocol sweep: curves, ablations)
+    settings_hash: str = ""           # the hash of what was asked for (settings, teacher, protocol): the dir name
 
     @property
     def label(self) -> str:
@@ -129,9 +135,15 @@ def expand(protocol: str, methods=None, models=None, bits=None, seeds=None, out:
                                 "config": r["config"]}
                     if overrides:
                         identity["overrides"] = list(overrides)
+                    # the directory is named by what was asked for; the job's hash adds the code that runs it and
+                    # the teacher's input preprocessing, so changed code re-runs the job (into the same directory)
+                    settings_hash = canonical_hash(identity)
+                    identity = {**identity, "code": run_code(r),
+                                "teacher_preprocessing": preprocessing_identity(r["card"])}
                     h = canonical_hash(identity)
-                    name = f"{h[:16]}-{method}-{r['model_key'].replace('@', '-')}-w{w}a{a}-s{seed}"
-                    jobs.append(Job(method, r["model_key"], w, a, seed, identity, h, root / name, tuple(overrides)))
+                    name = f"{settings_hash[:16]}-{method}-{r['model_key'].replace('@', '-')}-w{w}a{a}-s{seed}"
+                    jobs.append(Job(method, r["model_key"], w, a, seed, identity, h, root / name, tuple(overrides),
+                                    settings_hash))
     if not jobs:
         raise UserError(f"the sweep is empty: protocol {protocol} has no job for these choices")
     return jobs
@@ -171,19 +183,86 @@ class _Log:
             f.write(json.dumps(line) + "\n")
 
 
+def open_job_log(job: Job, attempt: int, cmd: list[str], where: str = ""):
+    """Make the job's directory ready for one attempt and open its log (a retry appends). Every backend calls it
+    where the job runs, so a job directory looks the same whichever backend ran it."""
+    job.dir.mkdir(parents=True, exist_ok=True)
+    for stale in job.dir.glob(f".{RECORD}.*.tmp"):  # a record write cut short by a kill
+        stale.unlink(missing_ok=True)
+    (job.dir / "job.json").write_text(json.dumps({"hash": job.hash, **job.identity}, indent=2, sort_keys=True))
+    logf = open(job.dir / "log.txt", "a")
+    logf.write(f"# {datetime.now(timezone.utc).isoformat(timespec='seconds')} attempt {attempt + 1}{where}: "
+               f"{' '.join(cmd[1:])}\n")
+    logf.flush()
+    return logf
+
+
+class LocalBackend:
+    """Jobs as child processes of the sweep, ``slots`` at a time with ``threads`` intra-op threads each.
+
+    A backend is what ``run_sweep`` drives: ``submit`` starts one attempt of a job and returns a handle,
+    ``finished`` returns ``(handle, returncode or None, error text)`` for the attempts that ended, ``capacity`` says
+    how many may run at once, ``stop`` ends the running ones. Skipping, retrying, the sweep log and the progress bar
+    are ``run_sweep``'s, the same for every backend."""
+    name = "local"
+    settle_s = 0.0  # how long a finished job's record may take to become visible to the sweep (shared storage)
+
+    def __init__(self, slots: int = 1, threads: int | None = None):
+        self.slots = slots
+        self.threads = threads or max(1, (os.cpu_count() or 1) // slots)
+        self.env = {**os.environ, "OMP_NUM_THREADS": str(self.threads), "MKL_NUM_THREADS": str(self.threads)}
+        self.procs: dict[subprocess.Popen, object] = {}
+
+    def describe(self) -> dict:
+        return {"parallel": self.slots, "threads": self.threads}
+
+    def capacity(self) -> int:
+        return self.slots
+
+    def submit(self, job: Job, attempt: int, cmd: list[str]) -> subprocess.Popen:
+        logf = open_job_log(job, attempt, cmd)
+        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=self.env,
+                                preexec_fn=_die_with_parent)
+        self.procs[proc] = logf
+        return proc
+
+    def finished(self) -> list[tuple[object, int | None, str]]:
+        time.sleep(0.2)
+        ended = [proc for proc in self.procs if proc.poll() is not None]
+        for proc in ended:
+            self.procs.pop(proc).close()
+        return [(proc, proc.returncode, "") for proc in ended]
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            proc.kill()
+
+    def close(self) -> None:
+        pass
+
+
+def _record_appears(job: Job, within_s: float) -> bool:
+    deadline = time.monotonic() + within_s
+    while not job.done():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.5)
+    return True
+
+
 def run_sweep(jobs: list[Job], protocol: str, jobs_at_once: int = 1, threads: int | None = None,
               device: str = "cpu", cache_dir: str | None = None, data_root: str | None = None,
-              retries: int = 1, quiet: bool = False, out: Path | None = None) -> dict:
-    """Run the jobs that have no record yet, ``jobs_at_once`` at a time. Returns a summary dict."""
+              retries: int = 1, quiet: bool = False, out: Path | None = None, backend=None) -> dict:
+    """Run the jobs that have no record yet on ``backend`` (default: ``jobs_at_once`` local child processes).
+    Returns a summary dict."""
     out = Path(out or jobs[0].dir.parent)
     out.mkdir(parents=True, exist_ok=True)
     log = _Log(out / "sweep.jsonl")
-    threads = threads or max(1, (os.cpu_count() or 1) // jobs_at_once)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    backend = backend or LocalBackend(jobs_at_once, threads)
     todo = [j for j in jobs if not j.done()]
     skipped = len(jobs) - len(todo)
     t0 = time.perf_counter()
-    log("start", protocol=protocol, jobs=len(jobs), skipped=skipped, parallel=jobs_at_once, threads=threads)
+    log("start", protocol=protocol, jobs=len(jobs), skipped=skipped, **backend.describe())
     summary = {"jobs": len(jobs), "skipped": skipped, "ok": 0, "diverged": 0, "failed": [], "retried": 0}
 
     progress = None
@@ -194,7 +273,7 @@ def run_sweep(jobs: list[Job], protocol: str, jobs_at_once: int = 1, threads: in
                             TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"))
     task = None
     queue = [(j, 0) for j in todo]
-    running: dict[subprocess.Popen, tuple[Job, int, float, object]] = {}
+    running: dict[object, tuple[Job, int, float]] = {}
 
     def info() -> str:
         now = ", ".join(j.label for j, *_ in running.values())
@@ -202,18 +281,8 @@ def run_sweep(jobs: list[Job], protocol: str, jobs_at_once: int = 1, threads: in
         return f"{summary['ok']} ok · {summary['diverged']} diverged · {skipped} skipped{fails} · now: {now}"
 
     def start(job: Job, attempt: int) -> None:
-        job.dir.mkdir(parents=True, exist_ok=True)
-        for stale in job.dir.glob(f".{RECORD}.*.tmp"):  # a record write cut short by a kill
-            stale.unlink(missing_ok=True)
-        (job.dir / "job.json").write_text(json.dumps({"hash": job.hash, **job.identity}, indent=2, sort_keys=True))
         cmd = _command(job, protocol, device, cache_dir, data_root)
-        logf = open(job.dir / "log.txt", "a")
-        logf.write(f"# {datetime.now(timezone.utc).isoformat(timespec='seconds')} attempt {attempt + 1}: "
-                   f"{' '.join(cmd[1:])}\n")
-        logf.flush()
-        proc = subprocess.Popen(cmd, stdout=logf,
-                                stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent)
-        running[proc] = (job, attempt, time.perf_counter(), logf)
+        running[backend.submit(job, attempt, cmd)] = (job, attempt, time.perf_counter())
 
     try:
         with progress or nullcontext():
@@ -221,37 +290,38 @@ def run_sweep(jobs: list[Job], protocol: str, jobs_at_once: int = 1, threads: in
                 task = progress.add_task("sweep", total=len(jobs), completed=skipped, protocol=protocol,
                                          info=info())
             while queue or running:
-                while queue and len(running) < jobs_at_once:
+                while queue and len(running) < backend.capacity():
                     start(*queue.pop(0))
                     if progress:
                         progress.update(task, info=info())
-                time.sleep(0.2)
-                for proc in [p for p in running if p.poll() is not None]:
-                    job, attempt, t_job, logf = running.pop(proc)
-                    logf.close()
+                for handle, returncode, error in backend.finished():
+                    job, attempt, t_job = running.pop(handle)
                     wall = round(time.perf_counter() - t_job, 1)
-                    if proc.returncode in (0, 3) and job.done():  # 3: a diverged run, a result like any other
-                        kind = "ok" if proc.returncode == 0 else "diverged"
+                    why = {"error": error} if error else {}
+                    # 3: a diverged run, a result like any other
+                    if returncode in (0, 3) and _record_appears(job, backend.settle_s):
+                        kind = "ok" if returncode == 0 else "diverged"
                         summary[kind] += 1
                         log(kind, job=job.dir.name, wall_s=wall)
                         if progress:
                             progress.update(task, advance=1)
                     elif attempt < retries:
                         summary["retried"] += 1
-                        log("retry", job=job.dir.name, returncode=proc.returncode, wall_s=wall)
+                        log("retry", job=job.dir.name, returncode=returncode, wall_s=wall, **why)
                         queue.insert(0, (job, attempt + 1))
                     else:
                         summary["failed"].append(job.dir.name)
-                        log("failed", job=job.dir.name, returncode=proc.returncode, wall_s=wall)
+                        log("failed", job=job.dir.name, returncode=returncode, wall_s=wall, **why)
                         if progress:
                             progress.update(task, advance=1)
                     if progress:
                         progress.update(task, info=info())
     except KeyboardInterrupt:
-        for proc in running:
-            proc.kill()
+        backend.stop()
         log("interrupted", wall_s=round(time.perf_counter() - t0, 1))
         raise
+    finally:
+        backend.close()
     summary["wall_s"] = round(time.perf_counter() - t0, 1)
     log("end", **{k: (len(v) if isinstance(v, list) else v) for k, v in summary.items()})
     return summary

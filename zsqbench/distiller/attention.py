@@ -15,9 +15,12 @@ Reductions differ between the two sources and are settings:
 """
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from pydantic import Field
 
 from zsqbench.distiller.kd import KDDistiller, kd_kl
 from zsqbench.interfaces import Batch, RunContext
@@ -93,8 +96,12 @@ class ChannelAttentionKD(KDDistiller):
     name = "kd-ca"
     description = ("CE + alpha*T^2*KL + ca_weight * channel-attention distance on block outputs "
                    "(BAG: weight 30, L2-normalised, channel sum, layer mean; HAST: channel mean, layer sum)")
-    defaults = {**KDDistiller.defaults, "ca_weight": 30.0, "ca_normalize": True,
-                "ca_channel_reduction": "sum", "ca_layer_reduction": "mean"}
+
+    class Settings(KDDistiller.Settings):
+        ca_weight: float = Field(30.0, ge=0, description="weight of the channel-attention loss")
+        ca_normalize: bool = Field(True, description="L2-normalise attentions over channels (HAST)")
+        ca_channel_reduction: Literal["sum", "mean"] = "sum"
+        ca_layer_reduction: Literal["sum", "mean"] = "mean"
 
     def setup(self, ctx: RunContext) -> None:
         self.teacher_tap = FeatureTap(ctx.teacher, ctx.model.block_modules(ctx.teacher), detach=True)

@@ -7,8 +7,11 @@
 """
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
 from zsqbench.interfaces import Batch, Distiller, RunContext
 
@@ -35,7 +38,12 @@ def teacher_logits(ctx: RunContext, batch: Batch) -> torch.Tensor:
 class KDDistiller(Distiller):
     name = "kd"
     description = "CE + alpha*T^2*KL on logits (GDFQ: reduction 'mean'; IntraQ/HAST: 'batchmean', alpha 20)"
-    defaults = {"temperature": 20.0, "alpha": 1.0, "kl_reduction": "mean", "ce_weight": 1.0}
+
+    class Settings(Distiller.Settings):
+        temperature: float = Field(20.0, gt=0, description="KD temperature T")
+        alpha: float = Field(1.0, ge=0, description="weight of T^2 * KL")
+        kl_reduction: Literal["mean", "batchmean"] = Field("mean", description="element mean (GDFQ) or batch mean")
+        ce_weight: float = Field(1.0, ge=0, description="weight of CE(student, label)")
 
     def loss(self, ctx: RunContext, batch: Batch):
         cfg = self.config

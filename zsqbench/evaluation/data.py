@@ -33,29 +33,49 @@ HOW_TO_GET = {
 }
 
 
+def explicit_root(data_root: str | None) -> str | None:
+    """The data root the user named: ``--data-root``, else ``$ZSQBENCH_DATA_ROOT``, else None."""
+    return str(data_root) if data_root else (os.environ.get(ENV_DATA_ROOT) or None)
+
+
 def _candidates(dataset: str, data_root: str | None) -> list[Path]:
-    roots = [Path(r).expanduser() for r in (data_root, os.environ.get(ENV_DATA_ROOT)) if r]
+    """Where to look. A named root means what it says: only it (and its usual sub-folders) is searched, never the
+    system location, so a run cannot silently score on other data than the folder the user gave."""
+    root = explicit_root(data_root)
     sub = {"fmnist": ["fashion-mnist", "fmnist", "FashionMNIST/raw"],
            "cifar10": ["cifar-10-batches-py"], "cifar100": ["cifar-100-python"], "imagenet": ["val"]}[dataset]
-    out = []
-    for r in roots:
-        out.append(r)
-        out.extend(r / s for s in sub)
-    if dataset == "fmnist":
-        out.append(FMNIST_SYSTEM_DIR)
-    return out
+    if root:
+        r = Path(root).expanduser()
+        return [r, *(r / s for s in sub)]
+    return [FMNIST_SYSTEM_DIR] if dataset == "fmnist" else []
 
 
-def _missing(dataset: str, tried: list[Path]) -> UserError:
+def _missing(dataset: str, tried: list[Path], wanted: str, data_root: str | None = None) -> UserError:
+    root = explicit_root(data_root)
+    named = ("--data-root" if data_root else f"${ENV_DATA_ROOT}") + f" {root}" if root else None
     where = ", ".join(str(p) for p in tried) or "(no --data-root given)"
-    return UserError(f"{dataset} data not found (looked in {where}): {HOW_TO_GET[dataset]}")
+    lead = f"{dataset} data not found under {named}" if named else f"{dataset} data not found"
+    return UserError(f"{lead}: no {wanted} in {where}; {HOW_TO_GET[dataset]}")
 
 
-def normalize(x: torch.Tensor, dataset: str) -> torch.Tensor:
+def normalize(x: torch.Tensor, dataset: str, card: dict | None = None) -> torch.Tensor:
+    """Normalise [0, 1] pixels with the teacher card's mean/std (default: the dataset's standard ones)."""
     info = DATASETS[dataset]
-    mean = torch.tensor(info.mean).view(1, -1, 1, 1)
-    std = torch.tensor(info.std).view(1, -1, 1, 1)
+    mean = torch.tensor(card["mean"] if card else info.mean).view(1, -1, 1, 1)
+    std = torch.tensor(card["std"] if card else info.std).view(1, -1, 1, 1)
     return (x - mean) / std
+
+
+def fit_to_network(x: torch.Tensor, size: tuple[int, int], how: str | None) -> torch.Tensor:
+    """Small images (Fashion-MNIST 28x28) to the network's size: zero-pad in pixel space (the embedded teachers'
+    way) or resize bilinearly."""
+    h, w = x.shape[-2:]
+    if (h, w) == tuple(size):
+        return x
+    if how == "resize":
+        return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+    dh, dw = size[0] - h, size[1] - w
+    return F.pad(x, (dw // 2, dw - dw // 2, dh // 2, dh - dh // 2))
 
 
 # --- Fashion-MNIST ------------------------------------------------------------------------------------------
@@ -79,8 +99,10 @@ def _read_idx(path: Path) -> np.ndarray:
     return arr.reshape(dims)
 
 
-def load_fmnist(split: str = "test", data_root: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fashion-MNIST as (N,1,32,32) normalised float tensors (28x28 zero-padded by 2 pixels) and labels."""
+def load_fmnist(split: str = "test", data_root: str | None = None, card: dict | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fashion-MNIST as (N,1,32,32) normalised float tensors (28x28 zero-padded by 2 pixels, or as the teacher
+    ``card`` says) and labels."""
     prefix = "t10k" if split == "test" else "train"
     tried = _candidates("fmnist", data_root)
     for d in tried:
@@ -93,14 +115,14 @@ def load_fmnist(split: str = "test", data_root: str | None = None) -> tuple[torc
             y = torch.from_numpy(_read_idx(lab).astype(np.int64))
             if len(x) != len(y):
                 raise UserError(f"{img} and {lab} disagree on the number of samples")
-            x = F.pad(x, (2, 2, 2, 2))
-            return normalize(x, "fmnist"), y
-    raise _missing("fmnist", tried)
+            x = fit_to_network(x, DATASETS["fmnist"].image_shape[1:], (card or {}).get("fit"))
+            return normalize(x, "fmnist", card), y
+    raise _missing("fmnist", tried, f"{prefix}-images-idx3-ubyte.gz + {prefix}-labels-idx1-ubyte.gz", data_root)
 
 
 # --- CIFAR (python pickle batches) -------------------------------------------------------------------------
 
-def load_cifar(dataset: str, split: str = "test", data_root: str | None = None
+def load_cifar(dataset: str, split: str = "test", data_root: str | None = None, card: dict | None = None
                ) -> tuple[torch.Tensor, torch.Tensor]:
     tried = _candidates(dataset, data_root)
     names = {"cifar10": {"test": ["test_batch"], "train": [f"data_batch_{i}" for i in range(1, 6)]},
@@ -118,8 +140,8 @@ def load_cifar(dataset: str, split: str = "test", data_root: str | None = None
                 except Exception as e:
                     raise UserError(f"{d / n} is not a CIFAR python batch ({type(e).__name__})") from None
             x = torch.from_numpy(np.concatenate(xs)).float().div_(255)
-            return normalize(x, dataset), torch.from_numpy(np.concatenate(ys))
-    raise _missing(dataset, tried)
+            return normalize(x, dataset, card), torch.from_numpy(np.concatenate(ys))
+    raise _missing(dataset, tried, " + ".join(names), data_root)
 
 
 # --- ImageNet val (class folders) --------------------------------------------------------------------------
@@ -131,7 +153,8 @@ class ImageFolderVal:
     """ImageNet val as class folders (sorted names = class indices); resize 256 (shorter side), centre crop
     224, normalise. Decoded lazily in batches so 50k images never sit in memory at once."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, card: dict | None = None):
+        self.card = card
         classes = sorted(p.name for p in root.iterdir() if p.is_dir())
         self.samples = [(f, i) for i, c in enumerate(classes)
                         for f in sorted((root / c).iterdir()) if f.suffix.lower() in IMG_EXT]
@@ -167,29 +190,29 @@ class ImageFolderVal:
         for i in range(0, len(samples), batch_size):
             chunk = samples[i:i + batch_size]
             x = torch.stack([self.load(p) for p, _ in chunk])
-            yield normalize(x, "imagenet"), torch.tensor([c for _, c in chunk])
+            yield normalize(x, "imagenet", self.card), torch.tensor([c for _, c in chunk])
 
 
-def load_imagenet_val(data_root: str | None = None) -> ImageFolderVal:
+def load_imagenet_val(data_root: str | None = None, card: dict | None = None) -> ImageFolderVal:
     tried = _candidates("imagenet", data_root)
     first_error = None
     for d in tried:
         if d.is_dir() and any(p.is_dir() for p in d.iterdir()):
             try:
-                return ImageFolderVal(d)
+                return ImageFolderVal(d, card)
             except UserError as e:  # e.g. the parent of val/: its sub-folders hold class folders, not images
                 first_error = first_error or e
-    raise first_error or _missing("imagenet", tried)
+    raise first_error or _missing("imagenet", tried, "class folders of images", data_root)
 
 
-def load_test_set(dataset: str, data_root: str | None = None):
+def load_test_set(dataset: str, data_root: str | None = None, card: dict | None = None):
     """The real test split: a (images, labels) pair, or an :class:`ImageFolderVal` for ImageNet."""
     if dataset == "fmnist":
-        return load_fmnist("test", data_root)
+        return load_fmnist("test", data_root, card)
     if dataset in ("cifar10", "cifar100"):
-        return load_cifar(dataset, "test", data_root)
+        return load_cifar(dataset, "test", data_root, card)
     if dataset == "imagenet":
-        return load_imagenet_val(data_root)
+        return load_imagenet_val(data_root, card)
     raise UserError(f"no evaluation data loader for dataset {dataset!r}")
 
 
@@ -197,24 +220,26 @@ DEV_SIZE = 10_000
 EVAL_SPLITS = ("test", "dev")
 
 
-def load_dev_set(dataset: str, data_root: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def load_dev_set(dataset: str, data_root: str | None = None, card: dict | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The last 10 000 images of the *train* split: where to choose settings, so that the test split is only
     ever used to report. The embedded teachers saw these images in training, so top-1 on them runs higher
     than on test; compare settings with it, never report it."""
     if dataset == "fmnist":
-        x, y = load_fmnist("train", data_root)
+        x, y = load_fmnist("train", data_root, card)
     elif dataset in ("cifar10", "cifar100"):
-        x, y = load_cifar(dataset, "train", data_root)
+        x, y = load_cifar(dataset, "train", data_root, card)
     else:
         raise UserError(f"eval.split=dev needs the train split of {dataset}, which zsqbench does not read; "
                         "use eval.split=test")
     return x[-DEV_SIZE:], y[-DEV_SIZE:]
 
 
-def load_eval_set(dataset: str, split: str = "test", data_root: str | None = None):
-    """The split a run is scored on: ``test`` (what records report) or ``dev`` (:func:`load_dev_set`)."""
+def load_eval_set(dataset: str, split: str = "test", data_root: str | None = None, card: dict | None = None):
+    """The split a run is scored on: ``test`` (what records report) or ``dev`` (:func:`load_dev_set`), preprocessed
+    as the teacher ``card`` says (default: the dataset's standard preprocessing)."""
     if split == "test":
-        return load_test_set(dataset, data_root)
+        return load_test_set(dataset, data_root, card)
     if split == "dev":
-        return load_dev_set(dataset, data_root)
+        return load_dev_set(dataset, data_root, card)
     raise UserError(f"eval.split must be one of {', '.join(EVAL_SPLITS)}, got {split!r}")

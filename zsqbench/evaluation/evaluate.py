@@ -16,9 +16,9 @@ from zsqbench.evaluation.diagnostics import TeacherProbe, has_module
 
 class Evaluator:
     def __init__(self, dataset: str, data_root: str | None, device: torch.device, limit: int | None = None,
-                 batch_size: int = 100, split: str = "test"):
+                 batch_size: int = 100, split: str = "test", card: dict | None = None):
         self.dataset, self.device, self.batch_size = dataset, device, batch_size
-        data = load_eval_set(dataset, split, data_root)  # fails early, with how-to-get-it, if missing
+        data = load_eval_set(dataset, split, data_root, card)  # fails early, with how-to-get-it, if missing
         if isinstance(data, ImageFolderVal):
             self.folder, self.images, self.labels = data, None, None
             self.n = min(len(data), limit) if limit else len(data)

@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from zsqbench.errors import UserError
 from zsqbench.leaderboard.collect import LEADERBOARD_KIND
 from zsqbench.leaderboard.stats import holm, mean, pvalue, summarize
+from zsqbench.provenance import code_version
 from zsqbench.record.io import validation_errors
 
 SCHEMA_VERSION = 1
@@ -36,7 +37,8 @@ def run_entry(path: str, rec: dict) -> dict:
             "best_top1_selected_on_test": rec["best_top1_selected_on_test"], "fp_top1": rec["fp_top1"],
             "total_s": rec["timing"]["total_s"], "mean_step_s": rec["timing"]["mean_step_s"],
             "protocol_version": rec["protocol"]["version"], "protocol_hash": rec["protocol"]["hash"],
-            "git_commit": rec["git"]["commit"], "teacher_sha256": rec["teacher"].get("sha256"), "record": path}
+            "git_commit": rec["git"]["commit"], "teacher_sha256": rec["teacher"].get("sha256"), "record": path,
+            **({"code": rec["code"]} if rec.get("code") else {})}
 
 
 def make_row(key: tuple, items: list[tuple[str, dict]]) -> dict:
@@ -44,7 +46,26 @@ def make_row(key: tuple, items: list[tuple[str, dict]]) -> dict:
     runs = sorted((run_entry(p, r) for p, r in items), key=lambda r: r["seed"])
     check_seeds(key, runs)
     check_teacher(key, runs)
+    check_code(key, runs)
     return row_from_runs(key, runs)
+
+
+def code_versions(runs: list[dict]) -> dict[str, list[str]]:
+    """code version -> the runs' record paths (records without code fingerprints share one version, "unknown")."""
+    by_code = defaultdict(list)
+    for r in runs:
+        by_code[code_version(r.get("code"))].append(r["record"])
+    return dict(by_code)
+
+
+def check_code(key: tuple, runs: list[dict]) -> None:
+    """One row, one code version: seeds run by different method code are not one result."""
+    by_code = code_versions(runs)
+    if len(by_code) > 1:
+        model, dataset, w, a, method = key
+        parts = [f"{version}: {name_files(ps, 2)}" for version, ps in sorted(by_code.items())]
+        raise UserError(f"{method} on {model}@{dataset} W{w}A{a} mixes code versions ({' | '.join(parts)}): keep "
+                        "the records of one code version (re-run the others, e.g. `zsqbench sweep`)")
 
 
 def teacher_weights(runs: list[dict]) -> set:
@@ -187,6 +208,17 @@ def add_significance(rows: list[dict], alpha: float = ALPHA) -> dict:
     return {"test": "welch", "correction": "holm", "alpha": alpha, "comparisons": n_pairs}
 
 
+def with_significance(lb: dict) -> dict:
+    """The leaderboard with its adjacent-row tests: as built, or derived from the per-seed values of a leaderboard
+    built before they existed (a copy; the file is not changed)."""
+    if "significance" in lb:
+        return lb
+    import copy
+    lb = copy.deepcopy(lb)
+    lb["significance"] = add_significance(lb["rows"])
+    return lb
+
+
 def device_label(d: dict) -> str:
     threads = d.get("threads")
     return f"{d.get('type')}: {d.get('name')}" + (f", {threads} thread{'s' * (threads != 1)}" if threads else "")
@@ -222,6 +254,9 @@ def validate_leaderboard(obj) -> list[str]:
         shas = teacher_weights(runs)
         if len(shas) > 1:
             errors.append(f"{where}: runs on different teacher weights " + ", ".join(s[:8] for s in sorted(shas)))
+        codes = code_versions(runs)
+        if len(codes) > 1:
+            errors.append(f"{where}: runs of different code versions " + " | ".join(sorted(codes)))
         seeds = [r["seed"] for r in runs]
         if len(set(seeds)) != len(seeds):
             errors.append(f"{where}: duplicate seeds {sorted(s for s in set(seeds) if seeds.count(s) > 1)}")

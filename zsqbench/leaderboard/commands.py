@@ -52,7 +52,9 @@ def build(protocol, results, output):
 @leaderboard.command("show")
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--published", is_flag=True, help="Add the papers' published numbers where there are any.")
-def show(file, published):
+@click.option("--wide", is_flag=True, help="Every column (the default fits 80 columns).")
+@click.option("--json", "as_json", is_flag=True, help="Print the validated leaderboard as JSON instead of a table.")
+def show(file, published, wide, as_json):
     """Print a leaderboard: per model and bits, methods by mean final top-1 (★ best)."""
     from zsqbench.leaderboard.build import check_leaderboard
     from zsqbench.leaderboard.collect import looks_like_leaderboard
@@ -61,7 +63,11 @@ def show(file, published):
     lb = load_json(Path(file))
     if not looks_like_leaderboard(lb):
         raise UserError(f"{file} is not a zsqbench leaderboard (build one with `zsqbench leaderboard build`)")
-    leaderboard_table(check_leaderboard(lb, file), published=published, console=_console())
+    lb = check_leaderboard(lb, file)
+    if as_json:
+        click.echo(json.dumps(lb, indent=2))
+        return
+    leaderboard_table(lb, published=published, console=_console(), wide=wide)
 
 
 @click.command("compare")
@@ -74,11 +80,12 @@ def show(file, published):
               show_default=True, help="Significance level.")
 @click.option("--fail-if-worse", is_flag=True, help="Exit 1 when any row is significantly worse (for CI).")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON instead of a table.")
-def compare(inputs, baseline, test, alpha, fail_if_worse, as_json):
+@click.option("--wide", is_flag=True, help="Every column: std, n, inputs, notes (the default fits 80 columns).")
+def compare(inputs, baseline, test, alpha, fail_if_worse, as_json, wide):
     """Compare results across seeds. INPUTS are run records, result directories or leaderboard JSONs; without
     --baseline the first is the reference and each later one is compared with it row by row (same protocol,
     model, bits, method). Marks: + better, - worse (significant), ~ not significant, ? < 2 seeds, x protocol
-    versions differ (not compared)."""
+    versions or teacher weights differ, or a side's row mixes code versions (not compared)."""
     from zsqbench.leaderboard.compare import compare_baseline, compare_inputs, load_side
     from zsqbench.leaderboard.show import comparison_table
     if baseline:
@@ -93,7 +100,7 @@ def compare(inputs, baseline, test, alpha, fail_if_worse, as_json):
     if as_json:
         click.echo(json.dumps(result, indent=2))
     else:
-        comparison_table(result, console=_console())
+        comparison_table(result, console=_console(), wide=wide)
     if fail_if_worse and result["worse"]:
         _console(stderr=True).print(f"[bold red]worse:[/] {result['worse']} row(s) significantly worse at "
                                     f"alpha {alpha}", highlight=False)
@@ -103,3 +110,8 @@ def compare(inputs, baseline, test, alpha, fail_if_worse, as_json):
 def register(cli: click.Group) -> None:
     cli.add_command(leaderboard)
     cli.add_command(compare)
+
+
+from zsqbench.leaderboard.site import site_command  # noqa: E402  (light at import: matplotlib loads on use)
+
+leaderboard.add_command(site_command)

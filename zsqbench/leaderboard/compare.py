@@ -1,16 +1,16 @@
 """Compare results across seeds: input against input (the first is the reference) or every method against a
 baseline method. An input is a run record, a directory of records, or a leaderboard (its rows keep the per-seed
 values). Marks: ``+`` better / ``-`` worse (significant at alpha), ``~`` not significant, ``?`` fewer than two
-finished seeds on a side (no test), ``x`` protocol versions/hashes or teacher weights differ (never compared, as
-asv does)."""
+finished seeds on a side (no test), ``x`` protocol versions/hashes or teacher weights differ, or a side's row mixes
+code versions (never compared, as asv does)."""
 from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
 
 from zsqbench.errors import UserError
-from zsqbench.leaderboard.build import (check_leaderboard, check_seeds, check_teacher, name_files, row_from_runs,
-                                        run_entry, teacher_weights)
+from zsqbench.leaderboard.build import (check_leaderboard, check_seeds, check_teacher, code_versions, name_files,
+                                        row_from_runs, run_entry, teacher_weights)
 from zsqbench.leaderboard.collect import collect, require_clean
 from zsqbench.leaderboard.stats import min_pvalue, pvalue
 
@@ -56,7 +56,8 @@ def load_side(paths) -> Side:
         check_teacher(key[1:], runs)
         (version, hsh), = versions
         side.rows[key] = {**row_from_runs(key[1:], runs), "protocol": {"name": key[0], "version": version,
-                                                                       "hash": hsh}}
+                                                                       "hash": hsh},
+                          "code_versions": sorted(code_versions(runs))}
     return side
 
 
@@ -70,6 +71,10 @@ def compare_rows(a: dict, b: dict, test: str, alpha: float) -> dict:
     if (a["protocol"]["version"], a["protocol"]["hash"]) != (b["protocol"]["version"], b["protocol"]["hash"]):
         return out | {"mark": "x", "note": f"protocol v{a['protocol']['version']} {a['protocol']['hash'][:8]} vs "
                                            f"v{b['protocol']['version']} {b['protocol']['hash'][:8]}"}
+    mixed = [f"{side} mixes code versions ({' | '.join(row['code_versions'])})"
+             for side, row in (("reference", a), ("new", b)) if len(row.get("code_versions", [])) > 1]
+    if mixed:  # seeds run by different code are not one sample: never tested as one
+        return out | {"mark": "x", "note": "; ".join(mixed)}
     ta, tb = teacher_weights(a["runs"]), teacher_weights(b["runs"])
     if ta and tb and ta != tb:
         return out | {"mark": "x", "note": f"teacher weights {'/'.join(t[:8] for t in sorted(ta))} vs "

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from itertools import groupby
 
+from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from zsqbench.leaderboard.compare import lookup_published
@@ -50,13 +52,14 @@ def _row_order(r):
     return -(r["mean"] if r["mean"] is not None else -1e9), r["method"]
 
 
-def leaderboard_table(lb: dict, published: bool = False, console: Console | None = None) -> None:
+# the columns a leaderboard shows without --wide: what fits 80 columns (the rest: --wide or --json)
+NARROW_LEADERBOARD = ("model", "bits", "method", "n", "final top-1 %", "grp", "best on test % (legacy)")
+
+
+def leaderboard_table(lb: dict, published: bool = False, console: Console | None = None, wide: bool = False) -> None:
     console = console or Console()
-    if "significance" not in lb:  # built before the adjacent-row tests existed: derive them from the seeds
-        import copy
-        from zsqbench.leaderboard.build import add_significance
-        lb = copy.deepcopy(lb)
-        lb["significance"] = add_significance(lb["rows"])
+    from zsqbench.leaderboard.build import with_significance
+    lb = with_significance(lb)
     rows = sorted(lb["rows"], key=lambda r: (_group_key(r), _row_order(r)))
     pub = {}
     if published:
@@ -64,16 +67,19 @@ def leaderboard_table(lb: dict, published: bool = False, console: Console | None
                for r in rows}
     show_pub = any(pub.values())
     p = lb["protocol"]
-    t = Table(title=f"leaderboard · protocol {p['name']} v{p['version']} ({p['hash'][:8]}) · headline: final "
-                    "top-1, mean ± std over seeds", title_justify="left")
+    t = Table(title=escape(f"leaderboard · protocol {p['name']} v{p['version']} ({p['hash'][:8]}) · headline: final "
+                           "top-1, mean ± std over seeds"), title_justify="left",
+              box=None if not wide else box.HEAVY_HEAD, padding=(0, 1))
     right = {"justify": "right"}
     columns = [("model", {}), ("bits", {}), ("method", {"style": "bold"}), ("n", right), ("final top-1 %", right),
                ("grp", {}), ("vs next", right),
                ("95 % CI", {}), ("per seed", {}), ("best on test % (legacy)", right)]
     columns += [("published % (best on test)", {})] * show_pub
     columns += [("gap", right), ("FP %", right), ("wall s", right), ("step ms", right), ("flags", {})]
-    for name, kw in columns:
-        t.add_column(name, **kw)
+    shown = [i for i, (name, _) in enumerate(columns) if wide or name in NARROW_LEADERBOARD]
+    for i in shown:
+        name, kw = columns[i]
+        t.add_column(name, overflow="fold", **kw)  # fold, never cut a cell to "resne…"
     for _, group in groupby(rows, key=_group_key):
         group = list(group)
         best_mean = _best([r["mean"] for r in group])
@@ -82,8 +88,9 @@ def leaderboard_table(lb: dict, published: bool = False, console: Console | None
         for i, r in enumerate(group):
             final = "—" if r["mean"] is None else (
                 f"{r['mean']:.2f}" + (f" ± {r['std']:.2f}" if r["std"] is not None else ""))
-            cells = [f"{r['model']}@{r['dataset']}" if i == 0 else "", f"W{r['wbits']}A{r['abits']}" if i == 0 else "",
-                     r["method"], str(r["n"]) + (f"/{r['n'] + r['diverged']}" if r["diverged"] else ""),
+            cells = [escape(f"{r['model']}@{r['dataset']}") if i == 0 else "",
+                     f"W{r['wbits']}A{r['abits']}" if i == 0 else "",
+                     escape(r["method"]), str(r["n"]) + (f"/{r['n'] + r['diverged']}" if r["diverged"] else ""),
                      _mark(final, r["mean"] is not None and r["mean"] == best_mean),
                      _group_letter(r.get("group")), _vs_next(r.get("significance")),
                      "—" if r["ci95"] is None else f"[{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}]",
@@ -95,16 +102,20 @@ def leaderboard_table(lb: dict, published: bool = False, console: Console | None
                      _mark(_f(r["wall_s_mean"], "{:.1f}"), r["wall_s_mean"] is not None
                            and r["wall_s_mean"] == fastest),
                      _f(r["step_s_mean"] and r["step_s_mean"] * 1000, "{:.1f}")]
-            cells.append("⚠ " + ", ".join(r["flags"]) if r["flags"] else "")
-            t.add_row(*cells, style="red" if r["diverged"] else None, end_section=i == len(group) - 1)
+            cells.append(escape("⚠ " + ", ".join(r["flags"])) if r["flags"] else "")
+            t.add_row(*(cells[c] for c in shown), style="red" if r["diverged"] else None,
+                      end_section=i == len(group) - 1)
     pv = lb["provenance"]
     commits = ", ".join(c[:7] for c in pv["git_commits"])
     dirty = f" ({pv['dirty_records']} dirty)" if pv["dirty_records"] else ""
-    t.caption = (f"{pv['records']} records from {pv['inputs']} input(s) · commits {commits}{dirty} · "
+    t.caption = escape(f"{pv['records']} records from {pv['inputs']} input(s) · commits {commits}{dirty} · "
                  f"{'; '.join(pv['devices'])} · runs' wall time {duration(pv['total_wall_s'])} · "
                  f"built {pv['created']}")
     t.caption_justify = "left"
     console.print(t)
+    if not wide:
+        console.print("more columns (95 % CI, per seed, vs next, gap, FP, wall and step time, flags): --wide; "
+                      "everything: --json", style="dim", highlight=False)
     console.print(f"{STAR} best per model and bits (mean final top-1; best on test; fastest). Best on test is "
                   "selected on the test set (legacy, as papers report); the headline is the final student.",
                   style="dim", highlight=False)
@@ -140,41 +151,59 @@ def _side_text(s: dict) -> str:
         f" [red]{s['diverged']} div.[/]" if s["diverged"] else "")
 
 
-def comparison_table(result: dict, console: Console | None = None) -> None:
+def _mean_text(s: dict) -> str:
+    return "—" if s["mean"] is None else f"{s['mean']:.2f}" + (" [red]div.[/]" if s["diverged"] else "")
+
+
+def comparison_table(result: dict, console: Console | None = None, wide: bool = False) -> None:
+    """The comparison as a table. Narrow (default) fits 80 columns: means only, one protocol column only when the
+    rows span several, notes as numbered lines below; ``wide`` shows std, n, inputs and notes in the table."""
     console = console or Console()
     comps = result["comparisons"]
     baseline = result["mode"] == "baseline"
     several = len({c["input"] for c in comps}) > 1 and not baseline
-    show_pub = any(c.get("published") for c in comps)
+    protocols = sorted({c["protocol"] for c in comps})
+    show_protocol = wide or len(protocols) > 1
+    show_pub = wide and any(c.get("published") for c in comps)
     what = f"every method vs {result['reference']}" if baseline else f"against {result['reference']}"
-    t = Table(title=f"compare · {what} · {result['test']}, alpha {result['alpha']}", title_justify="left")
-    for name, kw in [("protocol", {}), ("model", {}), ("bits", {}), ("method", {"style": "bold"})]:
-        t.add_column(name, **kw)
-    if several:
-        t.add_column("input")
-    t.add_column(f"{result['reference']} %" if baseline else "reference %", justify="right")
-    t.add_column("top-1 %", justify="right")
-    for name in ("Δ", "p"):
-        t.add_column(name, justify="right")
-    t.add_column("")
-    if show_pub:
-        t.add_column("published % (best on test)")
-    t.add_column("note", style="dim")
+    on = "" if show_protocol else f" · protocol {protocols[0]}"
+    t = Table(title=escape(f"compare · {what}{on} · {result['test']}, alpha {result['alpha']}"), title_justify="left",
+              box=None if not wide else box.HEAVY_HEAD, padding=(0, 1))
+    columns = [("protocol", {})] * show_protocol + [("model", {}), ("bits", {}), ("method", {"style": "bold"})]
+    columns += [("input", {})] * (several and wide)
+    columns += [(f"{result['reference']} %" if baseline else "reference %", {"justify": "right"}),
+                ("top-1 %", {"justify": "right"}), ("Δ", {"justify": "right"}), ("p", {"justify": "right"}),
+                ("", {})]
+    columns += [("published % (best on test)", {})] * show_pub + [("note", {"style": "dim"})] * wide
+    for name, kw in columns:
+        t.add_column(escape(name), overflow="fold", **kw)
+    side = _side_text if wide else _mean_text
+    notes = []
     for c in comps:
         x = c["mark"] == "x"
-        cells = [c["protocol"], f"{c['model']}@{c['dataset']}", f"W{c['wbits']}A{c['abits']}", c["method"]]
-        if several:
-            cells.append(c["input"])
-        cells += ["—" if x else _side_text(c["ref"]), "—" if x else _side_text(c["new"]),
-                  _f(c["delta"], "{:+.2f}"), _f(c["p"], "{:.3g}"),
-                  f"[{MARK_STYLE[c['mark']]}]{c['mark']}[/]"]
+        cells = [escape(c["protocol"])] * show_protocol + [escape(f"{c['model']}@{c['dataset']}"),
+                                                           f"W{c['wbits']}A{c['abits']}", escape(c["method"])]
+        if several and wide:
+            cells.append(escape(c["input"]))
+        mark = f"[{MARK_STYLE[c['mark']]}]{c['mark']}[/]"
+        if c.get("note") and not wide:
+            notes.append(f"({len(notes) + 1}) {c['method']} {c['model']}@{c['dataset']} W{c['wbits']}A{c['abits']}"
+                         + (f" [{c['input']}]" if several else "") + f": {c['note']}")
+            mark += f" ({len(notes)})"
+        cells += ["—" if x else side(c["ref"]), "—" if x else side(c["new"]),
+                  _f(c["delta"], "{:+.2f}"), _f(c["p"], "{:.3g}"), mark]
         if show_pub:
-            cells.append(_published_text(c.get("published")))
-        cells.append(c.get("note") or "")
+            cells.append(escape(_published_text(c.get("published"))))
+        if wide:
+            cells.append(escape(c.get("note") or ""))
         t.add_row(*cells)
     console.print(t)
+    for note in notes:
+        console.print(escape(note), style="dim", highlight=False, soft_wrap=True)
     console.print("+ better / - worse (significant at alpha) · ~ not significant · ? fewer than 2 finished seeds "
-                  "on a side · x protocol versions differ (not compared)", style="dim", highlight=False)
+                  "on a side · x protocol versions or teacher weights differ, or a side mixes code versions (not "
+                  "compared)" + ("" if wide else " · more columns: --wide, everything: --json"), style="dim",
+                  highlight=False)
     for u in result["unmatched"]:
-        console.print(f"not compared: {u['key']} (only in {u['only_in']})" if not baseline else
-                      f"not compared: {u['key']} ({u['only_in']})", style="dim", highlight=False)
+        console.print(escape(f"not compared: {u['key']} (only in {u['only_in']})" if not baseline else
+                             f"not compared: {u['key']} ({u['only_in']})"), style="dim", highlight=False)

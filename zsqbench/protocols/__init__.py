@@ -14,6 +14,8 @@ from zsqbench.errors import UserError
 
 BUILTIN_DIR = Path(__file__).parent
 REQUIRED = ("name", "version", "description", "models", "bits", "seeds", "train", "eval")
+# where a job may run, not what it computes (Ray resources per job): outside the hash, so no record changes
+UNHASHED_KEYS = ("resources",)
 
 
 def canonical_hash(obj: Any) -> str:
@@ -37,7 +39,7 @@ def load_protocol_file(path: Path) -> dict:
     unknown = set(data.get("bits_by_model", {})) - set(data["models"])
     if unknown:
         raise UserError(f"protocol file {path}: bits_by_model names {', '.join(sorted(unknown))}, not in its models")
-    data["hash"] = canonical_hash({k: v for k, v in data.items() if k != "hash"})
+    data["hash"] = canonical_hash({k: v for k, v in data.items() if k not in ("hash", *UNHASHED_KEYS)})
     data["path"] = str(path)
     return data
 

@@ -1,7 +1,10 @@
 """Quantizer components registered by the built-in plugin."""
 from __future__ import annotations
 
+from typing import Literal
+
 import torch.nn as nn
+from pydantic import Field
 
 from zsqbench.interfaces import Quantizer
 from zsqbench.quantizer.fakequant import act_quantizers, quantize_model, set_calibrating
@@ -11,7 +14,11 @@ class MinMaxEMAQuantizer(Quantizer):
     name = "minmax-ema"
     description = ("GDFQ-lineage fake quant: per-channel min/max weights, per-tensor EMA(0.9) activation ranges "
                    "after ReLU/ReLU6, frozen after calibration, pass-through STE, all conv/linear layers")
-    defaults = {"range_rule": "ema", "momentum": 0.9}
+
+    class Settings(Quantizer.Settings):
+        range_rule: Literal["ema", "ema-official", "minmax"] = Field(
+            "ema", description="activation ranges: EMA of batch min/max, the official update, or running min/max")
+        momentum: float = Field(0.9, gt=0, lt=1, description="EMA momentum of the activation ranges")
 
     def quantize(self, model: nn.Module, wbits: int, abits: int, activation_types=None,
                  quantize_inputs: bool = False) -> nn.Module:

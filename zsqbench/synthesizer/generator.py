@@ -8,10 +8,12 @@ product by class-conditional BN (per-class gamma/beta). It always runs in train 
 from __future__ import annotations
 
 import abc
+from typing import Annotated
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from pydantic import Field
 
 from zsqbench.interfaces import Batch, RunContext, Synthesizer
 from zsqbench.quantizer.fakequant import ranges_frozen
@@ -82,10 +84,15 @@ class GeneratorSynthesizer(Synthesizer):
 
     student_feedback: bool = False
 
-    defaults = {
-        "latent_dim": 100, "width": 128, "conditional_bn": False,
-        "lr": 1e-3, "betas": [0.5, 0.999], "milestones": [0.25, 0.5, 0.75], "gamma": 0.1,
-    }
+    class Settings(Synthesizer.Settings):
+        latent_dim: int = Field(100, ge=1)
+        width: int = Field(128, ge=1, description="generator channels")
+        conditional_bn: bool = Field(False, description="class-conditional BN (GDFQ's ImageNet generator)")
+        lr: float = Field(1e-3, gt=0, description="generator Adam lr")
+        betas: Annotated[list[Annotated[float, Field(ge=0, lt=1)]], Field(min_length=2, max_length=2)] = [0.5, 0.999]
+        milestones: list[Annotated[float, Field(gt=0, le=1)]] = Field(
+            [0.25, 0.5, 0.75], description="generator lr x gamma at these fractions of warm-up + steps")
+        gamma: float = Field(0.1, gt=0, le=1)
 
     def build_generator(self, ctx: RunContext) -> nn.Module:
         cfg = self.config

@@ -33,11 +33,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import Field
 
 from zsqbench.distiller.attention import FeatureTap
 from zsqbench.errors import UserError
 from zsqbench.interfaces import Batch, RunContext, Synthesizer
 from zsqbench.protocols import canonical_hash
+from zsqbench.settings import CropScale, Fraction
 from zsqbench.synthesizer.augment import random_resized_crop_flip
 from zsqbench.synthesizer.bns import BNStatHooks
 from zsqbench.synthesizer.preview import class_grid, write_png
@@ -68,13 +70,20 @@ class ImageSetSynthesizer(Synthesizer):
     bns_form = "batch"             # BNStatHooks form (ZeroQ: "zeroq")
     uses_pooled_features = False   # hand the teacher's pooled features to synthesis_loss (IntraQ's MDC)
 
-    defaults = {
-        "num_images": 512, "synthesis_batch_size": 128, "iterations": 200,
-        "lr": 0.5, "plateau_patience": 50, "min_lr": 1e-4,
-        "synthesis_augment_p": 0.0, "synthesis_crop_scale": [0.5, 1.0],
-        "train_augment": True, "train_crop_scale": [0.5, 1.0],
-        "calibration_synthesizer": None, "calibration_synthesizer_config": {}, "calibration_batch_size": None,
-    }
+    class Settings(Synthesizer.Settings):
+        num_images: int = Field(512, ge=1, description="size of the synthetic set")
+        synthesis_batch_size: int = Field(128, ge=1)
+        iterations: int = Field(200, ge=0, description="optimisation steps per batch")
+        lr: float = Field(0.5, gt=0)
+        plateau_patience: int = Field(50, ge=0)
+        min_lr: float = Field(1e-4, ge=0)
+        synthesis_augment_p: Fraction = Field(0.0, description="probability of a crop + flip synthesis step")
+        synthesis_crop_scale: CropScale = [0.5, 1.0]
+        train_augment: bool = Field(True, description="crop + flip the set's images during fine-tuning")
+        train_crop_scale: CropScale = [0.5, 1.0]
+        calibration_synthesizer: str | None = Field(None, description="calibrate on another synthesizer")
+        calibration_synthesizer_config: dict = {}
+        calibration_batch_size: int | None = Field(None, ge=1)
 
     # --- what a method adds ------------------------------------------------------------------------------------
 

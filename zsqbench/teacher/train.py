@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from zsqbench.evaluation.data import load_fmnist
+from zsqbench.teacher.card import default_card
 from zsqbench.teacher.zoo import MANIFEST, WEIGHTS_DIR, builtin_models, read_manifest, sha256_file
 
 EQUALIZE_IMAGES = 20000  # training images whose ReLU peaks set the cross-layer equalisation
@@ -214,6 +215,7 @@ def main(argv=None) -> None:
             "selection": "final epoch (no selection on the test set)",
             "train_wall_s": round(wall), "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads",
             "torch": torch.__version__, "dead_bn_channels_neutralized": dead,
+            "card": {k: v for k, v in default_card("fmnist").items()},  # how it was trained to see its input
         }
         if equalized:
             manifest[spec.key]["cross_layer_equalized"] = equalized

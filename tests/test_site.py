@@ -1,0 +1,374 @@
+"""`zsqbench leaderboard site`: the static site from leaderboards (+ records where present), its refusals, that the
+committed `leaderboard/site/` is current with `leaderboard/cpu.json`, and what a person sees in headless Chromium.
+
+Records come from two real `--protocol smoke` runs (`zeroq`, whose synthetic set is cached with its preview PNG,
+and `noise`, seconds each); the other rows are copies of them that still validate (as in test_leaderboard.py)."""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from zsqbench.cli import Group
+from zsqbench.leaderboard.build import build_leaderboard, validate_leaderboard
+from zsqbench.leaderboard.commands import leaderboard
+from zsqbench.leaderboard.site import MANIFEST, write_site
+from zsqbench.record.io import validation_errors
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMITTED = ROOT / "leaderboard" / "site"
+CPU = ROOT / "leaderboard" / "cpu.json"
+REGENERATE = "zsqbench leaderboard site leaderboard/cpu.json -o leaderboard/site"
+MAX_SITE_BYTES = 500 * 1024
+
+
+@click.group(cls=Group)
+def group():
+    """zsqbench's group class: UserError -> one line, exit 2."""
+
+
+group.add_command(leaderboard)
+
+
+def invoke(*args):
+    return CliRunner().invoke(group, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def smoke_records(tmp_path_factory):
+    """Two real smoke records (zeroq with its cached set and preview, noise), run side by side."""
+    from conftest import ONE_THREAD
+    tmp = tmp_path_factory.mktemp("smoke")
+    env = {**os.environ, **ONE_THREAD, "COLUMNS": "200"}
+    procs = [subprocess.Popen([sys.executable, "-m", "zsqbench.cli", "run", "--method", m, "--model", "resnet20",
+                               "--bits", "4", "--protocol", "smoke", "-q", "--out", str(tmp / m), "--seed", "0",
+                               "--cache-dir", str(tmp / "cache")], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for m in ("zeroq", "noise")]
+    out = {}
+    for m, p in zip(("zeroq", "noise"), procs):
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err
+        (path,) = (tmp / m).glob("*.json")
+        out[m] = json.loads(path.read_text())
+    return out
+
+
+def variant(base, seed, final, history, wbits=4, total_s=20.0, status="ok", method=None):
+    r = copy.deepcopy(base)
+    r["seed"], r["wbits"], r["abits"], r["status"] = seed, wbits, wbits, status
+    if method:
+        r["method"]["name"] = method
+    if status == "diverged":
+        r["final_top1"] = r["best_top1_selected_on_test"] = None
+        r["eval_history"], r["diverged"] = [], {"phase": "distill", "step": 2, "what": "loss"}
+    else:
+        r["eval_history"] = [{"step": s, "top1": v} for s, v in history]
+        r["final_top1"], r["best_top1_selected_on_test"] = final, max(v for _, v in history)
+    r["timing"].update(total_s=total_s)
+    assert validation_errors(r) == []
+    return r
+
+
+@pytest.fixture(scope="module")
+def board(smoke_records, tmp_path_factory):
+    """A smoke leaderboard (zeroq, noise, a diverging 'gdfq' copy; W3A3 and W4A4) with its records on disk."""
+    d = tmp_path_factory.mktemp("board")
+    z, n = smoke_records["zeroq"], smoke_records["noise"]
+    recs = []
+    for w in (3, 4):
+        for seed in range(3):
+            recs.append(variant(z, seed, 60.0 + 3 * seed + 4 * w, [(2, 50.0 + w), (4, 60.0 + 3 * seed + 4 * w)], w,
+                                total_s=30 + seed))
+            recs.append(variant(n, seed, 30.0 + seed + 5 * w, [(0, 30.0 + seed + 5 * w)], w, total_s=5 + seed))
+            recs.append(variant(z, seed, 50.0 + 2 * seed + w, [(2, 55.0), (4, 50.0 + 2 * seed + w)], w,
+                                total_s=50 + seed, method="gdfq"))
+        recs.append(variant(z, 3, None, [], w, status="diverged", method="gdfq"))
+    pairs = []
+    for k, r in enumerate(recs):
+        p = d / "sweep" / f"job{k}" / "record.json"
+        p.parent.mkdir(parents=True)
+        p.write_text(json.dumps(r))
+        pairs.append((str(p), r))
+    lb = build_leaderboard(pairs, "smoke", 1, command="zsqbench leaderboard build --protocol smoke sweep")
+    assert validate_leaderboard(lb) == []
+    path = d / "smoke.json"
+    path.write_text(json.dumps(lb, indent=1))
+    return path, lb
+
+
+def page(site: Path) -> str:
+    return (site / "index.html").read_text()
+
+
+def test_site_with_records_has_curves_diagnostics_previews_and_provenance(board, tmp_path):
+    path, lb = board
+    m = write_site([str(path)], tmp_path / "site", command="CMD")
+    site = tmp_path / "site"
+    assert m["leaderboards"][0]["records_used"] == m["leaderboards"][0]["runs"] == 20
+    files = set(m["files"])
+    assert {"index.html", "style.css", "sort.js"} <= files
+    html = page(site)
+    for w in (3, 4):
+        slug = f"smoke-v{lb['protocol']['version']}-resnet20-fmnist-w{w}a{w}"
+        for kind in ("final", "cost", "curves"):
+            assert f"img/{slug}-{kind}.svg" in files
+        assert f"img/{slug}-zeroq-s0-preview.png" in files  # the cached synthetic set's preview, copied
+        assert (site / f"img/{slug}-zeroq-s0-preview.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "img/smoke-v{}-resnet20-fmnist-bits.svg".format(lb["protocol"]["version"]) in files
+    assert "real test set" in html and "intra-class distance" in html and "BNS error" in html
+    # significance (the lead's per-row object) is rendered when present
+    assert "vs next row" in html and "p<sub>Holm</sub>" in html
+    # every per-seed value links to a provenance row that exists, with the record linked and the command
+    import re
+    targets = set(re.findall(r'href="#(prov-[^"]+)"', html))
+    anchors = set(re.findall(r'id="(prov-[^"]+)"', html))
+    assert targets and targets <= anchors
+    assert html.count('href="../sweep/job') == 20 or html.count("sweep/job") >= 20
+    assert "zsqbench run --method zeroq --model resnet20@fmnist --wbits 3 --abits 3 --protocol smoke --seed 2" in html
+    assert "seed 3 diverged" in html
+    # every number on the page comes from the inputs: the per-seed finals of the leaderboard are all there
+    for row in lb["rows"]:
+        for v in row["final_top1"]:
+            assert f">{v:.2f}<" in html
+
+
+def test_site_is_deterministic_and_leaderboard_only_mode(board, tmp_path):
+    path, _ = board
+    a = write_site([str(path)], tmp_path / "a", command="CMD")
+    b = write_site([str(path)], tmp_path / "b", command="CMD")
+    assert a == b
+    for f in a["files"]:
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
+    c = write_site([str(path)], tmp_path / "c", use_records=False, command="CMD")
+    assert c["leaderboards"][0]["records_used"] == 0
+    assert not any("curves" in f or "preview" in f for f in c["files"])
+    html = page(tmp_path / "c")
+    assert "Learning curves need the run records" in html and "records not read (--no-records)" in html
+    # a rebuild replaces the old site as a whole; nothing partial stays beside it
+    write_site([str(path)], tmp_path / "a", use_records=False, command="CMD")
+    assert not (tmp_path / "a" / "img" / "smoke-v{}-resnet20-fmnist-w3a3-curves.svg".format(
+        json.loads(path.read_text())["protocol"]["version"])).exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "c"]
+
+
+def test_records_that_do_not_match_their_run_are_not_used(board, tmp_path):
+    path, lb = board
+    lb = copy.deepcopy(lb)
+    moved = tmp_path / "elsewhere.json"
+    rec_path = Path(lb["rows"][0]["runs"][0]["record"])
+    rec = json.loads(rec_path.read_text())
+    rec["final_top1"] = 1.0  # a re-run over the same path: not the run the leaderboard holds
+    fake = tmp_path / "fake" / "record.json"
+    fake.parent.mkdir()
+    fake.write_text(json.dumps(rec))
+    lb["rows"][0]["runs"][0]["record"] = str(fake)
+    moved.write_text(json.dumps(lb))
+    m = write_site([str(moved)], tmp_path / "site", command="CMD")
+    assert m["leaderboards"][0]["records_used"] == 19
+    assert "record does not match the leaderboard run" in page(tmp_path / "site")
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("missing", "no such leaderboard file"),
+    ("not_json", "is not JSON"),
+    ("record", "is not a zsqbench leaderboard"),
+    ("invalid", "invalid leaderboard"),
+    ("out_is_file", "is a file; give a folder"),
+    ("out_not_site", "not a zsqbench site"),
+])
+def test_bad_input_one_line_exit_2_nothing_written(board, tmp_path, case, expected):
+    path, lb = board
+    out = tmp_path / "out"
+    src = str(path)
+    if case == "missing":
+        src = str(tmp_path / "nope.json")
+    elif case == "not_json":
+        (tmp_path / "x.json").write_bytes(b"\xff\x00 not json")
+        src = str(tmp_path / "x.json")
+    elif case == "record":
+        src = lb["rows"][0]["runs"][0]["record"]
+    elif case == "invalid":
+        bad = copy.deepcopy(lb)
+        bad["rows"][0]["mean"] += 1
+        (tmp_path / "bad.json").write_text(json.dumps(bad))
+        src = str(tmp_path / "bad.json")
+    elif case == "out_is_file":
+        out.write_text("mine")
+    elif case == "out_not_site":
+        out.mkdir()
+        (out / "notes.txt").write_text("mine")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    r = invoke("leaderboard", "site", src, "-o", out)
+    assert r.exit_code == 2, r.output
+    assert expected in r.output and "Traceback" not in r.output
+    assert len(r.output.strip().splitlines()) == 1, r.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing partial, nothing replaced
+
+
+def test_failure_while_building_leaves_the_old_site(board, tmp_path, monkeypatch):
+    path, _ = board
+    out = tmp_path / "site"
+    write_site([str(path)], out, use_records=False, command="CMD")
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    from zsqbench.leaderboard import site as site_mod
+
+    def boom(*a, **k):
+        raise RuntimeError("plot failed")
+    monkeypatch.setattr(site_mod.Plotter, "cost", boom)
+    with pytest.raises(RuntimeError):
+        write_site([str(path)], out, command="CMD")
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["site"]
+
+
+def test_cli_writes_the_site(board, tmp_path):
+    path, _ = board
+    r = invoke("leaderboard", "site", path, "-o", tmp_path / "s", "--no-records")
+    assert r.exit_code == 0, r.output
+    assert "wrote" in r.output and "0 of 20 run records used" in r.output
+    assert json.loads((tmp_path / "s" / MANIFEST).read_text())["command"].endswith("--no-records")
+
+
+def test_committed_site_is_current(tmp_path, monkeypatch):
+    """leaderboard/site/ is what `zsqbench leaderboard site leaderboard/cpu.json -o leaderboard/site` gives today."""
+    manifest = json.loads((COMMITTED / MANIFEST).read_text())
+    (entry,) = manifest["leaderboards"]
+    sha = hashlib.sha256(CPU.read_bytes()).hexdigest()
+    assert entry["sha256"] == sha, f"leaderboard/site was built from another cpu.json: regenerate with `{REGENERATE}`"
+    assert manifest["command"] == REGENERATE
+    monkeypatch.chdir(ROOT)
+    fresh = write_site([entry["path"]], tmp_path / "site", command=manifest["command"])
+    found = fresh["leaderboards"][0]["records_used"]
+    if found != entry["records_used"]:  # the site is a function of the leaderboard and the records present
+        pytest.skip(f"the committed site used {entry['records_used']} sweep records, this machine has {found}: "
+                    "cannot rebuild it byte for byte here (its leaderboard sha256 matches)")
+    stale = sorted(set(fresh["files"]) ^ set(manifest["files"])) + sorted(
+        f for f in fresh["files"] if fresh["files"][f] != manifest["files"].get(f, fresh["files"][f]))
+    assert not stale, f"leaderboard/site is stale ({', '.join(stale[:5])}): regenerate with `{REGENERATE}`"
+    for f, digest in manifest["files"].items():
+        assert hashlib.sha256((COMMITTED / f).read_bytes()).hexdigest() == digest, f"{f} was edited by hand"
+    assert sum((COMMITTED / f).stat().st_size for f in manifest["files"]) < MAX_SITE_BYTES
+
+
+# --- in a real browser ------------------------------------------------------------------------------------------
+
+def chromium_or_skip():
+    pytest.importorskip("websocket", reason="websocket-client is not installed (pip install -e '.[test]')")
+    from chromium_cdp import find_chromium
+    binary = find_chromium()
+    if not binary:
+        pytest.skip("no Chromium here (setup.sh installs Debian's `chromium`; or set ZSQBENCH_CHROMIUM)")
+    return binary
+
+
+IMAGES = """Array.from(document.images).map(i => ({src: i.getAttribute('src'), alt: i.alt,
+    ok: i.complete && i.naturalWidth > 0, width: i.getBoundingClientRect().width}))"""
+TABLES = """Array.from(document.querySelectorAll('table.board')).map(t => ({id: t.id,
+    methods: Array.from(t.tBodies[0].rows).map(r => r.querySelector('th[scope=row]').textContent),
+    headers: Array.from(t.tHead.rows[0].cells).map(c => c.textContent)}))"""
+
+
+def column_values(table_id: str, header: str) -> str:
+    return f"""(() => {{ const t = document.getElementById('{table_id}');
+        const col = Array.from(t.tHead.rows[0].cells).findIndex(c => c.textContent.startsWith('{header}'));
+        return Array.from(t.tBodies[0].rows).map(r => r.cells[col].dataset.sort); }})()"""
+
+
+def click_header(table_id: str, header: str) -> str:
+    return f"""(() => {{ const t = document.getElementById('{table_id}');
+        const th = Array.from(t.tHead.rows[0].cells).find(c => c.textContent.startsWith('{header}'));
+        th.querySelector('button').click(); return th.getAttribute('aria-sort'); }})()"""
+
+
+def test_committed_site_in_headless_chromium(tmp_path, board):
+    binary = chromium_or_skip()
+    from chromium_cdp import Browser
+    cpu = json.loads(CPU.read_text())
+    with Browser(binary, width=1280, height=900) as b:
+        b.open((COMMITTED / "index.html").as_uri())
+        assert b.eval("document.title").startswith("zsqbench leaderboard")
+        # the tables a person sees: one per model and bits, one row per leaderboard row, best mean first
+        tables = b.eval(TABLES)
+        groups = {}
+        for r in cpu["rows"]:
+            groups.setdefault(f"{r['model']}-{r['dataset']}-w{r['wbits']}a{r['abits']}", []).append(r)
+        assert len(tables) == len(groups)
+        for t in tables:
+            (key,) = [k for k in groups if t["id"].endswith(k)]
+            rows = sorted(groups[key], key=lambda r: (-r["mean"], r["method"]))
+            assert t["methods"] == [r["method"] for r in rows]
+        # sorting by a column: final top-1 (descending, then ascending), then method names
+        tid = tables[0]["id"]
+        assert b.eval(click_header(tid, "final top-1")) == "descending"
+        values = [float(v) for v in b.eval(column_values(tid, "final top-1"))]
+        assert values == sorted(values, reverse=True)
+        assert b.eval(click_header(tid, "final top-1")) == "ascending"
+        values = [float(v) for v in b.eval(column_values(tid, "final top-1"))]
+        assert values == sorted(values)
+        assert b.eval(click_header(tid, "method")) == "ascending"
+        names = b.eval(f"Array.from(document.getElementById('{tid}').tBodies[0].rows)"
+                       ".map(r => r.querySelector('th[scope=row]').textContent)")
+        assert names == sorted(names)
+        assert b.eval(click_header(tid, "wall s")) == "descending"
+        walls = [float(v) for v in b.eval(column_values(tid, "wall s"))]
+        assert walls == sorted(walls, reverse=True)
+        # every image loads and says what it shows; no console errors
+        images = b.eval(IMAGES)
+        assert images and all(i["ok"] for i in images), [i["src"] for i in images if not i["ok"]]
+        assert all(len(i["alt"]) > 20 for i in images)
+        assert b.eval("document.querySelectorAll('th[scope=col]').length") > 0
+        assert b.errors() == []
+        b.screenshot(tmp_path / "site-1280.png")
+        # a narrow window: the page does not scroll sideways (wide tables scroll inside their own region)
+        b.set_width(400, 900)
+        b.open((COMMITTED / "index.html").as_uri())
+        assert b.eval("document.documentElement.scrollWidth") <= 400
+        assert all(i["width"] <= 400 for i in b.eval(IMAGES))
+        b.screenshot(tmp_path / "site-400.png")
+        assert b.errors() == []
+        # the records-rich site (learning curves, previews, diagnostics) loads too
+        rich = tmp_path / "rich"
+        write_site([str(board[0])], rich, command="CMD")
+        b.set_width(1280, 900)
+        b.open((rich / "index.html").as_uri())
+        images = b.eval(IMAGES)
+        assert any("preview" in i["src"] for i in images) and any("curves" in i["src"] for i in images)
+        assert all(i["ok"] for i in images), [i["src"] for i in images if not i["ok"]]
+        assert b.errors() == []
+        # the checks can fail: a page with a missing image is caught
+        (rich / "broken.html").write_text('<!doctype html><title>x</title><img src="img/missing.svg" alt="gone">')
+        b.open((rich / "broken.html").as_uri())
+        assert not all(i["ok"] for i in b.eval(IMAGES))
+        assert any("missing.svg" in e for e in b.errors())
+    for name in ("site-1280.png", "site-400.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_published_vs_reproduced_where_both_exist(smoke_records, tmp_path):
+    """A cifar10 row of a method with a published figure gets it, with both teachers' FP beside it."""
+    from zsqbench.leaderboard.published import published_rows
+    (pub,) = [e for e in published_rows("gdfq", "resnet20@cifar10", wbits=4) if e["source"]["reported_by"] == "adadfq"]
+    pairs = []
+    for seed in range(2):
+        r = variant(smoke_records["zeroq"], seed, 85.0 + seed, [(4, 86.0 + seed)], 4, method="gdfq")
+        r["dataset"] = "cifar10"
+        p = tmp_path / f"r{seed}.json"
+        p.write_text(json.dumps(r))
+        pairs.append((str(p), r))
+    lb = build_leaderboard(pairs, "smoke", 1, command="build")
+    (tmp_path / "lb.json").write_text(json.dumps(lb))
+    write_site([str(tmp_path / "lb.json")], tmp_path / "site", command="CMD")
+    html = page(tmp_path / "site")
+    section = html[html.index('id="published"'):]
+    assert 'table class="published"' in section
+    row = next(tr for tr in section.split("<tr>") if tr.startswith('<th scope="row">gdfq</th><td>resnet20@cifar10'))
+    for value in (f"{pub['top1']:.2f}", f"{pub['fp_top1']:.2f}", "86.50", "85.50", f"{lb['rows'][0]['fp_top1']:.2f}"):
+        assert f"<td>{value}</td>" in row, (value, row)

@@ -1,0 +1,98 @@
+"""Code fingerprints: which code produced a result.
+
+A settings hash says *what* was asked for; it cannot tell that a plugin's algorithm changed between two runs with
+the same settings (0.1.0 -> 0.1.1, or an uncommitted edit). So every record carries, for each distribution whose
+code the run used — zsqbench itself (the loop, the quantizer, the evaluation) and the providers of the method, its
+components and its teacher — the distribution's version and the sha256 of its installed Python source files (the
+modules its ``zsqbench`` entry points live in: ``zsqbench`` and ``zsqbench_plugins`` for the built-ins). A sweep
+job's hash includes them, so changed code re-runs; a leaderboard row must come from one code version.
+
+Records made before fingerprints existed have none: their code version is :data:`UNKNOWN`, which equals itself
+(a row of such records is consistent) and nothing else.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+from functools import lru_cache
+from pathlib import Path
+
+UNKNOWN = "unknown"
+
+# zsqbench files that present, validate, store or schedule results but never compute them: editing them must not
+# re-run a sweep (a grid spans sessions; a CLI or leaderboard fix cannot cost it 10 hours). Everything on the data
+# path (teacher, quantizer, synthesizer, distiller, loop, evaluation, settings, registry) is fingerprinted.
+NOT_COMPUTING = ("zsqbench/cli.py", "zsqbench/listing.py", "zsqbench/sweep.py", "zsqbench/sweep_ray.py",
+                 "zsqbench/provenance.py", "zsqbench/leaderboard/", "zsqbench/record/")
+
+
+@lru_cache(maxsize=None)
+def module_source_files(module: str) -> tuple[tuple[str, Path], ...]:
+    """(name relative to the module's parent, file) for every ``.py`` file of a top-level module or package."""
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return ()
+    if spec is None:
+        return ()
+    if spec.submodule_search_locations:  # a package: every .py below it, wherever it is installed
+        out = []
+        for location in spec.submodule_search_locations:
+            root = Path(location)
+            for f in sorted(root.rglob("*.py")):
+                name = f"{module}/{f.relative_to(root).as_posix()}"
+                if "__pycache__" not in f.parts and not name.startswith(NOT_COMPUTING):
+                    out.append((name, f))
+        return tuple(out)
+    if spec.origin and spec.origin.endswith(".py"):
+        return ((f"{module}.py", Path(spec.origin)),)
+    return ()
+
+
+@lru_cache(maxsize=None)
+def source_digest(modules: tuple[str, ...]) -> tuple[str, int]:
+    """sha256 over the (relative name, content) of the modules' source files, and how many files there are."""
+    h = hashlib.sha256()
+    n = 0
+    for module in sorted(modules):
+        for name, path in module_source_files(module):
+            h.update(name.encode() + b"\0")
+            h.update(path.read_bytes())
+            h.update(b"\0")
+            n += 1
+    return h.hexdigest(), n
+
+
+def fingerprint(registry, distribution: str) -> dict:
+    """{"version", "sha256", "files"} of one loaded plugin distribution."""
+    info = registry.distributions.get(distribution)
+    if info is None:  # registered outside the entry points (e.g. a test's hand-made registry)
+        import zsqbench
+        if distribution != "zsqbench":
+            return {"version": UNKNOWN, "sha256": None, "files": 0}
+        info = {"version": zsqbench.__version__, "modules": {"zsqbench"}}
+    modules = set(info["modules"]) | ({"zsqbench"} if distribution == "zsqbench" else set())  # the core always
+    digest, files = source_digest(tuple(sorted(modules)))
+    return {"version": info["version"], "sha256": digest, "files": files}
+
+
+def run_distributions(resolved: dict) -> list[str]:
+    """The distributions whose code a run uses: zsqbench's core and the providers of its method, components and
+    teacher."""
+    registry = resolved["registry"]
+    entries = [registry._lookup("methods", resolved["method"].name),
+               registry._lookup("models", resolved["model_key"])]
+    entries += [registry._lookup(kind + "s", name) for kind, (name, _) in resolved["components"].items()]
+    return sorted({"zsqbench"} | {e.distribution for e in entries if e is not None})
+
+
+def run_code(resolved: dict) -> dict:
+    """{distribution: fingerprint} for a resolved run (goes into its record and its sweep job's hash)."""
+    return {dist: fingerprint(resolved["registry"], dist) for dist in run_distributions(resolved)}
+
+
+def code_version(code: dict | None) -> str:
+    """One comparable label for a record's (or leaderboard run's) code: ``dist version sha12; ...`` or UNKNOWN."""
+    if not code:
+        return UNKNOWN
+    return "; ".join(f"{d} {c.get('version')} {(c.get('sha256') or '?')[:12]}" for d, c in sorted(code.items()))

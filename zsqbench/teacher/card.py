@@ -1,0 +1,97 @@
+"""Teacher cards: how a teacher expects its input (normalisation, and how small images reach the network's size),
+declared with its weights, because a checkpoint trained with another normalisation is another function of the
+pixels.
+
+Where a run's card comes from, first match wins:
+
+1. ``run --teacher-card FILE``;
+2. ``<weights>.card.json`` beside a ``--weights`` file;
+3. the embedded teacher's ``"card"`` entry in ``zsqbench/teacher/weights/manifest.json``;
+4. the dataset's standard preprocessing (:mod:`zsqbench.teacher.datasets`; reference §0), recorded as such.
+
+A card file is JSON: ``{"mean": [0.2190], "std": [0.3318], "fit": "pad"}``. ``fit`` says how Fashion-MNIST's 28×28
+images reach the 32×32 input — ``pad`` (2 zero pixels each side, before normalising) or ``resize`` (bilinear);
+leave it out for datasets whose images already have the network's size (CIFAR) or a fixed recipe (ImageNet: resize
+256, centre crop 224).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from zsqbench.errors import UserError
+from zsqbench.settings import Settings, check
+from zsqbench.teacher.datasets import DATASETS
+
+CARD_SUFFIX = ".card.json"
+SMALL_IMAGES = {"fmnist": (28, 28)}  # datasets whose stored images are smaller than the network input
+
+
+class TeacherCard(Settings):
+    mean: Annotated[list[float], Field(min_length=1)] = Field(description="per-channel mean, pixel values in [0, 1]")
+    std: Annotated[list[Annotated[float, Field(gt=0)]], Field(min_length=1)] = Field(description="per-channel std")
+    fit: Literal["pad", "resize"] | None = Field(
+        None, description="28x28 -> 32x32: zero-pad (pad) or bilinear (resize); null: the dataset's standard")
+
+
+def default_card(dataset: str) -> dict:
+    info = DATASETS[dataset]
+    return {"mean": list(info.mean), "std": list(info.std), "fit": "pad" if dataset in SMALL_IMAGES else None}
+
+
+def check_card(card: dict, dataset: str, where: str) -> dict:
+    """A complete card for ``dataset`` (``fit`` filled in), or one line saying what is wrong with it."""
+    check(TeacherCard, card, f"teacher card {where}")
+    channels = DATASETS[dataset].image_shape[0]
+    for key in ("mean", "std"):
+        if len(card[key]) != channels:
+            raise UserError(f"teacher card {where}: {key} has {len(card[key])} values, but {dataset} images have "
+                            f"{channels} channel(s)")
+    fit = card.get("fit")
+    if fit is not None and dataset not in SMALL_IMAGES:
+        raise UserError(f"teacher card {where}: fit={fit!r} applies only to images smaller than the network input "
+                        f"({', '.join(SMALL_IMAGES)}); leave it out for {dataset}")
+    return {"mean": [float(m) for m in card["mean"]], "std": [float(s) for s in card["std"]],
+            "fit": fit or default_card(dataset)["fit"]}
+
+
+def read_card(path: Path, dataset: str) -> dict:
+    try:
+        card = json.loads(Path(path).read_text())
+    except OSError as e:
+        raise UserError(f"cannot read teacher card {path}: {e.strerror}") from None
+    except ValueError as e:
+        raise UserError(f"teacher card {path} is not JSON: {e}") from None
+    if not isinstance(card, dict):
+        raise UserError(f"teacher card {path} must be a JSON object such as "
+                        '{"mean": [0.286], "std": [0.353], "fit": "pad"}')
+    return check_card({k: v for k, v in card.items() if k != "about"}, dataset, str(path))
+
+
+def preprocessing_identity(card: dict) -> dict:
+    """What of a card changes results (its values, not where it was declared): part of a run's and a job's hash."""
+    return {k: card[k] for k in ("mean", "std", "fit")}
+
+
+def resolve_card(model_spec, weights: str | None, card_file: str | None) -> dict:
+    """The preprocessing a run feeds its teacher, with ``source`` saying where it was declared."""
+    dataset = model_spec.dataset
+    if card_file:
+        path = Path(card_file).expanduser()
+        if not path.is_file():
+            raise UserError(f"teacher card not found: {path}")
+        return {**read_card(path, dataset), "source": str(path)}
+    if weights:
+        beside = Path(str(Path(weights).expanduser()) + CARD_SUFFIX)
+        if beside.is_file():
+            return {**read_card(beside, dataset), "source": str(beside)}
+        return {**default_card(dataset), "source": f"dataset default (no {beside.name} beside the weights)"}
+    if model_spec.embedded_weights:
+        from zsqbench.teacher.zoo import MANIFEST, read_manifest
+        entry = read_manifest().get(model_spec.embedded_weights) or {}
+        if "card" in entry:
+            return {**check_card(entry["card"], dataset, f"of {model_spec.key} in {MANIFEST}"), "source": "manifest"}
+    return {**default_card(dataset), "source": "dataset default"}
