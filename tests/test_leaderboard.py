@@ -413,3 +413,23 @@ def test_committed_cpu_leaderboard_is_complete_and_current():
     for (model, w, a, method), row in rows.items():
         if w == 3 and method not in ("noise", "fp"):
             assert row["mean"] > rows[(model, w, a, "noise")]["mean"], f"{method} {model} W3A3 is not above noise"
+
+
+def test_readme_main_job_beats_noise_on_the_committed_leaderboard():
+    """The README's main job is a setting where the method clearly beats `noise`, and the figures the README quotes
+    for it (seed 0, the floor, the ceiling) are the committed leaderboard's."""
+    import re
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    m = re.search(r"# the main job.*\n.*zsqbench run --method (\S+) --model (\S+) --bits (\d)", readme)
+    method, model, bits = m.group(1), m.group(2), int(m.group(3))
+    lb = json.loads((root / "leaderboard" / "cpu.json").read_text())
+    rows = {r["method"]: r for r in lb["rows"] if r["model"] == model and r["wbits"] == bits == r["abits"]}
+    row, noise = rows[method], rows["noise"]
+    assert row["ci95"][0] > noise["ci95"][1] + 20  # clearly: the intervals are 20+ points apart
+    seed0 = dict(zip(row["seeds"], row["final_top1"]))[0]
+    noise0 = dict(zip(noise["seeds"], noise["final_top1"]))[0]
+    expected = re.search(r"What to expect from the main job.*?seed 0: ([\d.]+).*?floor\*\* of ([\d.]+).*?"
+                         r"\*\*ceiling\*\* of ([\d.]+)", readme, re.S)
+    assert [float(x) for x in expected.groups()] == [seed0, noise0, row["fp_top1"]]
+    assert row["wall_s_mean"] < 600  # <= 10 min, one core, cache empty for the first bit-width
