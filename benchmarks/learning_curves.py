@@ -55,6 +55,14 @@ METHODS = {
 SCHEDULES = {
     "constant": {},
     "official": {"train.steps": 800, "train.milestones": [0.0625, 0.375, 0.6875]},
+    # The same 200 + 800 budget with the decays late (x0.1 after 400 and 600 steps): the student explores at the
+    # official lr for half the run, then settles, instead of freezing where it was after 50 steps.
+    "late": {"train.steps": 800, "train.milestones": [0.5, 0.75]},
+    # The official lr throughout, scoring the average of the student's weights over the last 400 of 800 steps
+    # (stochastic weight averaging; the evaluations from step 500 on are of the running average).
+    "swa": {"train.steps": 800, "train.milestones": [], "train.average_from": 0.5},
+    # 1000 steps at the official lr, scoring the average over the last 300 (cpu v4's schedule).
+    "swa-late": {"train.steps": 1000, "train.milestones": [], "train.average_from": 0.7},
 }
 
 # (teacher, bits) in priority order: ResNet-20 W3A3 separates methods most, then W4A4, then MobileNetV1 W4A4.
@@ -96,6 +104,14 @@ def cmd_run(args) -> None:
     print(json.dumps(summary))
 
 
+def _schedule_name(train: dict) -> str:
+    for name, spec in SCHEDULES.items():
+        if (list(train["milestones"]) == list(spec.get("train.milestones", COMMON["train.milestones"]))
+                and train.get("average_from") == spec.get("train.average_from")):
+            return name
+    return "other"
+
+
 def cmd_collect(args) -> None:
     """Keep what the curves need from every finished record (the records themselves stay in the sweep folder)."""
     rows = []
@@ -109,7 +125,7 @@ def cmd_collect(args) -> None:
             "batch_size": cfg["train"]["batch_size"], "lr": cfg["train"]["lr"],
             "warmup_steps": cfg["train"]["warmup_steps"], "steps": cfg["train"]["steps"],
             "milestones": cfg["train"]["milestones"],
-            "schedule": "constant" if not cfg["train"]["milestones"] else "official",
+            "schedule": _schedule_name(cfg["train"]),
             "history": [[h["step"], h["top1"]] for h in rec["eval_history"]],
             "mean_step_s": rec["timing"]["mean_step_s"], "phases_s": rec["timing"]["phases_s"],
             "total_s": rec["timing"]["total_s"], "commit": rec["git"].get("commit"),

@@ -18,7 +18,7 @@ import torch
 
 from zsqbench.interfaces import RunContext
 from zsqbench.loop import RunSpec, _optimizer, resolve, seed_everything
-from zsqbench.teacher.datasets import DATASETS
+from zsqbench.teacher.datasets import dataset_info
 from zsqbench.teacher.zoo import load_teacher
 
 
@@ -36,7 +36,7 @@ def build(method: str, bits: int, batch: int, warmup: int, device: torch.device)
     teacher = teacher.to(device)
     seed_everything(0)
     student = quantizer.quantize(teacher, bits, bits).to(device).eval()
-    ctx = RunContext(teacher=teacher, student=student, model=spec, dataset=DATASETS[spec.dataset], wbits=bits,
+    ctx = RunContext(teacher=teacher, student=student, model=spec, dataset=dataset_info(spec.dataset), wbits=bits,
                      abits=bits, quantizer=quantizer, device=device, seed=0, total_steps=1000,
                      warmup_steps=warmup)
     synth.prepare(ctx)

@@ -28,10 +28,8 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from zsqbench.distiller.kd import teacher_logits as batch_teacher_logits
-from zsqbench.hookspecs import hookimpl
-from zsqbench.interfaces import Distiller, Method
-from zsqbench.synthesizer.generator import GeneratorSynthesizer
+from zsqbench.api import Distiller, GeneratorSynthesizer, Method, hookimpl
+from zsqbench.api import teacher_logits as batch_teacher_logits
 
 SETTINGS = str(Path(__file__).with_name("adadfq.json"))
 
@@ -65,8 +63,9 @@ class AdaDFQSynthesizer(GeneratorSynthesizer):
         bns_weight: float = Field(1.0, ge=0)
     student_feedback = True
 
-    def generator_loss(self, ctx, images, labels, teacher_logits, student_logits=None):
+    def generator_loss(self, ctx, images, cond, teacher_logits, student_logits=None):
         cfg = self.config
+        labels = cond.labels
         t, q = teacher_logits, student_logits
         margin = margin_loss(t, q, cfg["lambda_l"], cfg["lambda_u"])
         ds = F.cross_entropy(t - q, labels)   # disagreement: images the student gets wrong

@@ -32,10 +32,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from zsqbench.errors import UserError
-from zsqbench.hookspecs import hookimpl
-from zsqbench.interfaces import Method
-from zsqbench.quantizer.fakequant import set_calibrating
+from zsqbench.api import Method, hookimpl
 from zsqbench_plugins.gdfq import GDFQSynthesizer
 
 
@@ -49,13 +46,11 @@ class BitwidthAwareSynthesizer(GDFQSynthesizer):
 
     def build_generator(self, ctx):
         generator = super().build_generator(ctx)
-        try:
-            quantized = ctx.quantizer.quantize(generator, ctx.wbits, ctx.abits, activation_types=(),
-                                               quantize_inputs=True)
-        except TypeError:
-            raise UserError(f"bag needs a quantizer that can quantize layer inputs (minmax-ema can); "
-                            f"{ctx.quantizer.name!r} cannot") from None
-        set_calibrating(quantized, True)
+        for capability in ("quantize_inputs", "activation_types", "freeze_ranges"):
+            ctx.quantizer.require(capability, "bag's quantized generator")
+        quantized = ctx.quantizer.quantize(generator, ctx.wbits, ctx.abits, activation_types=(),
+                                           quantize_inputs=True)
+        ctx.quantizer.set_calibrating(quantized, True)
         self._steps = 0
         return quantized
 
@@ -63,7 +58,7 @@ class BitwidthAwareSynthesizer(GDFQSynthesizer):
         batch = super().next_batch(ctx, batch_size)
         self._steps += 1
         if self.config["g_act_ranges"] == "warmup" and self._steps == ctx.warmup_steps:
-            set_calibrating(self.generator, False)
+            ctx.quantizer.set_calibrating(self.generator, False)
         return batch
 
 

@@ -11,18 +11,16 @@ the student drifted from 86.6 % to 66.0 % top-1 (W3A3, seed 0).
 ``paper``: the CIFAR-100 hocon (batch 200, lr 1e-4 x0.1 at epochs 100/200/300 of 400 x 200 iterations, 4 warm-up
 epochs; GDFQ ships no CIFAR-10 config, the lineage runs CIFAR-10 the same way) and, for ImageNet, batch 16, lr 1e-6,
 50 warm-up epochs and the class-conditional-BN generator. The ImageNet lr milestones are not in the reference: the
-CIFAR epochs 100/200/300 are assumed (a setting, ``train.milestones``).
+CIFAR epochs 100/200/300 (counted from the start of warm-up) are assumed, as in Qimera's ImageNet hocon, i.e.
+fractions 0.1429/0.4286/0.7143 of the 350 post-warm-up epochs (a setting, ``train.milestones``).
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-import torch.nn.functional as F
 from pydantic import Field
 
-from zsqbench.hookspecs import hookimpl
-from zsqbench.interfaces import Method
-from zsqbench.synthesizer.generator import GeneratorSynthesizer
+from zsqbench.api import GeneratorSynthesizer, Method, hookimpl
 
 
 class GDFQSynthesizer(GeneratorSynthesizer):
@@ -32,8 +30,8 @@ class GDFQSynthesizer(GeneratorSynthesizer):
     class Settings(GeneratorSynthesizer.Settings):
         bns_weight: float = Field(0.1, ge=0, description="weight of the BNS term in the generator loss")
 
-    def generator_loss(self, ctx, images, labels, teacher_logits, student_logits=None):
-        ce = F.cross_entropy(teacher_logits, labels)
+    def generator_loss(self, ctx, images, cond, teacher_logits, student_logits=None):
+        ce = cond.cross_entropy(teacher_logits)
         bns = self.bns.loss()
         return ce + self.config["bns_weight"] * bns, {"g_ce": ce.item(), "g_bns": bns.item()}
 

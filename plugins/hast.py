@@ -36,13 +36,8 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from zsqbench.distiller.attention import ChannelAttentionKD, attention_loss
-from zsqbench.distiller.kd import kd_kl
-from zsqbench.errors import UserError
-from zsqbench.hookspecs import hookimpl
-from zsqbench.interfaces import Method
-from zsqbench.settings import CropScale, Fraction
-from zsqbench.synthesizer.imageopt import ImageSetSynthesizer
+from zsqbench.api import (ChannelAttentionKD, CropScale, Fraction, ImageSetSynthesizer, Method, UserError,
+                          attention_loss, hookimpl, kd_kl)
 
 SETTINGS = str(Path(__file__).with_name("hast.json"))
 

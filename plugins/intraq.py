@@ -33,10 +33,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from zsqbench.hookspecs import hookimpl
-from zsqbench.interfaces import Method
-from zsqbench.settings import CropScale, Fraction
-from zsqbench.synthesizer.imageopt import ImageSetSynthesizer
+from zsqbench.api import CropScale, Fraction, ImageSetSynthesizer, Method, hookimpl
 
 SETTINGS = str(Path(__file__).with_name("intraq.json"))
 

@@ -7,8 +7,7 @@ from pathlib import Path
 import torch
 from pydantic import Field
 
-from zsqbench.hookspecs import hookimpl
-from zsqbench.interfaces import Batch, Method, RunContext, Synthesizer
+from zsqbench.api import Batch, Method, RunContext, Synthesizer, hookimpl
 
 
 class GaussianNoise(Synthesizer):

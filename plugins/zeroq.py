@@ -20,10 +20,7 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from zsqbench.hookspecs import hookimpl
-from zsqbench.interfaces import Method
-from zsqbench.synthesizer.bns import per_sample_moment_loss
-from zsqbench.synthesizer.imageopt import ImageSetSynthesizer
+from zsqbench.api import ImageSetSynthesizer, Method, hookimpl, per_sample_moment_loss
 
 SETTINGS = str(Path(__file__).with_name("zeroq.json"))
 

@@ -25,7 +25,7 @@ SEED_BAG = Path("/work/shared/seeds/001_f09aa8d6cd97b6f9.txt")  # the BAG paper,
 # C10/C100, IntraQ 3-bit on R18/MBV2, Qimera 3-bit on MBV2) = 55; IntraQ README: 5 teachers x 2 = 10;
 # GDFQ README: 2; Qimera README: 4 teachers (R50 left out) x 2 = 8.
 EXPECTED_PER_SOURCE = {"bag:Table 1": 11, "bag:Table 2": 12, "adadfq:README": 55, "intraq:README": 10,
-                       "gdfq:README": 2, "qimera:README": 8}
+                       "gdfq:README": 2, "qimera:README": 8, "synq:Table 1": 8}
 
 
 @pytest.fixture(scope="module")

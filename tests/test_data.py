@@ -13,9 +13,9 @@ import zsqbench.evaluation.data as data
 from zsqbench.errors import UserError
 from zsqbench.evaluation.data import (ENV_DATA_ROOT, load_cifar, load_fmnist, load_imagenet_val,
                                       load_test_set, normalize)
-from zsqbench.teacher.datasets import DATASETS
+from zsqbench.teacher.datasets import dataset_info
 
-FMNIST_MEAN, FMNIST_STD = DATASETS["fmnist"].mean[0], DATASETS["fmnist"].std[0]
+FMNIST_MEAN, FMNIST_STD = dataset_info("fmnist").mean[0], dataset_info("fmnist").std[0]
 
 
 @pytest.fixture(autouse=True)
@@ -231,7 +231,7 @@ def test_cifar_test_batch(tmp_path, dataset, folder, fname, key, classes, point_
     x, y = load_test_set(dataset, data_root=root)
     assert x.shape == (6, 3, 32, 32) and x.dtype == torch.float32
     assert y.tolist() == labels and y.dtype == torch.int64
-    info = DATASETS[dataset]
+    info = dataset_info(dataset)
     # the CIFAR row layout is 1024 R, then 1024 G, then 1024 B, row-major 32x32
     for c in range(3):
         chan = torch.from_numpy(raw[:, c * 1024:(c + 1) * 1024].reshape(6, 32, 32)).float() / 255
@@ -295,7 +295,7 @@ def test_unknown_dataset():
 def test_normalize_per_channel():
     x = torch.ones(1, 3, 2, 2) * 0.5
     out = normalize(x, "cifar10")
-    info = DATASETS["cifar10"]
+    info = dataset_info("cifar10")
     for c in range(3):
         assert torch.allclose(out[0, c], torch.full((2, 2), (0.5 - info.mean[c]) / info.std[c]))
 
@@ -306,7 +306,7 @@ GREEN, RED, BLUE, YELLOW = (0, 255, 0), (255, 0, 0), (0, 0, 255), (255, 255, 0)
 
 
 def unnormalize(x):
-    info = DATASETS["imagenet"]
+    info = dataset_info("imagenet")
     return x * torch.tensor(info.std).view(-1, 1, 1) + torch.tensor(info.mean).view(-1, 1, 1)
 
 

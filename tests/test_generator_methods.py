@@ -18,7 +18,8 @@ from zsqbench.quantizer.fakequant import (ActQuantizer, QuantConv2d, QuantizedIn
                                           quantize_weight)
 from zsqbench.registry import get_registry
 from zsqbench.synthesizer.bns import BNStatHooks
-from zsqbench.teacher.datasets import DATASETS
+from zsqbench.synthesizer.generator import Conditioning
+from zsqbench.teacher.datasets import dataset_info
 from zsqbench.teacher.train import neutralize_dead_bn_channels
 from zsqbench.teacher.zoo import load_teacher
 from zsqbench_plugins.adadfq import AdaDFQSynthesizer, LogitEntropyDistiller, entropy, margin_loss
@@ -74,7 +75,7 @@ def test_adadfq_generator_loss_composition():
         return sum(-(row[c] - math.log(sum(math.exp(v) for v in row)))
                    for row, c in zip(logits.tolist(), labels.tolist())) / len(labels)
     expected = (margin_loss(t, q, 0.1, 0.8).item() + 1.5 * (0.2 * ce(t - q, y) + 0.1 * ce(t + q, y)) + 0.7 * bns)
-    loss, parts = synth.generator_loss(None, None, y, t, q)
+    loss, parts = synth.generator_loss(None, None, Conditioning(y), t, q)
     assert loss.item() == pytest.approx(expected, rel=1e-6)
     assert parts["g_ds"] == pytest.approx(ce(t - q, y), rel=1e-9)
     assert parts["g_as"] == pytest.approx(ce(t + q, y), rel=1e-9)
@@ -136,7 +137,7 @@ def r20_ctx():
         teacher, _ = load_teacher(spec)  # a fresh one: components leave hooks on the teacher they were given
         torch.manual_seed(0)
         student = quantizer.quantize(teacher, wbits, abits).eval()
-        return RunContext(teacher=teacher, student=student, model=spec, dataset=DATASETS["fmnist"], wbits=wbits,
+        return RunContext(teacher=teacher, student=student, model=spec, dataset=dataset_info("fmnist"), wbits=wbits,
                           abits=abits, quantizer=quantizer, device=torch.device("cpu"), seed=0, total_steps=4,
                           warmup_steps=warmup)
     return make

@@ -20,7 +20,7 @@ from zsqbench.record.io import validation_errors
 from zsqbench.synthesizer.augment import random_resized_crop_flip
 from zsqbench.synthesizer.bns import BNStatHooks, per_sample_moment_loss
 from zsqbench.synthesizer.imageopt import ImageSetSynthesizer
-from zsqbench.teacher.datasets import DATASETS
+from zsqbench.teacher.datasets import dataset_info
 from zsqbench.teacher.zoo import load_teacher
 from zsqbench_plugins.hast import HASTDistiller, focal_ce
 from zsqbench_plugins.intraq import IntraQSynthesizer, marginal_distance_loss, soft_inception_loss
@@ -158,7 +158,7 @@ def test_crop_flip_identity_flip_independence_and_gradient():
 def teacher_ctx():
     spec = resolve(RunSpec(method="intraq", model="resnet20", wbits=4, abits=4, protocol="smoke"))["model_spec"]
     teacher, info = load_teacher(spec)
-    return RunContext(teacher=teacher, student=None, model=spec, dataset=DATASETS["fmnist"], wbits=4, abits=4,
+    return RunContext(teacher=teacher, student=None, model=spec, dataset=dataset_info("fmnist"), wbits=4, abits=4,
                       quantizer=None, device=torch.device("cpu"), seed=0, total_steps=0, warmup_steps=0,
                       teacher_hash=info["sha256"])
 

@@ -18,7 +18,7 @@ from zsqbench.interfaces import Method, Synthesizer
 from zsqbench.registry import PluginWarning, Registry, load_plugins
 
 CORE = f"zsqbench {md.version('zsqbench')}"
-TITLES = ("methods", "synthesizers", "distillers", "quantizers", "models", "protocols", "plugins")
+TITLES = ("methods", "synthesizers", "distillers", "quantizers", "models", "datasets", "protocols", "plugins")
 
 
 def tables(stdout: str) -> dict[str, dict[str, list[str]]]:
@@ -54,7 +54,8 @@ def test_list_shows_builtins_with_providers(cli):
     assert {"gdfq", "noise"} <= set(t["synthesizers"])
     assert {"resnet20@fmnist", "mobilenetv1@fmnist"} <= set(t["models"])
     assert "smoke" in t["protocols"]
-    for kind in ("quantizers", "distillers", "synthesizers", "models", "protocols"):
+    assert {"fmnist", "cifar10", "cifar100", "imagenet"} <= set(t["datasets"])
+    for kind in ("quantizers", "distillers", "synthesizers", "models", "datasets", "protocols"):
         assert all(row[1] == CORE for row in t[kind].values()), t[kind]
     for ep in ("core", "references", "gdfq"):
         assert t["plugins"][ep][1:] == ["zsqbench", md.version("zsqbench"), "loaded"], t["plugins"][ep]
@@ -83,8 +84,7 @@ TOYQ = '''\
 """An out-of-tree zsqbench plugin that uses nothing but the public API."""
 import torch
 
-from zsqbench.hookspecs import hookimpl
-from zsqbench.interfaces import Batch, Method, Synthesizer
+from zsqbench.api import Batch, Method, Synthesizer, hookimpl
 
 
 class ToyUniform(Synthesizer):
@@ -110,7 +110,7 @@ def zsqbench_register(registry):
 BROKEN_IMPORT = 'raise RuntimeError("toy plugin broken at import")\n'
 
 BROKEN_REGISTER = '''\
-from zsqbench.hookspecs import hookimpl
+from zsqbench.api import hookimpl
 
 
 @hookimpl

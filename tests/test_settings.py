@@ -108,3 +108,27 @@ def test_core_fingerprint_covers_the_data_path_not_the_presentation():
     assert not names & {"zsqbench/cli.py", "zsqbench/sweep.py", "zsqbench/leaderboard/show.py",
                         "zsqbench/record/io.py"}
     assert "zsqbench_plugins/gdfq.py" in {name for name, _ in provenance.module_source_files("zsqbench_plugins")}
+
+
+def test_builtin_method_fingerprint_covers_its_own_plugin_modules_only(tmp_path):
+    """A run of bag is fingerprinted by the core, plugins/bag.py and the gdfq module it imports — not by other
+    built-in methods, so adding or fixing one method (qimera, synq, ...) leaves every other method's sweep jobs
+    done. Editing a module the run uses changes its fingerprint."""
+    from zsqbench import provenance
+    assert provenance.with_sibling_imports(["zsqbench_plugins.bag"]) == ["zsqbench_plugins.bag",
+                                                                         "zsqbench_plugins.gdfq"]
+    reg = get_registry()
+    assert reg._lookup("methods", "bag").module == "zsqbench_plugins.bag"
+    assert reg._lookup("distillers", "kd").module == "zsqbench.builtin"
+    core = provenance.source_digest(("zsqbench",))
+    bag = provenance.fingerprint(reg, "zsqbench", ("zsqbench_plugins.bag",))
+    with_other = provenance.fingerprint(reg, "zsqbench", ("zsqbench_plugins.bag", "zsqbench.builtin"))
+    assert bag == with_other  # core modules are always in; naming one changes nothing
+    assert bag["files"] == core[1] + 2 and bag["sha256"] != core[0]
+    hast = provenance.fingerprint(reg, "zsqbench", ("zsqbench_plugins.hast",))
+    assert hast["sha256"] != bag["sha256"] and hast["files"] == core[1] + 1
+    from zsqbench.sweep import expand
+    jobs = {j.identity["method"]: j for j in expand("smoke", methods=("gdfq", "bag"), models=("resnet20@fmnist",),
+                                                   out=tmp_path, registry=reg)}
+    assert jobs["gdfq"].identity["code"]["zsqbench"]["files"] == core[1] + 1
+    assert jobs["bag"].identity["code"]["zsqbench"] == bag

@@ -211,11 +211,11 @@ def _summary(rec: dict, path: Path) -> None:
 
 @cli.command("list")
 @click.argument("what", required=False,
-                type=click.Choice(["methods", "synthesizers", "distillers", "quantizers", "models", "protocols",
-                                   "plugins", "settings"]))
+                type=click.Choice(["methods", "synthesizers", "distillers", "quantizers", "models", "datasets",
+                                   "protocols", "plugins", "settings"]))
 @click.argument("method", required=False)
 def list_(what, method):
-    """Show registered methods, components, models, protocols and plugins, with their providers;
+    """Show registered methods, components, models, datasets, protocols and plugins, with their providers;
     `list settings METHOD`: every setting of a method with its type, default and value per protocol."""
     from zsqbench.registry import get_registry
     reg = get_registry()
@@ -240,7 +240,11 @@ def list_(what, method):
         t = Table(title=kind, title_justify="left")
         t.add_column("name", style="bold")
         t.add_column("provided by")
-        t.add_column("description")
+        if kind == "protocols":
+            from zsqbench.listing import protocol_budget
+            t.add_column("grid; budget per run (a method may set its own: list settings METHOD); description")
+        else:
+            t.add_column("description")
         for name, entry in sorted(getattr(reg, kind).items()):
             obj = entry.obj
             if kind == "methods":
@@ -249,7 +253,10 @@ def list_(what, method):
             elif kind == "models":
                 desc = escape(obj.notes)
             elif kind == "protocols":
-                desc = escape(f"v{obj['version']}: {obj['description']}")
+                grid, budget = protocol_budget(obj)
+                t.add_row(escape(name), escape(entry.provider),
+                          f"v{obj['version']}: {escape(grid)}\n{escape(budget)}\n[dim]{escape(obj['description'])}[/]")
+                continue
             else:
                 desc = escape(obj.description)
             t.add_row(escape(name), escape(entry.provider), desc)  # plugin-supplied text: never markup

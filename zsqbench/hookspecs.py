@@ -10,7 +10,7 @@ hookimpl = pluggy.HookimplMarker(NAME)
 def zsqbench_register(registry):
     """Add components to ``registry`` (a :class:`zsqbench.registry.Registry`):
     ``registry.add_method(...)``, ``add_synthesizer``, ``add_distiller``, ``add_quantizer``, ``add_model``,
-    ``add_protocol``."""
+    ``add_dataset``, ``add_protocol``."""
 
 
 @hookspec

@@ -11,25 +11,46 @@ special case:
 from __future__ import annotations
 
 import abc
-
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Iterator
 
 import torch
 import torch.nn as nn
 
 from zsqbench import settings as settings_mod
-from zsqbench.errors import Diverged
+from zsqbench.errors import Diverged, UserError
 from zsqbench.teacher.datasets import DatasetInfo
 from zsqbench.teacher.zoo import ModelSpec
 
 
 @dataclass
 class Batch:
+    """What a synthesizer hands the distiller for one step.
+
+    ``labels`` is always set: the class each image was made for. ``soft_labels`` is set by synthesizers whose
+    images stand for a mixture of classes (Qimera's superposed embeddings, SynQ's soft targets): a (B, C) row-
+    stochastic target. Distillers score labels through :meth:`label_loss`, which uses the soft target when there is
+    one, so a method that only changes its targets needs no distiller of its own."""
+
     images: torch.Tensor                         # (B, C, H, W) in the teacher's normalised input space
-    labels: torch.Tensor                         # (B,) the class the image was made for
+    labels: torch.Tensor                         # (B,) the class the image was made for (argmax of soft_labels)
     teacher_logits: torch.Tensor | None = None   # if the synthesizer already ran the teacher on these images
     metrics: dict[str, float] = field(default_factory=dict)  # e.g. the generator's loss terms, for the record
+    soft_labels: torch.Tensor | None = None      # (B, num_classes) target distribution, rows summing to 1
+
+    def label_loss(self, logits: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of ``logits`` against this batch's targets: soft when given, else the hard labels."""
+        return soft_cross_entropy(logits, self.labels if self.soft_labels is None else self.soft_labels)
+
+
+def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy against hard labels (B,) or a target distribution (B, C) — the latter is
+    ``-sum_c p_c log softmax(logits)_c``, equal to F.cross_entropy's probability-target form."""
+    import torch.nn.functional as F
+    if target.dim() == 1:
+        return F.cross_entropy(logits, target)
+    return -(target * F.log_softmax(logits, dim=1)).sum(1).mean()
 
 
 class RunContext:
@@ -124,14 +145,42 @@ class Distiller(Component):
 
 
 class Quantizer(Component):
+    """Turns a network into its fake-quantized copy and owns its activation ranges.
+
+    ``capabilities`` says what a component may ask beyond :meth:`quantize`'s defaults; a caller that needs one
+    calls :meth:`require` first and gets a one-line :class:`UserError` naming the quantizer if it is missing:
+
+    * ``"quantize_inputs"``: ``quantize(..., quantize_inputs=True)`` also puts an activation quantizer on the input
+      of every conv/linear layer (BAG's quantized generator, whose activations are not all ReLUs);
+    * ``"activation_types"``: ``quantize(..., activation_types=(...))`` chooses after which modules activations are
+      quantized (``()``: none);
+    * ``"freeze_ranges"``: :meth:`set_calibrating` and :meth:`ranges_frozen` really stop range updates.
+    """
+
     kind = "quantizer"
+    capabilities: ClassVar[frozenset[str]] = frozenset()
 
     @abc.abstractmethod
-    def quantize(self, model: nn.Module, wbits: int, abits: int) -> nn.Module:
-        """A fake-quantized copy of ``model`` (its parameters trainable)."""
+    def quantize(self, model: nn.Module, wbits: int, abits: int, *, quantize_inputs: bool = False,
+                 activation_types: tuple[type[nn.Module], ...] | None = None) -> nn.Module:
+        """A fake-quantized copy of ``model`` (its parameters trainable). The keyword arguments are capabilities
+        (see the class docstring); a quantizer without them is only called with their defaults."""
+
+    def require(self, capability: str, who: str) -> None:
+        """Raise a one-line UserError unless this quantizer has ``capability`` (``who``: the method asking)."""
+        if capability not in self.capabilities:
+            have = ", ".join(sorted(self.capabilities)) or "none"
+            raise UserError(f"{who} needs a quantizer that can {capability.replace('_', ' ')}; {self.name!r} "
+                            f"cannot (its capabilities: {have}) — use quantizer minmax-ema")
 
     def set_calibrating(self, model: nn.Module, on: bool) -> None:
         """Start/stop updating activation ranges."""
+
+    @contextmanager
+    def ranges_frozen(self, model: nn.Module) -> Iterator[None]:
+        """Within the block, activation ranges do not move (e.g. a generator's feedback pass through the
+        student); the previous state is restored after it."""
+        yield
 
     def uncalibrated(self, model: nn.Module) -> list[str]:
         """Names of activation quantizers that never saw data (the engine refuses to train with any)."""

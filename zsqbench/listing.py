@@ -63,3 +63,25 @@ def settings_table(registry, method_name: str) -> Table:
                       "—" if default == "—" else _text(default),
                       *("—" if v == "—" else _text(v) for v in values))
     return t
+
+
+def protocol_budget(proto: dict) -> tuple[str, str]:
+    """(grid, budget) text of a protocol for ``zsqbench list protocols``: what it runs and how long each run trains.
+    Methods may set their own batch, steps or lr under a protocol (``zsqbench list settings METHOD``)."""
+    bits_by_model = proto.get("bits_by_model", {})
+    cells = []
+    for model in proto["models"]:
+        bits = bits_by_model.get(model, proto["bits"])
+        cells.append(f"{model} " + "/".join(f"W{w}A{a}" for w, a in bits))
+    seeds = proto["seeds"]
+    grid = "; ".join(cells) + f"; seeds {','.join(str(s) for s in seeds)}"
+    train, ev = proto["train"], proto["eval"]
+    schedule = (f"x{train['gamma']} at {'/'.join(f'{m:g}' for m in train['milestones'])}"
+                if train.get("milestones") else "constant lr")
+    limit = ev.get("limit")
+    scored = f"first {limit} test images" if limit else "full test set"
+    every = ev.get("every")
+    budget = (f"{train['warmup_steps']} warm-up + {train['steps']} steps at batch {train['batch_size']}, "
+              f"{train['optimizer']} lr {train['lr']:g} ({schedule}); {scored}"
+              + (f", every {every} steps" if every else ", at the end"))
+    return grid, budget

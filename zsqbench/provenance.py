@@ -3,9 +3,10 @@
 A settings hash says *what* was asked for; it cannot tell that a plugin's algorithm changed between two runs with
 the same settings (0.1.0 -> 0.1.1, or an uncommitted edit). So every record carries, for each distribution whose
 code the run used — zsqbench itself (the loop, the quantizer, the evaluation) and the providers of the method, its
-components and its teacher — the distribution's version and the sha256 of its installed Python source files (the
-modules its ``zsqbench`` entry points live in: ``zsqbench`` and ``zsqbench_plugins`` for the built-ins). A sweep
-job's hash includes them, so changed code re-runs; a leaderboard row must come from one code version.
+components, its teacher and its dataset — the distribution's version and the sha256 of its installed Python source
+files (the modules its ``zsqbench`` entry points live in; for zsqbench itself, its core package and only the
+built-in plugin modules the run uses, e.g. ``zsqbench_plugins.bag`` and the ``zsqbench_plugins.gdfq`` it imports). A
+sweep job's hash includes them, so changed code re-runs; a leaderboard row must come from one code version.
 
 Records made before fingerprints existed have none: their code version is :data:`UNKNOWN`, which equals itself
 (a row of such records is consistent) and nothing else.
@@ -21,9 +22,11 @@ UNKNOWN = "unknown"
 
 # zsqbench files that present, validate, store or schedule results but never compute them: editing them must not
 # re-run a sweep (a grid spans sessions; a CLI or leaderboard fix cannot cost it 10 hours). Everything on the data
-# path (teacher, quantizer, synthesizer, distiller, loop, evaluation, settings, registry) is fingerprinted.
+# path (teacher, quantizer, synthesizer, distiller, loop, evaluation, settings, registry) is fingerprinted. api.py
+# only re-exports names and testing.py only drives runs for plugin authors' tests.
 NOT_COMPUTING = ("zsqbench/cli.py", "zsqbench/listing.py", "zsqbench/sweep.py", "zsqbench/sweep_ray.py",
-                 "zsqbench/provenance.py", "zsqbench/leaderboard/", "zsqbench/record/")
+                 "zsqbench/provenance.py", "zsqbench/leaderboard/", "zsqbench/record/", "zsqbench/api.py",
+                 "zsqbench/testing.py")
 
 
 @lru_cache(maxsize=None)
@@ -63,32 +66,65 @@ def source_digest(modules: tuple[str, ...]) -> tuple[str, int]:
     return h.hexdigest(), n
 
 
-def fingerprint(registry, distribution: str) -> dict:
-    """{"version", "sha256", "files"} of one loaded plugin distribution."""
+def fingerprint(registry, distribution: str, plugin_modules: tuple[str, ...] = ()) -> dict:
+    """{"version", "sha256", "files"} of one loaded plugin distribution. For zsqbench itself: the core package plus
+    only the built-in plugin modules the run uses (``plugin_modules``, with the sibling modules they import), so that
+    adding or fixing one built-in method does not re-run every other method's sweep jobs."""
     info = registry.distributions.get(distribution)
     if info is None:  # registered outside the entry points (e.g. a test's hand-made registry)
         import zsqbench
         if distribution != "zsqbench":
             return {"version": UNKNOWN, "sha256": None, "files": 0}
         info = {"version": zsqbench.__version__, "modules": {"zsqbench"}}
-    modules = set(info["modules"]) | ({"zsqbench"} if distribution == "zsqbench" else set())  # the core always
+    if distribution == "zsqbench":
+        modules = {"zsqbench"} | set(with_sibling_imports(plugin_modules))
+    else:
+        modules = set(info["modules"])
     digest, files = source_digest(tuple(sorted(modules)))
     return {"version": info["version"], "sha256": digest, "files": files}
 
 
-def run_distributions(resolved: dict) -> list[str]:
-    """The distributions whose code a run uses: zsqbench's core and the providers of its method, components and
-    teacher."""
+def with_sibling_imports(modules) -> list[str]:
+    """``modules`` (e.g. ``zsqbench_plugins.bag``) and, transitively, the modules of their own top-level package
+    they import (bag imports ``zsqbench_plugins.gdfq``), found by reading their source."""
+    import ast
+    seen: set[str] = set()
+    todo = [m for m in modules if m and not m.startswith("zsqbench.") and m != "zsqbench"]
+    while todo:
+        module = todo.pop()
+        if module in seen:
+            continue
+        seen.add(module)
+        top = module.split(".")[0]
+        for _, path in module_source_files(module):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = ([node.module] if isinstance(node, ast.ImportFrom) and node.module and node.level == 0
+                         else [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+                todo += [n for n in names if n.split(".")[0] == top and n != top]
+    return sorted(seen)
+
+
+def _run_entries(resolved: dict) -> list:
     registry = resolved["registry"]
     entries = [registry._lookup("methods", resolved["method"].name),
-               registry._lookup("models", resolved["model_key"])]
+               registry._lookup("models", resolved["model_key"]),
+               registry._lookup("datasets", resolved["model_spec"].dataset)]
     entries += [registry._lookup(kind + "s", name) for kind, (name, _) in resolved["components"].items()]
-    return sorted({"zsqbench"} | {e.distribution for e in entries if e is not None})
+    return [e for e in entries if e is not None]
+
+
+def run_distributions(resolved: dict) -> list[str]:
+    """The distributions whose code a run uses: zsqbench's core and the providers of its method, components,
+    teacher and dataset (its loader reads the images the run is scored on)."""
+    return sorted({"zsqbench"} | {e.distribution for e in _run_entries(resolved)})
 
 
 def run_code(resolved: dict) -> dict:
     """{distribution: fingerprint} for a resolved run (goes into its record and its sweep job's hash)."""
-    return {dist: fingerprint(resolved["registry"], dist) for dist in run_distributions(resolved)}
+    entries = _run_entries(resolved)
+    builtin_plugins = tuple(sorted({e.module for e in entries if e.distribution == "zsqbench"}))
+    return {dist: fingerprint(resolved["registry"], dist, builtin_plugins if dist == "zsqbench" else ())
+            for dist in run_distributions(resolved)}
 
 
 def code_version(code: dict | None) -> str:

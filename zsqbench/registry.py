@@ -14,6 +14,7 @@ import pluggy
 from zsqbench import hookspecs
 from zsqbench.errors import UserError
 from zsqbench.interfaces import Distiller, Method, Quantizer, Synthesizer
+from zsqbench.teacher.datasets import DatasetInfo
 from zsqbench.teacher.zoo import ModelSpec
 
 ENTRY_POINT_GROUP = "zsqbench"
@@ -30,6 +31,21 @@ class Entry:
     obj: Any
     provider: str  # "distribution version" of the plugin that registered it
     distribution: str = "zsqbench"  # the distribution whose code it is (code fingerprints: zsqbench.provenance)
+    module: str = ""  # the entry point's module that registered it, e.g. "zsqbench_plugins.gdfq" (fingerprints)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A registered dataset: what methods may see (``info``) and how the evaluation step reads it (``loader``, see
+    :class:`zsqbench.evaluation.data.DatasetLoader`)."""
+    info: DatasetInfo
+    loader: Any
+
+    @property
+    def description(self) -> str:
+        i = self.info
+        return (f"{i.description} ({'x'.join(map(str, i.image_shape))}, {i.num_classes} classes; "
+                f"splits: {', '.join(self.loader.splits)})")
 
 
 @dataclass
@@ -40,14 +56,16 @@ class Registry:
     quantizers: dict[str, Entry] = field(default_factory=dict)
     models: dict[str, Entry] = field(default_factory=dict)
     protocols: dict[str, Entry] = field(default_factory=dict)
+    datasets: dict[str, Entry] = field(default_factory=dict)
     plugins: list[dict] = field(default_factory=list)   # [{entry_point, distribution, version, status}]
     # distribution -> {"version", "modules": top-level modules of its loaded entry points} (code fingerprints)
     distributions: dict[str, dict] = field(default_factory=dict)
     _provider: str = "zsqbench"
     _distribution: str = "zsqbench"
+    _module: str = ""
     _parent: "Registry | None" = None  # set on a staging registry: names taken there count as taken
 
-    KINDS = ("methods", "synthesizers", "distillers", "quantizers", "models", "protocols")
+    KINDS = ("methods", "synthesizers", "distillers", "quantizers", "models", "datasets", "protocols")
 
     def _lookup(self, table: str, name: str) -> Entry | None:
         entry = getattr(self, table).get(name)
@@ -61,13 +79,13 @@ class Registry:
             warnings.warn(f"{table[:-1]} {name!r} from {self._provider} ignored: already registered by "
                           f"{taken.provider}", PluginWarning, stacklevel=3)
             return False
-        getattr(self, table)[name] = Entry(name, obj, self._provider, self._distribution)
+        getattr(self, table)[name] = Entry(name, obj, self._provider, self._distribution, self._module)
         return True
 
-    def staging(self, provider: str, distribution: str) -> "Registry":
+    def staging(self, provider: str, distribution: str, module: str = "") -> "Registry":
         """An empty registry for one plugin's hook: what it adds becomes visible only through :meth:`commit`, so a
         plugin whose hook raises half-way registers nothing."""
-        return Registry(_provider=provider, _distribution=distribution, _parent=self)
+        return Registry(_provider=provider, _distribution=distribution, _module=module, _parent=self)
 
     def commit(self, stage: "Registry") -> None:
         for table in self.KINDS:
@@ -95,6 +113,45 @@ class Registry:
         proto = load_protocol_file(Path(path))
         self._add("protocols", proto["name"], proto)
 
+    def add_dataset(self, info: DatasetInfo, loader: Any) -> None:
+        """Register the dataset ``info.name``: its :class:`~zsqbench.teacher.datasets.DatasetInfo` (what methods may
+        know) and the ``loader`` that reads its real images for the evaluation step — an object, or a class built
+        with no arguments, with:
+
+        - ``splits``: which of ``"test"`` and ``"train"`` it can read (``eval.split=dev`` scores on the last 10 000
+          images of ``train``, so a loader without ``train`` supports ``test`` only);
+        - ``how_to_get``: one line ending the "data not found" error, saying how to get the data;
+        - ``load(split, data_root, card)``: see :class:`zsqbench.evaluation.data.DatasetLoader`.
+
+        A model on it names it as ``ModelSpec(name, "<info.name>", ...)``. Raises ``TypeError`` (the plugin is then
+        reported and skipped) when the loader lacks any of these."""
+        if isinstance(loader, type):
+            loader = loader()
+        splits = getattr(loader, "splits", None)
+        problems = [what for what, bad in (
+            ("info must be a zsqbench.teacher.datasets.DatasetInfo", not isinstance(info, DatasetInfo)),
+            ("the loader has no load(split, data_root, card) method", not callable(getattr(loader, "load", None))),
+            ("loader.splits must be a non-empty tuple of 'test' and/or 'train'",
+             not isinstance(splits, (tuple, list)) or not splits or not set(splits) <= {"test", "train"}),
+            ("loader.how_to_get must be a str", not isinstance(getattr(loader, "how_to_get", None), str))) if bad]
+        if problems:
+            raise TypeError(f"add_dataset({getattr(info, 'name', info)!r}): " + "; ".join(problems))
+        self._add("datasets", info.name, Dataset(info, loader))
+
+    def dataset(self, name: str, needed_by: str | None = None) -> Dataset:
+        """The registered dataset ``name``, or one :class:`UserError` line listing the registered ones
+        (``needed_by``, e.g. ``"model tiny@svhn"``, says who asked)."""
+        entry = self._lookup("datasets", name)
+        if entry is not None:
+            return entry.obj
+        names = set(self.datasets) | (set(self._parent.datasets) if self._parent else set())
+        valid = ", ".join(sorted(names)) or "(none registered)"
+        tail = f"registered datasets: {valid} (see `zsqbench list plugins` for disabled or failed plugins)"
+        if needed_by:
+            raise UserError(f"{needed_by} is on dataset {name!r}, which no loaded plugin registers (no evaluation data "
+                            f"loader); {tail}")
+        raise UserError(f"no evaluation data loader for dataset {name!r}: no loaded plugin registers it; {tail}")
+
     def get(self, table: str, name: str) -> Any:
         entry = self._lookup(table, name)
         if entry is None:
@@ -116,6 +173,7 @@ def load_plugins() -> tuple[pluggy.PluginManager, Registry]:
     disabled = _disabled()
     providers: dict[str, str] = {}
     dists: dict[str, str] = {}
+    ep_modules: dict[str, str] = {}  # entry-point name -> its module ("zsqbench_plugins.gdfq")
     eps = sorted(md.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: (e.dist.name != "zsqbench", e.name))
     seen: dict[str, str] = {}  # entry-point name -> the distribution that had it first
     for ep in eps:
@@ -143,8 +201,9 @@ def load_plugins() -> tuple[pluggy.PluginManager, Registry]:
         providers[ep.name] = f"{dist} {version}"
         dists[ep.name] = dist
         registry.plugins.append({**info, "status": "loaded"})
+        ep_modules[ep.name] = ep.value.split(":")[0].strip()
         registry.distributions.setdefault(dist, {"version": version, "modules": set()})["modules"].add(
-            ep.value.split(":")[0].split(".")[0])
+            ep_modules[ep.name].split(".")[0])
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as e:
@@ -155,7 +214,7 @@ def load_plugins() -> tuple[pluggy.PluginManager, Registry]:
         impl = getattr(plugin, "zsqbench_register", None)
         if impl is None:
             continue
-        stage = registry.staging(providers.get(name, name), dists.get(name, name))
+        stage = registry.staging(providers.get(name, name), dists.get(name, name), ep_modules.get(name, ""))
         try:
             impl(registry=stage)
         except Exception as e:

@@ -47,6 +47,9 @@ class TrainSettings(Settings):
     weight_decay: NonNegative = 0.0
     milestones: list[ScheduleFraction] = Field(description="lr x gamma at these fractions of the steps")
     gamma: float = Field(gt=0, le=1)
+    average_from: float | None = Field(
+        None, ge=0, lt=1, description="score the average of the student's weights over the steps after this "
+        "fraction of the run (stochastic weight averaging); null: the last weights")
 
     @model_validator(mode="after")
     def _nesterov_needs_momentum(self):

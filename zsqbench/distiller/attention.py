@@ -128,7 +128,7 @@ class ChannelAttentionKD(KDDistiller):
         cfg = self.config
         t, t_feats = self.teacher_outputs(ctx, batch)
         s = ctx.student(batch.images)
-        ce = F.cross_entropy(s, batch.labels)
+        ce = batch.label_loss(s)
         kl = kd_kl(s, t, cfg["temperature"], cfg["kl_reduction"])
         ca = self.ca_loss(t_feats)
         loss = cfg["ce_weight"] * ce + cfg["alpha"] * cfg["temperature"] ** 2 * kl + cfg["ca_weight"] * ca

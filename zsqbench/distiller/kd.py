@@ -49,7 +49,7 @@ class KDDistiller(Distiller):
         cfg = self.config
         s = ctx.student(batch.images)
         t = teacher_logits(ctx, batch)
-        ce = F.cross_entropy(s, batch.labels)
+        ce = batch.label_loss(s)
         kl = kd_kl(s, t, cfg["temperature"], cfg["kl_reduction"])
         loss = cfg["ce_weight"] * ce + cfg["alpha"] * cfg["temperature"] ** 2 * kl
         return loss, {"ce": ce.item(), "kl": kl.item()}

@@ -1,8 +1,39 @@
 """Real evaluation data. Only the evaluation step (and the teacher-training script) imports this module:
 methods never see real images.
 
-Every loader returns ``(images, labels)`` as tensors already normalised like the teacher's training data,
-except ImageNet, which is decoded lazily batch by batch (see :class:`ImageFolderVal`).
+Datasets are plugins. A plugin registers one with ``registry.add_dataset(info, loader)``
+(:meth:`zsqbench.registry.Registry.add_dataset`): ``info`` is a :class:`~zsqbench.teacher.datasets.DatasetInfo`,
+``loader`` follows :class:`DatasetLoader`. :func:`load_eval_set` (what a run scores on), :func:`load_test_set`,
+:func:`load_dev_set` and :func:`load_split` find the dataset in the registry by name, call its loader and finish
+what it returns: pixels are brought to the network's size (a teacher card's ``fit``, for datasets with a
+``stored_size``) and normalised with the teacher card's mean/std (default: the dataset's own), so that every
+dataset honours teacher cards the same way. The built-in Fashion-MNIST, CIFAR-10/100 and ImageNet loaders at the
+bottom of this module are registered exactly so, by :mod:`zsqbench.builtin`.
+
+A loader in about twenty lines (Fashion-MNIST's shoes only, at 28x28)::
+
+    import torch
+    from zsqbench.api import DatasetInfo, find_files, hookimpl, read_idx
+
+    SHOES = [5, 7, 9]  # sandal, sneaker, ankle boot
+
+    class Shoes:
+        splits = ("test", "train")
+        how_to_get = "apt-get install dataset-fashion-mnist, or put its four idx .gz files in --data-root"
+
+        def load(self, split, data_root, card):
+            prefix = "t10k" if split == "test" else "train"
+            img, lab = find_files(data_root, [f"{prefix}-images-idx3-ubyte.gz", f"{prefix}-labels-idx1-ubyte.gz"],
+                                  system=["/usr/share/datasets/fashion-mnist"])
+            x, y = torch.from_numpy(read_idx(img).copy()), torch.from_numpy(read_idx(lab).astype("int64"))
+            keep = torch.isin(y, torch.tensor(SHOES))
+            return x[keep].unsqueeze(1), torch.searchsorted(torch.tensor(SHOES), y[keep])  # uint8 pixels, 0..2
+
+    @hookimpl
+    def zsqbench_register(registry):
+        registry.add_dataset(DatasetInfo("fmnist-shoes", 3, (1, 28, 28), (0.25,), (0.35,), "FMNIST shoes"), Shoes)
+
+A model on it is ``ModelSpec("mynet", "fmnist-shoes", ...)`` (key ``mynet@fmnist-shoes``).
 """
 from __future__ import annotations
 
@@ -10,78 +41,108 @@ import gzip
 import os
 import pickle
 from pathlib import Path
+from typing import Iterator, Protocol, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from zsqbench.errors import UserError
-from zsqbench.teacher.datasets import DATASETS
 
 FMNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 ENV_DATA_ROOT = "ZSQBENCH_DATA_ROOT"
+DEV_SIZE = 10_000
+EVAL_SPLITS = ("test", "dev")
+SPLITS = ("test", "train")  # what a loader reads; "dev" is the tail of "train"
 
-HOW_TO_GET = {
-    "fmnist": "install it with `apt-get install dataset-fashion-mnist` (Debian/Ubuntu), or put the four "
-              "*-idx?-ubyte.gz files in --data-root / $ZSQBENCH_DATA_ROOT",
-    "cifar10": "download cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html, unpack it and "
-               "pass --data-root pointing at cifar-10-batches-py (or its parent)",
-    "cifar100": "download cifar-100-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html, unpack it and "
-                "pass --data-root pointing at cifar-100-python (or its parent)",
-    "imagenet": "pass --data-root pointing at the ImageNet val/ folder laid out as one sub-folder per class "
-                "(sorted wnids), or its parent",
-}
 
+# --- the loader interface -----------------------------------------------------------------------------------
+
+class BatchSource(Protocol):
+    """A dataset too large to hold in memory (ImageNet val: :class:`ImageFolderVal`), decoded batch by batch."""
+
+    def __len__(self) -> int:
+        """The number of images."""
+
+    def batches(self, batch_size: int, limit: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """``(images, labels)`` batches of the first ``limit`` images (all when None), in a fixed order, images
+        already at the network's size and normalised with the ``card`` the loader was given (:func:`normalize`)."""
+
+
+class DatasetLoader:
+    """How the evaluation step reads a registered dataset's real images. Subclassing is optional: any object (or
+    class built with no arguments) with these three attributes can be passed to ``registry.add_dataset``.
+
+    ``splits``
+        Which of ``"test"`` and ``"train"`` :meth:`load` can read. Runs report on ``test``; ``eval.split=dev`` (for
+        choosing settings) scores on the last :data:`DEV_SIZE` images of ``train``, so leave ``train`` out and dev
+        runs are refused with one line.
+    ``how_to_get``
+        One line, the end of the "data not found" error: how a user gets the data and where to put it.
+    ``load(split, data_root, card)``
+        ``split`` is one of :attr:`splits`. ``data_root`` is the root the user named (``--data-root``, else
+        ``$ZSQBENCH_DATA_ROOT``; :func:`explicit_root`), or None. Find files with :func:`find_files` or
+        :func:`candidate_dirs`: a named root is searched alone (with its usual sub-folders), never a system copy,
+        and a file that is not there raises :class:`DataNotFound`, which the core turns into the one-line
+        "<dataset> data not found under --data-root ...; <how_to_get>" error. ``card`` is the teacher card the run
+        feeds its teacher (``{"mean": [...], "std": [...], "fit": "pad" | "resize" | None}``, always complete).
+
+        Return either ``(images, labels)``: images an ``(N, C, H, W)`` tensor of *raw pixels* — uint8 0..255 or
+        float in [0, 1], at the stored size — and labels an ``(N,)`` integer tensor in ``0..num_classes-1``; the
+        core brings the images to ``DatasetInfo.image_shape`` (``card["fit"]``: zero-pad or resize; only datasets
+        with a ``stored_size`` may differ in size) and normalises them with the card. Or, for data too large for
+        memory, a :class:`BatchSource` whose batches are already sized and normalised with ``card``. Raise
+        :class:`~zsqbench.errors.UserError` (one line) for unreadable files.
+    """
+    splits: tuple[str, ...] = ("test",)
+    how_to_get: str = ""
+
+    def load(self, split: str, data_root: str | None, card: dict):
+        raise NotImplementedError
+
+
+class DataNotFound(UserError):
+    """Raised by a loader when its files are not where it looked; the core adds the dataset, the data root and the
+    loader's ``how_to_get`` to the message."""
+
+    def __init__(self, tried: Sequence[Path], wanted: str):
+        self.tried, self.wanted = list(tried), wanted
+        super().__init__(f"no {wanted} in {', '.join(map(str, self.tried)) or '(no --data-root given)'}")
+
+
+# --- helpers for loaders ------------------------------------------------------------------------------------
 
 def explicit_root(data_root: str | None) -> str | None:
     """The data root the user named: ``--data-root``, else ``$ZSQBENCH_DATA_ROOT``, else None."""
     return str(data_root) if data_root else (os.environ.get(ENV_DATA_ROOT) or None)
 
 
-def _candidates(dataset: str, data_root: str | None) -> list[Path]:
-    """Where to look. A named root means what it says: only it (and its usual sub-folders) is searched, never the
-    system location, so a run cannot silently score on other data than the folder the user gave."""
+def candidate_dirs(data_root: str | None, subdirs: Sequence[str] = (), system: Sequence[str | Path] = ()
+                   ) -> list[Path]:
+    """Where to look, in order. A named root means what it says: only it and its ``subdirs`` are searched, never the
+    ``system`` folders, so a run cannot silently score on other data than the folder the user gave; without a named
+    root, the ``system`` folders (e.g. where a distribution package installs the data)."""
     root = explicit_root(data_root)
-    sub = {"fmnist": ["fashion-mnist", "fmnist", "FashionMNIST/raw"],
-           "cifar10": ["cifar-10-batches-py"], "cifar100": ["cifar-100-python"], "imagenet": ["val"]}[dataset]
     if root:
         r = Path(root).expanduser()
-        return [r, *(r / s for s in sub)]
-    return [FMNIST_SYSTEM_DIR] if dataset == "fmnist" else []
+        return [r, *(r / s for s in subdirs)]
+    return [Path(p) for p in system]
 
 
-def _missing(dataset: str, tried: list[Path], wanted: str, data_root: str | None = None) -> UserError:
-    root = explicit_root(data_root)
-    named = ("--data-root" if data_root else f"${ENV_DATA_ROOT}") + f" {root}" if root else None
-    where = ", ".join(str(p) for p in tried) or "(no --data-root given)"
-    lead = f"{dataset} data not found under {named}" if named else f"{dataset} data not found"
-    return UserError(f"{lead}: no {wanted} in {where}; {HOW_TO_GET[dataset]}")
+def find_files(data_root: str | None, names: Sequence[str], subdirs: Sequence[str] = (),
+               system: Sequence[str | Path] = ()) -> list[Path]:
+    """The paths of ``names`` in the first of :func:`candidate_dirs` that holds all of them; :class:`DataNotFound`
+    when none does."""
+    tried = candidate_dirs(data_root, subdirs, system)
+    for d in tried:
+        if all((d / n).is_file() for n in names):
+            return [d / n for n in names]
+    raise DataNotFound(tried, " + ".join(names))
 
 
-def normalize(x: torch.Tensor, dataset: str, card: dict | None = None) -> torch.Tensor:
-    """Normalise [0, 1] pixels with the teacher card's mean/std (default: the dataset's standard ones)."""
-    info = DATASETS[dataset]
-    mean = torch.tensor(card["mean"] if card else info.mean).view(1, -1, 1, 1)
-    std = torch.tensor(card["std"] if card else info.std).view(1, -1, 1, 1)
-    return (x - mean) / std
-
-
-def fit_to_network(x: torch.Tensor, size: tuple[int, int], how: str | None) -> torch.Tensor:
-    """Small images (Fashion-MNIST 28x28) to the network's size: zero-pad in pixel space (the embedded teachers'
-    way) or resize bilinearly."""
-    h, w = x.shape[-2:]
-    if (h, w) == tuple(size):
-        return x
-    if how == "resize":
-        return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
-    dh, dw = size[0] - h, size[1] - w
-    return F.pad(x, (dw // 2, dw - dw // 2, dh // 2, dh - dh // 2))
-
-
-# --- Fashion-MNIST ------------------------------------------------------------------------------------------
-
-def _read_idx(path: Path) -> np.ndarray:
-    opener = gzip.open if path.suffix == ".gz" else open
+def read_idx(path: Path) -> np.ndarray:
+    """An idx file (MNIST / Fashion-MNIST format, optionally .gz) as a uint8 array; one line for a bad file."""
+    opener = gzip.open if Path(path).suffix == ".gz" else open
     try:
         with opener(path, "rb") as f:
             data = f.read()
@@ -99,59 +160,202 @@ def _read_idx(path: Path) -> np.ndarray:
     return arr.reshape(dims)
 
 
-def load_fmnist(split: str = "test", data_root: str | None = None, card: dict | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fashion-MNIST as (N,1,32,32) normalised float tensors (28x28 zero-padded by 2 pixels, or as the teacher
-    ``card`` says) and labels."""
-    prefix = "t10k" if split == "test" else "train"
-    tried = _candidates("fmnist", data_root)
-    for d in tried:
-        img = next((d / f"{prefix}-images-idx3-ubyte{s}" for s in (".gz", "")
-                    if (d / f"{prefix}-images-idx3-ubyte{s}").is_file()), None)
-        lab = next((d / f"{prefix}-labels-idx1-ubyte{s}" for s in (".gz", "")
-                    if (d / f"{prefix}-labels-idx1-ubyte{s}").is_file()), None)
-        if img and lab:
-            x = torch.from_numpy(_read_idx(img).copy()).float().div_(255).unsqueeze(1)
-            y = torch.from_numpy(_read_idx(lab).astype(np.int64))
-            if len(x) != len(y):
-                raise UserError(f"{img} and {lab} disagree on the number of samples")
-            x = fit_to_network(x, DATASETS["fmnist"].image_shape[1:], (card or {}).get("fit"))
-            return normalize(x, "fmnist", card), y
-    raise _missing("fmnist", tried, f"{prefix}-images-idx3-ubyte.gz + {prefix}-labels-idx1-ubyte.gz", data_root)
+_read_idx = read_idx
 
 
-# --- CIFAR (python pickle batches) -------------------------------------------------------------------------
-
-def load_cifar(dataset: str, split: str = "test", data_root: str | None = None, card: dict | None = None
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-    tried = _candidates(dataset, data_root)
-    names = {"cifar10": {"test": ["test_batch"], "train": [f"data_batch_{i}" for i in range(1, 6)]},
-             "cifar100": {"test": ["test"], "train": ["train"]}}[dataset][split]
-    label_key = b"labels" if dataset == "cifar10" else b"fine_labels"
-    for d in tried:
-        if all((d / n).is_file() for n in names):
-            xs, ys = [], []
-            for n in names:
-                try:
-                    with open(d / n, "rb") as f:
-                        batch = pickle.load(f, encoding="bytes")  # the official CIFAR format is a pickle
-                    xs.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-                    ys.append(np.asarray(batch[label_key], dtype=np.int64))
-                except Exception as e:
-                    raise UserError(f"{d / n} is not a CIFAR python batch ({type(e).__name__})") from None
-            x = torch.from_numpy(np.concatenate(xs)).float().div_(255)
-            return normalize(x, dataset, card), torch.from_numpy(np.concatenate(ys))
-    raise _missing(dataset, tried, " + ".join(names), data_root)
+def normalize(x: torch.Tensor, dataset: str, card: dict | None = None) -> torch.Tensor:
+    """Normalise [0, 1] pixels with the teacher card's mean/std (default: the dataset's standard ones)."""
+    if card is None:
+        from zsqbench.teacher.datasets import dataset_info
+        info = dataset_info(dataset)
+        mean, std = info.mean, info.std
+    else:
+        mean, std = card["mean"], card["std"]
+    return (x - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
 
 
-# --- ImageNet val (class folders) --------------------------------------------------------------------------
+def fit_to_network(x: torch.Tensor, size: tuple[int, int], how: str | None) -> torch.Tensor:
+    """Small images (Fashion-MNIST 28x28) to the network's size: zero-pad in pixel space (the embedded teachers'
+    way) or resize bilinearly."""
+    h, w = x.shape[-2:]
+    if (h, w) == tuple(size):
+        return x
+    if how == "resize":
+        return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+    dh, dw = size[0] - h, size[1] - w
+    return F.pad(x, (dw // 2, dw - dw // 2, dh // 2, dh - dh // 2))
+
+
+# --- the core: any registered dataset -----------------------------------------------------------------------
+
+def _missing(dataset: str, e: DataNotFound, data_root: str | None, how_to_get: str) -> UserError:
+    root = explicit_root(data_root)
+    named = ("--data-root" if data_root else f"${ENV_DATA_ROOT}") + f" {root}" if root else None
+    where = ", ".join(str(p) for p in e.tried) or "(no --data-root given)"
+    lead = f"{dataset} data not found under {named}" if named else f"{dataset} data not found"
+    return UserError(f"{lead}: no {e.wanted} in {where}; {how_to_get}")
+
+
+def _finish(dataset: str, info, provider: str, out, card: dict):
+    """A loader's ``(pixels, labels)`` checked, sized and normalised; a :class:`BatchSource` as it is."""
+    if hasattr(out, "batches"):
+        return out
+    def bad(what: str) -> UserError:
+        return UserError(f"the {dataset} loader ({provider}) returned {what}; it must return (images, labels): "
+                         f"(N, {info.image_shape[0]}, H, W) pixels, uint8 or float in [0, 1], and (N,) labels in "
+                         f"0..{info.num_classes - 1}")
+    if not (isinstance(out, (tuple, list)) and len(out) == 2 and all(isinstance(t, torch.Tensor) for t in out)):
+        raise bad(type(out).__name__)
+    x, y = out
+    if x.ndim != 4 or x.shape[1] != info.image_shape[0] or y.ndim != 1 or len(x) != len(y) or len(y) == 0:
+        raise bad(f"images of shape {tuple(x.shape)} and labels of shape {tuple(y.shape)}")
+    if x.dtype == torch.uint8:
+        x = x.float().div_(255)
+    elif not x.is_floating_point():
+        raise bad(f"{x.dtype} images")
+    if y.is_floating_point() or y.dtype == torch.bool:
+        raise bad(f"{y.dtype} labels")
+    y = y.long()
+    if int(y.min()) < 0 or int(y.max()) >= info.num_classes:
+        raise bad(f"labels in {int(y.min())}..{int(y.max())}")
+    if tuple(x.shape[-2:]) != tuple(info.image_shape[1:]) and info.stored_size is None:
+        raise bad(f"{tuple(x.shape[-2:])} images for a {tuple(info.image_shape[1:])} network (declare "
+                  "DatasetInfo.stored_size to have them padded or resized)")
+    x = fit_to_network(x, info.image_shape[1:], card.get("fit"))
+    return normalize(x, dataset, card), y
+
+
+def load_split(dataset: str, split: str = "test", data_root: str | None = None, card: dict | None = None):
+    """The ``test`` or ``train`` split of the registered ``dataset``, read by its loader and preprocessed as the
+    teacher ``card`` says (default: the dataset's standard preprocessing): ``(images, labels)`` or a
+    :class:`BatchSource`. One line for an unknown dataset, a split its loader does not read, or missing data."""
+    from zsqbench.registry import get_registry
+    from zsqbench.teacher.card import default_card
+    registry = get_registry()
+    ds = registry.dataset(dataset)
+    provider = registry.datasets[dataset].provider if dataset in registry.datasets else "?"
+    if split not in ds.loader.splits:
+        raise UserError(f"the {dataset} loader ({provider}) reads only the {', '.join(ds.loader.splits)} split(s), "
+                        f"not {split}")
+    card = card or default_card(dataset)
+    try:
+        out = ds.loader.load(split, data_root, card)
+    except DataNotFound as e:
+        raise _missing(dataset, e, data_root, ds.loader.how_to_get) from None
+    return _finish(dataset, ds.info, provider, out, card)
+
+
+def load_test_set(dataset: str, data_root: str | None = None, card: dict | None = None):
+    """The real test split: a (images, labels) pair, or a :class:`BatchSource` (ImageNet)."""
+    return load_split(dataset, "test", data_root, card)
+
+
+def load_dev_set(dataset: str, data_root: str | None = None, card: dict | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The last 10 000 images of the *train* split: where to choose settings, so that the test split is only
+    ever used to report. The embedded teachers saw these images in training, so top-1 on them runs higher
+    than on test; compare settings with it, never report it."""
+    from zsqbench.registry import get_registry
+    if "train" not in get_registry().dataset(dataset).loader.splits:
+        raise UserError(f"eval.split=dev needs the train split of {dataset}, which zsqbench does not read; "
+                        "use eval.split=test")
+    data = load_split(dataset, "train", data_root, card)
+    if hasattr(data, "batches"):
+        raise UserError(f"eval.split=dev needs the train split of {dataset} in memory, but its loader returns "
+                        "batches; use eval.split=test")
+    x, y = data
+    return x[-DEV_SIZE:], y[-DEV_SIZE:]
+
+
+def load_eval_set(dataset: str, split: str = "test", data_root: str | None = None, card: dict | None = None):
+    """The split a run is scored on: ``test`` (what records report) or ``dev`` (:func:`load_dev_set`), preprocessed
+    as the teacher ``card`` says (default: the dataset's standard preprocessing)."""
+    if split == "test":
+        return load_test_set(dataset, data_root, card)
+    if split == "dev":
+        return load_dev_set(dataset, data_root, card)
+    raise UserError(f"eval.split must be one of {', '.join(EVAL_SPLITS)}, got {split!r}")
+
+
+# --- the built-in datasets' loaders (registered by zsqbench.builtin) ----------------------------------------
+
+class FashionMNISTLoader(DatasetLoader):
+    """Fashion-MNIST idx files (.gz or not): 1x28x28 uint8 pixels, padded to 32x32 by the core (DatasetInfo
+    ``stored_size``). Without a named root, the Debian package's copy in :data:`FMNIST_SYSTEM_DIR`."""
+    splits = ("test", "train")
+    how_to_get = ("install it with `apt-get install dataset-fashion-mnist` (Debian/Ubuntu), or put the four "
+                  "*-idx?-ubyte.gz files in --data-root / $ZSQBENCH_DATA_ROOT")
+
+    def load(self, split, data_root, card):
+        prefix = "t10k" if split == "test" else "train"
+        tried = candidate_dirs(data_root, ["fashion-mnist", "fmnist", "FashionMNIST/raw"], [FMNIST_SYSTEM_DIR])
+        for d in tried:
+            img = next((d / f"{prefix}-images-idx3-ubyte{s}" for s in (".gz", "")
+                        if (d / f"{prefix}-images-idx3-ubyte{s}").is_file()), None)
+            lab = next((d / f"{prefix}-labels-idx1-ubyte{s}" for s in (".gz", "")
+                        if (d / f"{prefix}-labels-idx1-ubyte{s}").is_file()), None)
+            if img and lab:
+                x = torch.from_numpy(read_idx(img).copy()).unsqueeze(1)
+                y = torch.from_numpy(read_idx(lab).astype(np.int64))
+                if len(x) != len(y):
+                    raise UserError(f"{img} and {lab} disagree on the number of samples")
+                return x, y
+        raise DataNotFound(tried, f"{prefix}-images-idx3-ubyte.gz + {prefix}-labels-idx1-ubyte.gz")
+
+
+class CIFARLoader(DatasetLoader):
+    """CIFAR-10 / CIFAR-100 python pickle batches."""
+    splits = ("test", "train")
+
+    def __init__(self, classes: int):
+        self.classes = classes
+        if classes == 10:
+            tarball, self.folder, self.label_key = "cifar-10-python.tar.gz", "cifar-10-batches-py", b"labels"
+            self.names = {"test": ["test_batch"], "train": [f"data_batch_{i}" for i in range(1, 6)]}
+        else:
+            tarball, self.folder, self.label_key = "cifar-100-python.tar.gz", "cifar-100-python", b"fine_labels"
+            self.names = {"test": ["test"], "train": ["train"]}
+        self.how_to_get = (f"download {tarball} from https://www.cs.toronto.edu/~kriz/cifar.html, unpack it and "
+                           f"pass --data-root pointing at {self.folder} (or its parent)")
+
+    def load(self, split, data_root, card):
+        paths = find_files(data_root, self.names[split], [self.folder])
+        xs, ys = [], []
+        for path in paths:
+            try:
+                with open(path, "rb") as f:
+                    batch = pickle.load(f, encoding="bytes")  # the official CIFAR format is a pickle
+                xs.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+                ys.append(np.asarray(batch[self.label_key], dtype=np.int64))
+            except Exception as e:
+                raise UserError(f"{path} is not a CIFAR python batch ({type(e).__name__})") from None
+        return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
+
 
 IMG_EXT = {".jpeg", ".jpg", ".png", ".bmp", ".webp"}
 
 
+class ImageNetValLoader(DatasetLoader):
+    """ImageNet val as class folders, decoded lazily (:class:`ImageFolderVal`); no train split."""
+    splits = ("test",)
+    how_to_get = ("pass --data-root pointing at the ImageNet val/ folder laid out as one sub-folder per class "
+                  "(sorted wnids), or its parent")
+
+    def load(self, split, data_root, card):
+        tried = candidate_dirs(data_root, ["val"])
+        first_error = None
+        for d in tried:
+            if d.is_dir() and any(p.is_dir() for p in d.iterdir()):
+                try:
+                    return ImageFolderVal(d, card)
+                except UserError as e:  # e.g. the parent of val/: its sub-folders hold class folders, not images
+                    first_error = first_error or e
+        raise first_error or DataNotFound(tried, "class folders of images")
+
+
 class ImageFolderVal:
     """ImageNet val as class folders (sorted names = class indices); resize 256 (shorter side), centre crop
-    224, normalise. Decoded lazily in batches so 50k images never sit in memory at once."""
+    224, normalise. Decoded lazily in batches so 50k images never sit in memory at once (a :class:`BatchSource`)."""
 
     def __init__(self, root: Path, card: dict | None = None):
         self.card = card
@@ -159,7 +363,7 @@ class ImageFolderVal:
         self.samples = [(f, i) for i, c in enumerate(classes)
                         for f in sorted((root / c).iterdir()) if f.suffix.lower() in IMG_EXT]
         if not self.samples:
-            raise UserError(f"no images under {root}: {HOW_TO_GET['imagenet']}")
+            raise UserError(f"no images under {root}: {ImageNetValLoader.how_to_get}")
         self.classes = classes
 
     def __len__(self) -> int:
@@ -193,53 +397,19 @@ class ImageFolderVal:
             yield normalize(x, "imagenet", self.card), torch.tensor([c for _, c in chunk])
 
 
+# The built-in loaders by their old names (the teacher-training script and tests use them).
+
+def load_fmnist(split: str = "test", data_root: str | None = None, card: dict | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fashion-MNIST as (N,1,32,32) normalised float tensors (28x28 zero-padded by 2 pixels, or as the teacher
+    ``card`` says) and labels."""
+    return load_split("fmnist", split, data_root, card)
+
+
+def load_cifar(dataset: str, split: str = "test", data_root: str | None = None, card: dict | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    return load_split(dataset, split, data_root, card)
+
+
 def load_imagenet_val(data_root: str | None = None, card: dict | None = None) -> ImageFolderVal:
-    tried = _candidates("imagenet", data_root)
-    first_error = None
-    for d in tried:
-        if d.is_dir() and any(p.is_dir() for p in d.iterdir()):
-            try:
-                return ImageFolderVal(d, card)
-            except UserError as e:  # e.g. the parent of val/: its sub-folders hold class folders, not images
-                first_error = first_error or e
-    raise first_error or _missing("imagenet", tried, "class folders of images", data_root)
-
-
-def load_test_set(dataset: str, data_root: str | None = None, card: dict | None = None):
-    """The real test split: a (images, labels) pair, or an :class:`ImageFolderVal` for ImageNet."""
-    if dataset == "fmnist":
-        return load_fmnist("test", data_root, card)
-    if dataset in ("cifar10", "cifar100"):
-        return load_cifar(dataset, "test", data_root, card)
-    if dataset == "imagenet":
-        return load_imagenet_val(data_root, card)
-    raise UserError(f"no evaluation data loader for dataset {dataset!r}")
-
-
-DEV_SIZE = 10_000
-EVAL_SPLITS = ("test", "dev")
-
-
-def load_dev_set(dataset: str, data_root: str | None = None, card: dict | None = None
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The last 10 000 images of the *train* split: where to choose settings, so that the test split is only
-    ever used to report. The embedded teachers saw these images in training, so top-1 on them runs higher
-    than on test; compare settings with it, never report it."""
-    if dataset == "fmnist":
-        x, y = load_fmnist("train", data_root, card)
-    elif dataset in ("cifar10", "cifar100"):
-        x, y = load_cifar(dataset, "train", data_root, card)
-    else:
-        raise UserError(f"eval.split=dev needs the train split of {dataset}, which zsqbench does not read; "
-                        "use eval.split=test")
-    return x[-DEV_SIZE:], y[-DEV_SIZE:]
-
-
-def load_eval_set(dataset: str, split: str = "test", data_root: str | None = None, card: dict | None = None):
-    """The split a run is scored on: ``test`` (what records report) or ``dev`` (:func:`load_dev_set`), preprocessed
-    as the teacher ``card`` says (default: the dataset's standard preprocessing)."""
-    if split == "test":
-        return load_test_set(dataset, data_root, card)
-    if split == "dev":
-        return load_dev_set(dataset, data_root, card)
-    raise UserError(f"eval.split must be one of {', '.join(EVAL_SPLITS)}, got {split!r}")
+    return load_split("imagenet", "test", data_root, card)

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from zsqbench.evaluation.data import ImageFolderVal, load_eval_set
+from zsqbench.evaluation.data import load_eval_set
 from zsqbench.evaluation.diagnostics import TeacherProbe, has_module
 
 
@@ -19,7 +19,7 @@ class Evaluator:
                  batch_size: int = 100, split: str = "test", card: dict | None = None):
         self.dataset, self.device, self.batch_size = dataset, device, batch_size
         data = load_eval_set(dataset, split, data_root, card)  # fails early, with how-to-get-it, if missing
-        if isinstance(data, ImageFolderVal):
+        if hasattr(data, "batches"):  # a BatchSource (ImageNet val), decoded batch by batch
             self.folder, self.images, self.labels = data, None, None
             self.n = min(len(data), limit) if limit else len(data)
         else:

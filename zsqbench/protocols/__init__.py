@@ -63,8 +63,8 @@ def parse_value(text: str) -> Any:
 
 
 # settings a protocol may leave out (--set may still give them): eval.split, absent = "test"; "dev" scores on
-# held-out train images, to choose settings (never to report)
-OPTIONAL_KEYS = frozenset({"eval.split"})
+# held-out train images, to choose settings (never to report); train.average_from, absent = off (the last weights)
+OPTIONAL_KEYS = frozenset({"eval.split", "train.average_from"})
 
 
 def apply_overrides(config: dict, overrides: list[str]) -> dict:

@@ -7,7 +7,7 @@ import torch.nn as nn
 from pydantic import Field
 
 from zsqbench.interfaces import Quantizer
-from zsqbench.quantizer.fakequant import act_quantizers, quantize_model, set_calibrating
+from zsqbench.quantizer.fakequant import act_quantizers, quantize_model, ranges_frozen, set_calibrating
 
 
 class MinMaxEMAQuantizer(Quantizer):
@@ -20,14 +20,19 @@ class MinMaxEMAQuantizer(Quantizer):
             "ema", description="activation ranges: EMA of batch min/max, the official update, or running min/max")
         momentum: float = Field(0.9, gt=0, lt=1, description="EMA momentum of the activation ranges")
 
-    def quantize(self, model: nn.Module, wbits: int, abits: int, activation_types=None,
-                 quantize_inputs: bool = False) -> nn.Module:
+    capabilities = frozenset({"quantize_inputs", "activation_types", "freeze_ranges"})
+
+    def quantize(self, model: nn.Module, wbits: int, abits: int, *, quantize_inputs: bool = False,
+                 activation_types=None) -> nn.Module:
         kw = {} if activation_types is None else {"activation_types": activation_types}
         return quantize_model(model, wbits, abits, range_rule=self.config["range_rule"],
                               momentum=self.config["momentum"], quantize_inputs=quantize_inputs, **kw)
 
     def set_calibrating(self, model: nn.Module, on: bool) -> None:
         set_calibrating(model, on)
+
+    def ranges_frozen(self, model: nn.Module):
+        return ranges_frozen(model)
 
     def uncalibrated(self, model: nn.Module) -> list[str]:
         names = {id(m): n for n, m in model.named_modules()}
@@ -38,6 +43,7 @@ class NoQuantizer(Quantizer):
     name = "none"
     description = "Leaves the network in floating point (the FP reference)"
 
-    def quantize(self, model: nn.Module, wbits: int, abits: int, activation_types=None) -> nn.Module:
+    def quantize(self, model: nn.Module, wbits: int, abits: int, *, quantize_inputs: bool = False,
+                 activation_types=None) -> nn.Module:
         import copy
         return copy.deepcopy(model)

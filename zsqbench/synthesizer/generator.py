@@ -8,6 +8,7 @@ product by class-conditional BN (per-class gamma/beta). It always runs in train 
 from __future__ import annotations
 
 import abc
+from dataclasses import dataclass
 from typing import Annotated
 
 import torch
@@ -15,8 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from pydantic import Field
 
-from zsqbench.interfaces import Batch, RunContext, Synthesizer
-from zsqbench.quantizer.fakequant import ranges_frozen
+from zsqbench.interfaces import Batch, RunContext, Synthesizer, soft_cross_entropy
 from zsqbench.synthesizer.bns import BNStatHooks
 
 
@@ -32,7 +32,13 @@ class ConditionalBatchNorm2d(nn.BatchNorm2d):
 
     def forward(self, x, labels=None):
         out = super().forward(x)
-        return out * self.gamma(labels)[:, :, None, None] + self.beta(labels)[:, :, None, None]
+        return out * embed(self.gamma, labels)[:, :, None, None] + embed(self.beta, labels)[:, :, None, None]
+
+
+def embed(table: nn.Embedding, labels: torch.Tensor) -> torch.Tensor:
+    """Rows of ``table`` for class indices (B,), or their mixture for a (B, num_classes) weight matrix
+    (Qimera's superposed embeddings: sum_c w_c E[c])."""
+    return table(labels) if labels.dim() == 1 else labels.to(table.weight.dtype) @ table.weight
 
 
 class Generator(nn.Module):
@@ -63,7 +69,8 @@ class Generator(nn.Module):
         return layer(x, labels) if self.conditional_bn else layer(x)
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        x = z if self.conditional_bn else self.label_emb(labels) * z
+        """``labels``: class indices (B,), or a (B, num_classes) mixture whose embeddings are superposed."""
+        x = z if self.conditional_bn else embed(self.label_emb, labels) * z
         x = self.l1(x).view(x.shape[0], self.width, self.init_size, self.init_size)
         x = self._bn(self.bn0, x, labels)
         x = F.interpolate(x, scale_factor=2)
@@ -73,13 +80,36 @@ class Generator(nn.Module):
         return self.bn_out(self.tanh(self.conv3(x)))
 
 
+@dataclass
+class Conditioning:
+    """What one generator batch is made for. ``labels``: the class of each image (B,); ``soft_labels``: an optional
+    (B, num_classes) mixture the images stand for (Qimera's superposed embeddings), which becomes the distiller's
+    target through :attr:`Batch.soft_labels`."""
+
+    labels: torch.Tensor
+    soft_labels: torch.Tensor | None = None
+
+    def cross_entropy(self, logits: torch.Tensor) -> torch.Tensor:
+        """CE of ``logits`` against the soft mixture when there is one, else the hard labels."""
+        return soft_cross_entropy(logits, self.labels if self.soft_labels is None else self.soft_labels)
+
+
 class GeneratorSynthesizer(Synthesizer):
     """One generator step per call of :meth:`next_batch`, then the detached batch goes to the distiller.
 
-    Subclasses give :meth:`generator_loss` (and may override :meth:`build_generator`, e.g. BAG quantizes it).
-    The teacher's logits from the generator step are handed on, so the distiller does not run it again
-    (the official GDFQ trainer reuses them the same way). With ``student_feedback = True`` (AdaDFQ) the student
-    also runs on the generated images and its logits, not detached, reach :meth:`generator_loss`.
+    The step (:meth:`next_batch`) is shared; a method overrides only where it differs:
+
+    * :meth:`sample_conditioning` — which classes (or class mixtures) each image is made for;
+    * :meth:`build_generator` — the network (e.g. BAG quantizes it, Qimera adds a mapping layer);
+    * :meth:`generate` — how the generator is called with the noise and the conditioning;
+    * :meth:`generator_loss` — required: the generator's loss;
+    * ``student_feedback = True`` and :meth:`student_logits` — the student runs on the generated images too and
+      its logits (not detached) reach :meth:`generator_loss` (AdaDFQ).
+
+    :meth:`prepare` creates ``self.generator``, ``self.optimizer`` (Adam), ``self.scheduler`` and ``self.bns`` (the
+    teacher's BN-statistics hooks: ``self.bns.loss()`` is the BNS term of the last teacher pass). The teacher's
+    logits from the generator step are handed on, so the distiller does not run it again (the official GDFQ
+    trainer reuses them the same way).
     """
 
     student_feedback: bool = False
@@ -95,6 +125,7 @@ class GeneratorSynthesizer(Synthesizer):
         gamma: float = Field(0.1, gt=0, le=1)
 
     def build_generator(self, ctx: RunContext) -> nn.Module:
+        """The generator network (GDFQ's by default); called once by :meth:`prepare`."""
         cfg = self.config
         return Generator(ctx.num_classes, ctx.image_shape, cfg["latent_dim"], cfg["width"], cfg["conditional_bn"])
 
@@ -107,11 +138,20 @@ class GeneratorSynthesizer(Synthesizer):
             self.optimizer, [max(1, round(f * total)) for f in cfg["milestones"]], cfg["gamma"])
         self.bns = BNStatHooks(ctx.teacher)
 
+    def sample_conditioning(self, ctx: RunContext, batch_size: int) -> Conditioning:
+        """One uniformly drawn class per image (GDFQ)."""
+        return Conditioning(ctx.random_labels(batch_size))
+
+    def generate(self, ctx: RunContext, z: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        """Images from noise ``z`` (B, latent_dim) and the conditioning: ``self.generator(z, cond.labels)``."""
+        return self.generator(z, cond.labels)
+
     @abc.abstractmethod
-    def generator_loss(self, ctx: RunContext, images: torch.Tensor, labels: torch.Tensor,
+    def generator_loss(self, ctx: RunContext, images: torch.Tensor, cond: Conditioning,
                        teacher_logits: torch.Tensor, student_logits: torch.Tensor | None = None
                        ) -> tuple[torch.Tensor, dict[str, float]]:
-        """The generator's loss for one batch and its named parts (floats)."""
+        """The generator's loss for one batch and its named parts (floats). ``cond.labels`` are the classes the
+        images were made for; ``cond.cross_entropy(logits)`` scores logits against them (soft when mixed)."""
 
     def student_logits(self, ctx: RunContext, images: torch.Tensor) -> torch.Tensor:
         """The student's logits on the generated images, as feedback for the generator: its activation ranges
@@ -120,7 +160,7 @@ class GeneratorSynthesizer(Synthesizer):
         for p in params:
             p.requires_grad_(False)
         try:
-            with ranges_frozen(ctx.student):
+            with ctx.quantizer.ranges_frozen(ctx.student):
                 return ctx.student(images)
         finally:
             for p in params:
@@ -128,15 +168,17 @@ class GeneratorSynthesizer(Synthesizer):
 
     def next_batch(self, ctx: RunContext, batch_size: int) -> Batch:
         z = torch.randn(batch_size, self.config["latent_dim"], device=ctx.device)
-        labels = ctx.random_labels(batch_size)
-        images = self.generator(z, labels)
+        cond = self.sample_conditioning(ctx, batch_size)
+        images = self.generate(ctx, z, cond)
         with self.bns.recording():
             teacher_logits = ctx.teacher(images)
         student_logits = self.student_logits(ctx, images) if self.student_feedback else None
-        loss, parts = self.generator_loss(ctx, images, labels, teacher_logits, student_logits)
+        loss, parts = self.generator_loss(ctx, images, cond, teacher_logits, student_logits)
         ctx.check_finite(loss, "generator")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
         self.scheduler.step()
-        return Batch(images.detach(), labels, teacher_logits.detach(), {"loss_g": loss.item(), **parts})
+        soft = None if cond.soft_labels is None else cond.soft_labels.detach()
+        return Batch(images.detach(), cond.labels, teacher_logits.detach(), {"loss_g": loss.item(), **parts},
+                     soft_labels=soft)

@@ -313,7 +313,6 @@ def build_set(spec, force: bool = False) -> dict:
     """Build (or find in the cache) the synthetic set of ``spec``'s method on its teacher, without a student: what
     ``zsqbench synth`` runs. Returns the synthesis stats with the set's file and its PNG grid."""
     from zsqbench.loop import resolve, resolve_device, seed_everything
-    from zsqbench.teacher.datasets import DATASETS
     from zsqbench.teacher.zoo import load_teacher
     resolved = resolve(spec)
     synth, model_spec = resolved["instances"]["synthesizer"], resolved["model_spec"]
@@ -324,7 +323,7 @@ def build_set(spec, force: bool = False) -> dict:
     device = resolve_device(spec.device)
     teacher, info = load_teacher(model_spec, spec.weights, spec.cache_dir)
     seed_everything(spec.seed)
-    ctx = RunContext(teacher=teacher.to(device), student=None, model=model_spec, dataset=DATASETS[model_spec.dataset],
+    ctx = RunContext(teacher=teacher.to(device), student=None, model=model_spec, dataset=resolved["dataset"],
                      wbits=spec.wbits, abits=spec.abits, quantizer=None, device=device, seed=spec.seed,
                      total_steps=0, warmup_steps=0, cache_dir=spec.cache_dir, teacher_hash=info.get("sha256"))
     path = synth.cache_path(ctx)

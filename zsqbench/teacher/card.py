@@ -7,12 +7,14 @@ Where a run's card comes from, first match wins:
 1. ``run --teacher-card FILE``;
 2. ``<weights>.card.json`` beside a ``--weights`` file;
 3. the embedded teacher's ``"card"`` entry in ``zsqbench/teacher/weights/manifest.json``;
-4. the dataset's standard preprocessing (:mod:`zsqbench.teacher.datasets`; reference §0), recorded as such.
+4. the dataset's standard preprocessing (its registered :class:`~zsqbench.teacher.datasets.DatasetInfo`;
+   reference §0), recorded as such.
 
 A card file is JSON: ``{"mean": [0.2190], "std": [0.3318], "fit": "pad"}``. ``fit`` says how Fashion-MNIST's 28×28
 images reach the 32×32 input — ``pad`` (2 zero pixels each side, before normalising) or ``resize`` (bilinear);
 leave it out for datasets whose images already have the network's size (CIFAR) or a fixed recipe (ImageNet: resize
-256, centre crop 224).
+256, centre crop 224). Only datasets that declare a ``stored_size`` (images smaller than the network input) take a
+``fit``; theirs defaults to ``pad``.
 """
 from __future__ import annotations
 
@@ -24,10 +26,9 @@ from pydantic import Field
 
 from zsqbench.errors import UserError
 from zsqbench.settings import Settings, check
-from zsqbench.teacher.datasets import DATASETS
+from zsqbench.teacher.datasets import dataset_info
 
 CARD_SUFFIX = ".card.json"
-SMALL_IMAGES = {"fmnist": (28, 28)}  # datasets whose stored images are smaller than the network input
 
 
 class TeacherCard(Settings):
@@ -38,22 +39,28 @@ class TeacherCard(Settings):
 
 
 def default_card(dataset: str) -> dict:
-    info = DATASETS[dataset]
-    return {"mean": list(info.mean), "std": list(info.std), "fit": "pad" if dataset in SMALL_IMAGES else None}
+    info = dataset_info(dataset)
+    return {"mean": list(info.mean), "std": list(info.std), "fit": "pad" if info.stored_size else None}
+
+
+def _small_image_datasets() -> list[str]:
+    from zsqbench.registry import get_registry
+    return sorted(name for name, e in get_registry().datasets.items() if e.obj.info.stored_size)
 
 
 def check_card(card: dict, dataset: str, where: str) -> dict:
     """A complete card for ``dataset`` (``fit`` filled in), or one line saying what is wrong with it."""
     check(TeacherCard, card, f"teacher card {where}")
-    channels = DATASETS[dataset].image_shape[0]
+    info = dataset_info(dataset)
+    channels = info.image_shape[0]
     for key in ("mean", "std"):
         if len(card[key]) != channels:
             raise UserError(f"teacher card {where}: {key} has {len(card[key])} values, but {dataset} images have "
                             f"{channels} channel(s)")
     fit = card.get("fit")
-    if fit is not None and dataset not in SMALL_IMAGES:
+    if fit is not None and not info.stored_size:
         raise UserError(f"teacher card {where}: fit={fit!r} applies only to images smaller than the network input "
-                        f"({', '.join(SMALL_IMAGES)}); leave it out for {dataset}")
+                        f"({', '.join(_small_image_datasets())}); leave it out for {dataset}")
     return {"mean": [float(m) for m in card["mean"]], "std": [float(s) for s in card["std"]],
             "fit": fit or default_card(dataset)["fit"]}
 
@@ -89,6 +96,10 @@ def resolve_card(model_spec, weights: str | None, card_file: str | None) -> dict
         if beside.is_file():
             return {**read_card(beside, dataset), "source": str(beside)}
         return {**default_card(dataset), "source": f"dataset default (no {beside.name} beside the weights)"}
+    if getattr(model_spec, "weights_file", None):  # a plugin teacher's own weights: its card beside them
+        beside = Path(str(model_spec.weights_file) + CARD_SUFFIX)
+        if beside.is_file():
+            return {**read_card(beside, dataset), "source": str(beside)}
     if model_spec.embedded_weights:
         from zsqbench.teacher.zoo import MANIFEST, read_manifest
         entry = read_manifest().get(model_spec.embedded_weights) or {}

@@ -1,7 +1,10 @@
 """Teacher architectures (pytorchcv 0.0.67) and where their weights come from.
 
-A :class:`ModelSpec` says how to build a network for one dataset, where its trained weights live, and which
-modules carry the features that distillers hook (block outputs for channel attention, the pooled feature).
+A :class:`ModelSpec` says how to build a network for one dataset (a registered dataset's name: built-in or a
+plugin's, see :meth:`zsqbench.registry.Registry.add_dataset`), where its trained weights live (the embedded manifest,
+a pytorchcv download, or a plugin's own ``weights_file``: a state_dict saved with ``torch.save``, read with
+``weights_only=True``, its teacher card beside it as ``<file>.card.json``), and which modules carry the features that
+distillers hook (block outputs for channel attention, the pooled feature).
 Models are registered by the built-in plugin (:mod:`zsqbench.builtin`) through the same registry as
 third-party ones.
 """
@@ -25,13 +28,14 @@ MANIFEST = WEIGHTS_DIR / "manifest.json"
 @dataclass
 class ModelSpec:
     name: str                       # architecture name, e.g. "resnet20"
-    dataset: str                    # dataset key in zsqbench.teacher.datasets.DATASETS
+    dataset: str                    # a registered dataset's name (Registry.add_dataset), built-in or a plugin's
     build: Callable[[], nn.Module]  # untrained network
     block_types: tuple[str, ...]    # class names whose outputs (or named submodule's) are "blocks" for feature KD
     block_submodule: str | None = None  # e.g. "body" for ResUnit: hook that child, not the unit itself
     pool_module: str = "features.final_pool"  # pooled feature (IntraQ's MDC, diagnostics)
     embedded_weights: str | None = None       # key in weights/manifest.json
     pytorchcv_name: str | None = None         # pretrained download name for paper teachers
+    weights_file: str | Path | None = None    # a plugin's own trained state_dict (torch.save), e.g. package data
     notes: str = ""
     provider: str = field(default="zsqbench", compare=False)
 
@@ -105,6 +109,13 @@ def load_teacher(spec: ModelSpec, weights: str | None = None, cache_dir: str | N
         state = _load_state_dict(path)
         info = {"source": "embedded", "path": str(path), "sha256": digest,
                 "manifest_fp_top1": entry.get("fp_top1")}
+    elif spec.weights_file:
+        path = Path(spec.weights_file)
+        if not path.is_file():
+            raise UserError(f"weights file of {spec.key} ({spec.provider}) not found: {path} — reinstall the plugin "
+                            "or pass --weights PATH")
+        state = _load_state_dict(path)
+        info = {"source": "plugin", "path": str(path), "sha256": sha256_file(path)}
     elif spec.pytorchcv_name:
         net, info = _pytorchcv_pretrained(spec, cache_dir)
         state = None
