@@ -5,7 +5,8 @@ past the step where the mean dev-split curve stops rising. Every run is an off-p
 (`--set eval.split=dev ...`), so the grid resumes like any sweep, and its records never enter a leaderboard.
 
     python benchmarks/learning_curves.py run  [--methods gdfq,hast] [--models resnet20@fmnist] [--bits 3]
-                                              [--seeds 0,1,2] [--jobs 2] [--out sweeps/curves] [--dry-run]
+                                              [--seeds 0,1,2] [--schedule constant|official|late|swa|swa-late]
+                                              [--jobs 2] [--out sweeps/curves] [--dry-run]
     python benchmarks/learning_curves.py collect [--out sweeps/curves]   # -> benchmarks/curves/curves.json
     python benchmarks/learning_curves.py plot                            # -> benchmarks/curves/<method>.png
     python benchmarks/learning_curves.py table                           # plateau table (markdown)
@@ -124,7 +125,7 @@ def cmd_collect(args) -> None:
             "diverged": rec["diverged"], "split": cfg["eval"].get("split", "test"), "eval_samples": rec["eval_samples"],
             "batch_size": cfg["train"]["batch_size"], "lr": cfg["train"]["lr"],
             "warmup_steps": cfg["train"]["warmup_steps"], "steps": cfg["train"]["steps"],
-            "milestones": cfg["train"]["milestones"],
+            "milestones": cfg["train"]["milestones"], "average_from": cfg["train"].get("average_from"),
             "schedule": _schedule_name(cfg["train"]),
             "history": [[h["step"], h["top1"]] for h in rec["eval_history"]],
             "mean_step_s": rec["timing"]["mean_step_s"], "phases_s": rec["timing"]["phases_s"],
@@ -204,8 +205,12 @@ def cmd_plot(args) -> None:
             r0 = mine[0]
             decays = ", x0.1 at " + "/".join(str(round(f * r0["steps"])) for f in r0["milestones"]) \
                 if r0["milestones"] else ", constant"
-            ax.set_title(f"{model} {bits}\nbatch {r0['batch_size']}, lr {r0['lr']:g}{decays}, warm-up "
-                         f"{r0['warmup_steps']}", fontsize=9)
+            if r0.get("average_from") is not None:  # evaluations after this step score the running weight average
+                start = round(r0["average_from"] * r0["steps"])
+                decays += f", weights averaged from {start}"
+                ax.axvspan(start, r0["steps"], color="tab:green", alpha=0.08, label="averaged weights")
+            ax.set_title(f"{model} {bits}, batch {r0['batch_size']}, lr {r0['lr']:g}, warm-up {r0['warmup_steps']}\n"
+                         f"{decays.lstrip(', ')}", fontsize=8)
             ax.set_xlabel("distillation step")
             ax.set_ylabel(f"dev top-1 % ({r0['eval_samples']} images)")
             ax.grid(alpha=0.3)

@@ -81,7 +81,9 @@ def protocol_budget(proto: dict) -> tuple[str, str]:
     limit = ev.get("limit")
     scored = f"first {limit} test images" if limit else "full test set"
     every = ev.get("every")
+    average = (f", scoring the weights averaged over the last {train['steps'] - round(train['average_from'] * train['steps'])}"
+               f" steps" if train.get("average_from") is not None else "")
     budget = (f"{train['warmup_steps']} warm-up + {train['steps']} steps at batch {train['batch_size']}, "
-              f"{train['optimizer']} lr {train['lr']:g} ({schedule}); {scored}"
+              f"{train['optimizer']} lr {train['lr']:g} ({schedule}){average}; {scored}"
               + (f", every {every} steps" if every else ", at the end"))
     return grid, budget

@@ -14,8 +14,10 @@ from zsqbench.errors import UserError
 
 BUILTIN_DIR = Path(__file__).parent
 REQUIRED = ("name", "version", "description", "models", "bits", "seeds", "train", "eval")
-# where a job may run, not what it computes (Ray resources per job): outside the hash, so no record changes
-UNHASHED_KEYS = ("resources",)
+# outside the hash, because they do not change what any one job computes: where a job may run (Ray resources),
+# the prose (description, notes: a note can be corrected without re-running a grid), and which seeds the grid has
+# (each job's own seed is in its identity; adding seeds 3-4 for statistical power keeps seeds 0-2 done)
+UNHASHED_KEYS = ("resources", "description", "notes", "seeds")
 
 
 def canonical_hash(obj: Any) -> str:
