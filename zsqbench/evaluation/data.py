@@ -37,6 +37,7 @@ A model on it is ``ModelSpec("mynet", "fmnist-shoes", ...)`` (key ``mynet@fmnist
 """
 from __future__ import annotations
 
+import abc
 import gzip
 import os
 import pickle
@@ -69,7 +70,7 @@ class BatchSource(Protocol):
         already at the network's size and normalised with the ``card`` the loader was given (:func:`normalize`)."""
 
 
-class DatasetLoader:
+class DatasetLoader(abc.ABC):
     """How the evaluation step reads a registered dataset's real images. Subclassing is optional: any object (or
     class built with no arguments) with these three attributes can be passed to ``registry.add_dataset``.
 
@@ -97,8 +98,9 @@ class DatasetLoader:
     splits: tuple[str, ...] = ("test",)
     how_to_get: str = ""
 
+    @abc.abstractmethod
     def load(self, split: str, data_root: str | None, card: dict):
-        raise NotImplementedError
+        """See the class docstring: ``(images, labels)`` or a :class:`BatchSource`."""
 
 
 class DataNotFound(UserError):

@@ -23,6 +23,7 @@ from zsqbench.evaluation.data import load_fmnist
 from zsqbench.teacher.card import default_card
 from zsqbench.teacher.zoo import MANIFEST, WEIGHTS_DIR, builtin_models, read_manifest, sha256_file
 
+EMBEDDED_DATASET = "fmnist"  # the embedded teachers this script trains are Fashion-MNIST ones (its data reader too)
 EQUALIZE_IMAGES = 20000  # training images whose ReLU peaks set the cross-layer equalisation
 
 
@@ -166,7 +167,7 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
-    spec = next(s for s in builtin_models() if s.name == args.model and s.dataset == "fmnist")
+    spec = {s.key: s for s in builtin_models()}[f"{args.model}@{EMBEDDED_DATASET}"]
     net = spec.build()
     xtr, ytr = load_fmnist("train", args.data_root)
     xte, yte = load_fmnist("test", args.data_root)
@@ -235,7 +236,7 @@ def post_process_embedded(args) -> None:
     """Apply the post-processing steps to already committed weights (trained before a step was part of this
     script) and record them, with the re-measured top-1, in the manifest."""
     from zsqbench.teacher.zoo import load_teacher
-    spec = next(s for s in builtin_models() if s.name == args.model and s.dataset == "fmnist")
+    spec = {s.key: s for s in builtin_models()}[f"{args.model}@{EMBEDDED_DATASET}"]
     net, _ = load_teacher(spec)
     xte, yte = load_fmnist("test", args.data_root)
     before = evaluate(net, xte, yte)
