@@ -146,6 +146,20 @@ def test_build_aggregates_over_seeds(tmp_path, results, real_record):
     assert lb["protocol"] == real_record[1]["protocol"] and lb["headline"] == "final_top1"
 
 
+def test_build_methods_filter(tmp_path, results):
+    """--methods keeps only those methods' records (the rows a still-running grid has finished); a named method with
+    no records is one line, exit 2, no file."""
+    out = tmp_path / "lb" / "smoke.json"
+    proc = invoke("leaderboard", "build", "--protocol", "smoke", results, "-o", out, "--methods", "bag,noise")
+    assert proc.exit_code == 0, proc.output
+    lb = json.loads(out.read_text())
+    assert sorted(rows_by_method(lb)) == ["bag", "noise"] and lb["provenance"]["records"] == 4
+    assert lb["provenance"]["command"].endswith("--methods bag,noise")
+    out2 = tmp_path / "lb2" / "smoke.json"
+    proc = invoke("leaderboard", "build", "--protocol", "smoke", results, "-o", out2, "--methods", "bag,qimera")
+    assert proc.exit_code == 2 and "no records of method(s) qimera" in proc.stderr and not out2.exists()
+
+
 REFUSALS = {
     "duplicate-seed": (dict(seed=1, final=90.0), "_dup", ["duplicate seed 1", "gdfq", "resnet20@fmnist W4A4"]),
     "mixed-version": (dict(seed=5, version=2), "", ["mixed versions of protocol 'smoke'", "v1", "v2"]),

@@ -27,7 +27,9 @@ def leaderboard():
 @click.argument("results", nargs=-1, required=True)
 @click.option("--output", "-o", default=None, type=click.Path(dir_okay=False),
               help="Leaderboard JSON to write (default: leaderboard/<protocol>.json).")
-def build(protocol, results, output):
+@click.option("--methods", "-m", default=None,
+              help="Only these methods' records (comma-separated), e.g. the rows a still-running grid has finished.")
+def build(protocol, results, output, methods):
     """Aggregate run records (files, or directories searched recursively) into a leaderboard JSON: one row per
     model@dataset, bits and method over seeds, headline = mean final top-1. Refuses records of another protocol
     or version, off-protocol records and duplicate seeds."""
@@ -37,7 +39,16 @@ def build(protocol, results, output):
     out = Path(output or f"leaderboard/{protocol}.json")
     c = collect(results)
     require_clean(c, results)
-    command = shlex.join(["zsqbench", "leaderboard", "build", "--protocol", protocol, *results, "-o", str(out)])
+    if methods:
+        wanted = [m.strip() for m in methods.split(",") if m.strip()]
+        found = {rec["method"]["name"] for _, rec in c.records}
+        missing = [m for m in wanted if m not in found]
+        if missing:
+            raise UserError(f"no records of method(s) {', '.join(missing)} in {', '.join(results)} "
+                            f"(methods there: {', '.join(sorted(found)) or 'none'})")
+        c.records = [(p, rec) for p, rec in c.records if rec["method"]["name"] in wanted]
+    command = shlex.join(["zsqbench", "leaderboard", "build", "--protocol", protocol, *results, "-o", str(out)]
+                         + (["--methods", methods] if methods else []))
     lb = build_leaderboard(c.records, protocol, len(results), command=command)
     errors = validate_leaderboard(lb)
     if errors:  # a bug, not bad input: never write an invalid leaderboard
