@@ -463,8 +463,9 @@ def diagnostics_section(board: Board, gslug: str, rows: list[tuple[int, dict]], 
             cache = (diag.get("synthesis") or {}).get("cache_file")
             png = Path(cache).with_suffix(".png") if cache else None
             if not preview_done and png is not None and png.is_file():
-                name = f"{gslug}-{slugify(r['method'])}-s{run['seed']}-preview.png"
-                shutil.copyfile(png, plotter.root / "img" / name)
+                name = f"{slugify(Path(cache).stem)}-preview.png"  # one file per set: bit-widths share a set
+                if not (plotter.root / "img" / name).exists():
+                    shutil.copyfile(png, plotter.root / "img" / name)
                 previews.append(
                     f'<figure class="preview"><img src="img/{esc(name)}" alt="{esc(r["method"])} synthetic images, '
                     f'seed {run["seed"]}: one row per class"><figcaption>{esc(r["method"])}, seed '
