@@ -125,7 +125,7 @@ def test_installed_example_is_listed_with_its_provider(cli, site):
     settings = rows(proc.stdout)
     assert settings["synthesizer.labels"][1] == "'balanced' | 'uniform'"
     assert settings["synthesizer.smoothing"][1:3] == ["float ≥ 0, < 1", "0.1"]
-    assert settings["train.steps"][2:] == ["—", "400", "6"]  # cpu (balanced_smooth.json), smoke (the protocol)
+    assert settings["train.steps"][2:] == ["—", "1000", "6"]  # cpu and smoke: the protocols' steps
     assert settings["synthesizer.width"][2:] == ["128", "128", "32"]  # balanced_smooth.json's smoke entry
     # without the target folder on the path the plugin is gone: nothing leaked into the venv
     assert METHOD not in rows(cli("list", "methods").stdout, "methods")

@@ -306,7 +306,14 @@ def test_protocol_file_hash_ignores_key_order_and_stored_hash(tmp_path):
     a.write_text(json.dumps(proto))
     b.write_text(json.dumps({**dict(reversed(list(proto.items()))), "hash": "stale"}))
     pa, pb = load_protocol_file(a), load_protocol_file(b)
-    assert pa["hash"] == pb["hash"] == canonical_hash(proto)
+    computed = {k: v for k, v in proto.items() if k not in ("description", "notes", "seeds", "resources")}
+    assert pa["hash"] == pb["hash"] == canonical_hash(computed)
+    # prose and the seed list stay outside the hash: a corrected note or seeds 3-4 added keep every job done
+    for key, value in (("description", "other words"), ("notes", "a corrected note"), ("seeds", [0, 1, 2, 3, 4])):
+        b.write_text(json.dumps({**proto, key: value}))
+        assert load_protocol_file(b)["hash"] == pa["hash"], key
+    b.write_text(json.dumps({**proto, "train": {"steps": 2}}))
+    assert load_protocol_file(b)["hash"] != pa["hash"]
     del proto["seeds"]
     a.write_text(json.dumps(proto))
     with pytest.raises(UserError, match="lacks seeds"):
