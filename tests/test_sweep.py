@@ -44,6 +44,16 @@ def test_expand_grid_and_hashes():
     assert other_seed.hash != one[0].hash
 
 
+def test_jobs_run_method_by_method_in_the_order_asked():
+    """A long grid finishes whole leaderboard rows one after another (bit-widths before seeds within a method, so
+    an image method's second bit-width finds the first one's synthetic set cached)."""
+    jobs = expand("cpu", ["noise", "fp"], out="/tmp/x")
+    order = [(j.method, j.wbits, j.model, j.seed) for j in jobs]
+    assert [m for m, *_ in order] == ["noise"] * 9 + ["fp"] * 9
+    assert order[:9] == [("noise", w, m, s) for w, m in ((3, "resnet20@fmnist"), (4, "resnet20@fmnist"),
+                                                          (4, "mobilenetv1@fmnist")) for s in (0, 1, 2)]
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"methods": ["nosuch"]}, "nosuch"),
     ({"bits": ["W3A"]}, "--bits"),

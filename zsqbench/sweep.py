@@ -94,8 +94,10 @@ def _parse_bits(text: str) -> tuple[int, int]:
 
 def expand(protocol: str, methods=None, models=None, bits=None, seeds=None, out: str | Path = "sweeps",
            registry: Registry | None = None, overrides=()) -> list[Job]:
-    """The sweep's jobs, in run order: bit-widths outermost, so that image-optimisation methods find the
-    synthetic set of the first bit-width in the cache at the next (the set does not depend on the bit-width).
+    """The sweep's jobs, in run order: method by method, so that a long grid completes whole leaderboard rows one
+    after another (``leaderboard build --methods`` can publish them) while ``--jobs`` slots stay busy across the
+    boundary; within a method bit-widths come before teachers and seeds, so that image-optimisation methods find
+    the synthetic set of the first bit-width in the cache at the next (the set does not depend on the bit-width).
 
     ``overrides`` (``KEY=VALUE`` strings, as ``run --set``) apply to every job: the records are off-protocol and
     never enter a leaderboard, but keep the sweep's resume and retry (learning curves, ablations)."""
@@ -115,8 +117,8 @@ def expand(protocol: str, methods=None, models=None, bits=None, seeds=None, out:
     seed_list = _pick(seeds, proto["seeds"], int)
     jobs = []
     root = Path(out)
-    for w, a in bit_pairs:
-        for method in method_names:
+    for method in method_names:
+        for w, a in bit_pairs:
             for model in model_names:
                 for seed in seed_list:
                     spec = RunSpec(method=method, model=model, wbits=w, abits=a, protocol=protocol, seed=seed,
