@@ -160,6 +160,53 @@ def test_build_methods_filter(tmp_path, results):
     assert proc.exit_code == 2 and "no records of method(s) qimera" in proc.stderr and not out2.exists()
 
 
+def notes_file(tmp_path, **kw) -> Path:
+    notes = {"protocol": "smoke", "ci_half_width_target": {"resnet20@fmnist W4A4": 3.0},
+             "rows": [{"method": "bag", "model": "resnet20@fmnist", "bits": "W4A4", "note": "a measured cause"}], **kw}
+    path = tmp_path / "notes.json"
+    path.write_text(json.dumps(notes))
+    return path
+
+
+def test_build_notes_give_power_and_row_notes(tmp_path, results):
+    """--notes: each row of a table with a target gets its CI half-width against it (and a flag when it misses),
+    each noted row its note; show --wide prints both; the leaderboard validates (power must match ci95)."""
+    notes = notes_file(tmp_path)
+    out = tmp_path / "lb" / "smoke.json"
+    proc = invoke("leaderboard", "build", "--protocol", "smoke", results, "-o", out, "--notes", notes)
+    assert proc.exit_code == 0, proc.output
+    lb = json.loads(out.read_text())
+    assert validation_errors(lb, "leaderboard") == [] and validate_leaderboard(lb) == []
+    rows = rows_by_method(lb)
+    half = T_975_DF2 * 2.0 / math.sqrt(3)  # gdfq 80/82/84 and bag 85/86/87: sd 2.0 and 1.0
+    assert rows["gdfq"]["power"] == pytest.approx({"target": 3.0, "half_width": half, "met": False})
+    assert rows["gdfq"]["flags"] == ["diverged 1/4", "CI ±5.0 > 3"]
+    assert rows["bag"]["power"]["met"] and rows["bag"]["flags"] == [] and rows["bag"]["note"] == "a measured cause"
+    assert rows["noise"]["power"] == {"target": 3.0, "half_width": None, "met": False}  # one seed: no CI
+    assert "note" not in rows["gdfq"] and lb["provenance"]["notes"] == str(notes)
+    assert lb["provenance"]["command"].endswith(f"--notes {notes}")
+    shown = invoke("leaderboard", "show", out, "--wide")
+    assert "bag [1]" in shown.output and "[1] bag resnet20@fmnist W4A4: a measured cause" in shown.output
+    assert "CI ±5.0 > 3" in shown.output and "misses the target" in shown.output
+    lb["rows"][0]["power"]["met"] = not lb["rows"][0]["power"]["met"]
+    assert any("power" in e for e in validate_leaderboard(lb))
+
+
+@pytest.mark.parametrize("kw, expected", [
+    (dict(rows=[{"method": "bag", "model": "resnet20@fmnist", "bits": "W3A3", "note": "x"}]),
+     "names what the leaderboard does not have: bag resnet20@fmnist W3A3"),
+    (dict(ci_half_width_target={"mobilenetv1@fmnist W4A4": 4.0}), "mobilenetv1@fmnist W4A4"),
+    (dict(protocol="cpu"), "about protocol 'cpu', not 'smoke'"),
+    (dict(ci_half_width_target={"resnet20 W4A4": 4.0}), "invalid notes file"),
+    (dict(rows=[{"method": "bag"}]), "invalid notes file"),
+])
+def test_build_bad_notes_one_line_exit_2_no_file(tmp_path, results, kw, expected):
+    out = tmp_path / "lb" / "smoke.json"
+    proc = invoke("leaderboard", "build", "--protocol", "smoke", results, "-o", out, "--notes", notes_file(tmp_path, **kw))
+    assert proc.exit_code == 2 and expected in proc.stderr and not out.exists(), proc.output
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
 REFUSALS = {
     "duplicate-seed": (dict(seed=1, final=90.0), "_dup", ["duplicate seed 1", "gdfq", "resnet20@fmnist W4A4"]),
     "mixed-version": (dict(seed=5, version=2), "", ["mixed versions of protocol 'smoke'", "v1", "v2"]),
@@ -429,6 +476,15 @@ def test_committed_cpu_leaderboard_is_complete_and_current():
                 row = rows.get((model, w, a, method))
                 assert row is not None, f"no row for {method} {model} W{w}A{a}"
                 assert sorted(r["seed"] for r in row["runs"]) == cpu["seeds"]
+    # its power targets and row notes are the committed notes file's (rebuild after editing it)
+    notes = json.loads((root / "leaderboard" / "cpu.notes.json").read_text())
+    assert board["provenance"].get("notes") == "leaderboard/cpu.notes.json"
+    for r in board["rows"]:
+        table = f"{r['model']}@{r['dataset']} W{r['wbits']}A{r['abits']}"
+        assert r.get("power", {}).get("target") == notes["ci_half_width_target"].get(table), f"rebuild: {table}"
+        note = [n["note"] for n in notes["rows"] if (n["method"], n["model"] + " " + n["bits"]) ==
+                (r["method"], table)]
+        assert r.get("note") == (note[0] if note else None), f"rebuild: the note on {r['method']} {table}"
     # built from the current settings and teachers too: each run's sweep job is the job a sweep would run now (the
     # job directory is named by the settings hash: the method's settings, the components and the teacher's sha256).
     # Deliberately not the full job hash, which adds code fingerprints: any commit would then demand a 10-hour re-run.

@@ -281,7 +281,7 @@ def chromium_or_skip():
 IMAGES = """Array.from(document.images).map(i => ({src: i.getAttribute('src'), alt: i.alt,
     ok: i.complete && i.naturalWidth > 0, width: i.getBoundingClientRect().width}))"""
 TABLES = """Array.from(document.querySelectorAll('table.board')).map(t => ({id: t.id,
-    methods: Array.from(t.tBodies[0].rows).map(r => r.querySelector('th[scope=row]').textContent),
+    methods: Array.from(t.tBodies[0].rows).map(r => r.querySelector('th[scope=row]').firstChild.textContent),
     headers: Array.from(t.tHead.rows[0].cells).map(c => c.textContent)}))"""
 
 
@@ -324,7 +324,7 @@ def test_committed_site_in_headless_chromium(tmp_path, board):
         assert values == sorted(values)
         assert b.eval(click_header(tid, "method")) == "ascending"
         names = b.eval(f"Array.from(document.getElementById('{tid}').tBodies[0].rows)"
-                       ".map(r => r.querySelector('th[scope=row]').textContent)")
+                       ".map(r => r.querySelector('th[scope=row]').firstChild.textContent)")
         assert names == sorted(names)
         assert b.eval(click_header(tid, "wall s")) == "descending"
         walls = [float(v) for v in b.eval(column_values(tid, "wall s"))]

@@ -174,6 +174,67 @@ def build_leaderboard(records: list[tuple[str, dict]], protocol: str, n_inputs: 
     return lb
 
 
+# --- notes: power targets and row notes (hand-written input, `leaderboard build --notes FILE`) ------------------
+
+def table_name(row: dict) -> str:
+    """The name a notes file gives a row's table: "model@dataset WxAy"."""
+    return f"{row['model']}@{row['dataset']} W{row['wbits']}A{row['abits']}"
+
+
+def read_notes(path: str, protocol: str) -> dict:
+    """A notes file, validated against its JSON Schema; UserError (one line) on bad input."""
+    import json
+    from pathlib import Path
+    try:
+        obj = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise UserError(f"notes file not found: {path}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"notes file {path} is not JSON ({e}); see zsqbench/record/schema/"
+                        "leaderboard-notes.schema.json") from None
+    errors = validation_errors(obj, "leaderboard-notes")
+    if errors:
+        raise UserError(f"invalid notes file {path}: " + "; ".join(errors[:3]))
+    if obj["protocol"] != protocol:
+        raise UserError(f"notes file {path} is about protocol {obj['protocol']!r}, not {protocol!r}")
+    return obj
+
+
+def power_of(row: dict, target: float) -> dict:
+    """The row's 95 % CI half-width against a target (its statistical power, as the reader needs it)."""
+    ci = row["ci95"]
+    half = None if ci is None else (ci[1] - ci[0]) / 2
+    return {"target": target, "half_width": half, "met": half is not None and half <= target}
+
+
+def power_flag(power: dict) -> str:
+    half = "?" if power["half_width"] is None else f"±{power['half_width']:.1f}"
+    return f"CI {half} > {power['target']:g}"
+
+
+def apply_notes(lb: dict, notes: dict, path: str) -> dict:
+    """Give each row of a table with a target its ``power`` (and a flag when it misses), and each noted row its
+    ``note``. A target or note naming a table or row the leaderboard lacks is refused: notes never dangle."""
+    targets = notes.get("ci_half_width_target", {})
+    tables = {table_name(r) for r in lb["rows"]}
+    rows = {(r["method"], f"{r['model']}@{r['dataset']}", f"W{r['wbits']}A{r['abits']}"): r for r in lb["rows"]}
+    missing = [t for t in targets if t not in tables]
+    missing += [" ".join(k) for k in ((n["method"], n["model"], n["bits"]) for n in notes["rows"]) if k not in rows]
+    if missing:
+        raise UserError(f"notes file {path} names what the leaderboard does not have: {name_files(missing)} "
+                        f"(tables there: {', '.join(sorted(tables))})")
+    for n in notes["rows"]:
+        rows[(n["method"], n["model"], n["bits"])]["note"] = n["note"]
+    for row in lb["rows"]:
+        target = targets.get(table_name(row))
+        if target is not None:
+            row["power"] = power_of(row, target)
+            if not row["power"]["met"]:
+                row["flags"] = [*row["flags"], power_flag(row["power"])]
+    lb["provenance"]["notes"] = path
+    return lb
+
+
 def rank_order(row: dict) -> tuple:
     """Rows of one model and bit-width together, best mean first (rows without a mean last)."""
     return (row["model"], row["dataset"], row["wbits"], row["abits"],
@@ -272,6 +333,10 @@ def validate_leaderboard(obj) -> list[str]:
             if not _close(row[field], stats[field]):
                 errors.append(f"{where}: {field} {row[field]} is not the {field} of final_top1 {row['final_top1']} "
                               f"({stats[field]})")
+        if "power" in row:
+            want = power_of(row, row["power"]["target"])
+            if row["power"]["met"] != want["met"] or not _close(row["power"]["half_width"], want["half_width"]):
+                errors.append(f"{where}: power {row['power']} does not match ci95 {row['ci95']} ({want})")
         if (row["ci95"] is None) != (stats["ci95"] is None) or (
                 row["ci95"] and not all(_close(x, y) for x, y in zip(row["ci95"], stats["ci95"]))):
             errors.append(f"{where}: ci95 {row['ci95']} does not match final_top1 ({stats['ci95']})")

@@ -29,14 +29,18 @@ def leaderboard():
               help="Leaderboard JSON to write (default: leaderboard/<protocol>.json).")
 @click.option("--methods", "-m", default=None,
               help="Only these methods' records (comma-separated), e.g. the rows a still-running grid has finished.")
-def build(protocol, results, output, methods):
+@click.option("--notes", default=None, type=click.Path(dir_okay=False),
+              help="JSON of CI half-width targets per model and bits and of notes on rows (the measured cause of a "
+                   "spread or a collapse); schema: zsqbench/record/schema/leaderboard-notes.schema.json.")
+def build(protocol, results, output, methods, notes):
     """Aggregate run records (files, or directories searched recursively) into a leaderboard JSON: one row per
     model@dataset, bits and method over seeds, headline = mean final top-1. Refuses records of another protocol
     or version, off-protocol records and duplicate seeds."""
-    from zsqbench.leaderboard.build import build_leaderboard, validate_leaderboard
+    from zsqbench.leaderboard.build import apply_notes, build_leaderboard, read_notes, validate_leaderboard
     from zsqbench.leaderboard.collect import collect, require_clean
     from zsqbench.record.io import write_json_atomic
     out = Path(output or f"leaderboard/{protocol}.json")
+    notes_obj = read_notes(notes, protocol) if notes else None  # bad notes fail before any work
     c = collect(results)
     require_clean(c, results)
     if methods:
@@ -48,8 +52,10 @@ def build(protocol, results, output, methods):
                             f"(methods there: {', '.join(sorted(found)) or 'none'})")
         c.records = [(p, rec) for p, rec in c.records if rec["method"]["name"] in wanted]
     command = shlex.join(["zsqbench", "leaderboard", "build", "--protocol", protocol, *results, "-o", str(out)]
-                         + (["--methods", methods] if methods else []))
+                         + (["--methods", methods] if methods else []) + (["--notes", notes] if notes else []))
     lb = build_leaderboard(c.records, protocol, len(results), command=command)
+    if notes_obj:
+        apply_notes(lb, notes_obj, notes)
     errors = validate_leaderboard(lb)
     if errors:  # a bug, not bad input: never write an invalid leaderboard
         raise UserError(f"the built leaderboard fails validation (not written): {'; '.join(errors[:3])}")

@@ -80,6 +80,7 @@ def leaderboard_table(lb: dict, published: bool = False, console: Console | None
     for i in shown:
         name, kw = columns[i]
         t.add_column(name, overflow="fold", **kw)  # fold, never cut a cell to "resne…"
+    noted = [r for r in rows if r.get("note")]  # numbered in table order, told below the table
     for _, group in groupby(rows, key=_group_key):
         group = list(group)
         best_mean = _best([r["mean"] for r in group])
@@ -90,7 +91,7 @@ def leaderboard_table(lb: dict, published: bool = False, console: Console | None
                 f"{r['mean']:.2f}" + (f" ± {r['std']:.2f}" if r["std"] is not None else ""))
             cells = [escape(f"{r['model']}@{r['dataset']}") if i == 0 else "",
                      f"W{r['wbits']}A{r['abits']}" if i == 0 else "",
-                     escape(r["method"]), str(r["n"]) + (f"/{r['n'] + r['diverged']}" if r["diverged"] else ""),
+                     escape(r["method"]) + (f" [{noted.index(r) + 1}]" if r in noted else ""), str(r["n"]) + (f"/{r['n'] + r['diverged']}" if r["diverged"] else ""),
                      _mark(final, r["mean"] is not None and r["mean"] == best_mean),
                      _group_letter(r.get("group")), _vs_next(r.get("significance")),
                      "—" if r["ci95"] is None else f"[{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}]",
@@ -113,6 +114,9 @@ def leaderboard_table(lb: dict, published: bool = False, console: Console | None
                  f"built {pv['created']}")
     t.caption_justify = "left"
     console.print(t)
+    for k, r in enumerate(noted, 1):
+        console.print(escape(f"[{k}] {r['method']} {r['model']}@{r['dataset']} W{r['wbits']}A{r['abits']}: "
+                             f"{r['note']}"), highlight=False)
     if not wide:
         console.print("more columns (95 % CI, per seed, vs next, gap, FP, wall and step time, flags): --wide; "
                       "everything: --json", style="dim", highlight=False)
@@ -123,6 +127,10 @@ def leaderboard_table(lb: dict, published: bool = False, console: Console | None
     console.print(f"grp: rows sharing a letter are not told apart; vs next: Δ to the next row and its Welch p, "
                   f"{sig['correction'].capitalize()}-corrected over each table's {sig['comparisons']} adjacent pairs "
                   f"in all (* = p < {sig['alpha']}).", style="dim", highlight=False)
+    if wide and any("power" in r for r in rows):
+        console.print(f"CI ±h > t (flags): the row's 95 % CI half-width h misses the target t its table has in the "
+                      f"notes file ({lb['provenance'].get('notes', '?')}); \\[k]: a note on the row, above.",
+                      style="dim", highlight=False)
     if published and not show_pub:
         console.print("no published numbers for these models/datasets/bits (or the published table is not "
                       "available)", style="dim", highlight=False)

@@ -351,9 +351,12 @@ def leaderboard_table(board: Board, gslug: str, caption: str, rows: list[tuple[i
              ("wall", "wall s", "num"), ("step", "step ms", "num"), ("flags", "flags", "text")]
     head = "".join(f'<th scope="col" data-type="{t}" class="{esc(k)}"><button type="button">{esc(label)}'
                    f'<span class="arrow" aria-hidden="true"></span></button></th>' for k, label, t in cols)
+    noted = [r for _, r in rows if r.get("note")]  # numbered in table order, told below the table
     body = []
     for rank, (i, r) in enumerate(rows, 1):
         rid = ids(gslug, r)
+        mark = (f'<sup><a href="#note-{gslug}-{noted.index(r) + 1}" title="note">[{noted.index(r) + 1}]</a></sup>'
+                if r in noted else "")
         mean_txt = "—" if r["mean"] is None else num(r["mean"]) + (f" ± {r['std']:.2f}" if r["std"] is not None
                                                                    else "")
         seeds = " / ".join(link(f"{v:.2f}", ids(gslug, r, s), f"seed {s}: provenance")
@@ -363,7 +366,7 @@ def leaderboard_table(board: Board, gslug: str, caption: str, rows: list[tuple[i
                                     for s in r["diverged_seeds"])
         ci = "—" if r["ci95"] is None else f"[{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}]"
         cells = [(sort_value(rank), str(rank)),
-                 (esc(r["method"]), f'<th scope="row">{esc(r["method"])}</th>'),
+                 (esc(r["method"]), f'<th scope="row">{esc(r["method"])}{mark}</th>'),
                  (sort_value(r["n"]), str(r["n"]) + (f"/{r['n'] + r['diverged']}" if r["diverged"] else "")),
                  (sort_value(r["mean"]), link(mean_txt, rid, "provenance of this row")),
                  (sort_value(r["ci95"][0] if r["ci95"] else None), link(ci, rid) if r["ci95"] else "—"),
@@ -400,7 +403,10 @@ def leaderboard_table(board: Board, gslug: str, caption: str, rows: list[tuple[i
         body.append(f"<tr{cls}>{''.join(tds)}</tr>")
     return (f'<div class="scroll" role="region" tabindex="0" aria-label="{esc(caption)}">'
             f'<table class="board sortable" id="table-{gslug}"><caption>{esc(caption)}</caption>'
-            f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>")
+            f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
+            + (f'<ol class="notes">' + "".join(f'<li id="note-{gslug}-{k}"><b>{esc(r["method"])}</b>: '
+                                               f'{esc(r["note"])}</li>' for k, r in enumerate(noted, 1)) + "</ol>"
+               if noted else ""))
 
 
 def provenance_table(board: Board, gslug: str, rows: list[tuple[int, dict]], site_dir: Path) -> str:
