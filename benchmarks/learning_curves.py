@@ -34,6 +34,7 @@ COMMON = {
     "train.warmup_steps": 200,
     "train.steps": 1000,
     "train.milestones": [],
+    "train.average_from": None,  # the last weights are scored unless a schedule averages (v4's default is 0.7)
 }
 
 # The official student lr and batch size of each method (reference §1-§4; batch as the issue's reference runs).
