@@ -6,11 +6,13 @@ duplicate seeds within a row are refused (UserError, one line naming the files).
 """
 from __future__ import annotations
 
+import json
 import math
 import shlex
 import sys
 from collections import defaultdict
 from datetime import datetime, timezone
+from pathlib import Path
 
 from zsqbench.errors import UserError
 from zsqbench.leaderboard.collect import LEADERBOARD_KIND
@@ -183,8 +185,6 @@ def table_name(row: dict) -> str:
 
 def read_notes(path: str, protocol: str) -> dict:
     """A notes file, validated against its JSON Schema; UserError (one line) on bad input."""
-    import json
-    from pathlib import Path
     try:
         obj = json.loads(Path(path).read_text())
     except FileNotFoundError:

@@ -81,6 +81,7 @@ def leaderboard_table(lb: dict, published: bool = False, console: Console | None
         name, kw = columns[i]
         t.add_column(name, overflow="fold", **kw)  # fold, never cut a cell to "resne…"
     noted = [r for r in rows if r.get("note")]  # numbered in table order, told below the table
+    note_no = {id(r): k for k, r in enumerate(noted, 1)}
     for _, group in groupby(rows, key=_group_key):
         group = list(group)
         best_mean = _best([r["mean"] for r in group])
@@ -91,7 +92,8 @@ def leaderboard_table(lb: dict, published: bool = False, console: Console | None
                 f"{r['mean']:.2f}" + (f" ± {r['std']:.2f}" if r["std"] is not None else ""))
             cells = [escape(f"{r['model']}@{r['dataset']}") if i == 0 else "",
                      f"W{r['wbits']}A{r['abits']}" if i == 0 else "",
-                     escape(r["method"]) + (f" [{noted.index(r) + 1}]" if r in noted else ""), str(r["n"]) + (f"/{r['n'] + r['diverged']}" if r["diverged"] else ""),
+                     escape(r["method"]) + (f" [{note_no[id(r)]}]" if id(r) in note_no else ""),
+                     str(r["n"]) + (f"/{r['n'] + r['diverged']}" if r["diverged"] else ""),
                      _mark(final, r["mean"] is not None and r["mean"] == best_mean),
                      _group_letter(r.get("group")), _vs_next(r.get("significance")),
                      "—" if r["ci95"] is None else f"[{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}]",

@@ -352,11 +352,12 @@ def leaderboard_table(board: Board, gslug: str, caption: str, rows: list[tuple[i
     head = "".join(f'<th scope="col" data-type="{t}" class="{esc(k)}"><button type="button">{esc(label)}'
                    f'<span class="arrow" aria-hidden="true"></span></button></th>' for k, label, t in cols)
     noted = [r for _, r in rows if r.get("note")]  # numbered in table order, told below the table
+    note_no = {id(r): k for k, r in enumerate(noted, 1)}
     body = []
     for rank, (i, r) in enumerate(rows, 1):
         rid = ids(gslug, r)
-        mark = (f'<sup><a href="#note-{gslug}-{noted.index(r) + 1}" title="note">[{noted.index(r) + 1}]</a></sup>'
-                if r in noted else "")
+        k = note_no.get(id(r))
+        mark = f'<sup><a href="#note-{gslug}-{k}" title="note">[{k}]</a></sup>' if k else ""
         mean_txt = "—" if r["mean"] is None else num(r["mean"]) + (f" ± {r['std']:.2f}" if r["std"] is not None
                                                                    else "")
         seeds = " / ".join(link(f"{v:.2f}", ids(gslug, r, s), f"seed {s}: provenance")
@@ -404,7 +405,7 @@ def leaderboard_table(board: Board, gslug: str, caption: str, rows: list[tuple[i
     return (f'<div class="scroll" role="region" tabindex="0" aria-label="{esc(caption)}">'
             f'<table class="board sortable" id="table-{gslug}"><caption>{esc(caption)}</caption>'
             f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
-            + (f'<ol class="notes">' + "".join(f'<li id="note-{gslug}-{k}"><b>{esc(r["method"])}</b>: '
+            + ('<ol class="notes">' + "".join(f'<li id="note-{gslug}-{k}"><b>{esc(r["method"])}</b>: '
                                                f'{esc(r["note"])}</li>' for k, r in enumerate(noted, 1)) + "</ol>"
                if noted else ""))
 
