@@ -202,7 +202,8 @@ def test_build_notes_give_power_and_row_notes(tmp_path, results):
 ])
 def test_build_bad_notes_one_line_exit_2_no_file(tmp_path, results, kw, expected):
     out = tmp_path / "lb" / "smoke.json"
-    proc = invoke("leaderboard", "build", "--protocol", "smoke", results, "-o", out, "--notes", notes_file(tmp_path, **kw))
+    proc = invoke("leaderboard", "build", "--protocol", "smoke", results, "-o", out,
+                  "--notes", notes_file(tmp_path, **kw))
     assert proc.exit_code == 2 and expected in proc.stderr and not out.exists(), proc.output
     assert len(proc.stderr.strip().splitlines()) == 1
 
@@ -477,10 +478,11 @@ def test_committed_cpu_leaderboard_is_complete_and_current():
                 assert row is not None, f"no row for {method} {model} W{w}A{a}"
                 assert sorted(r["seed"] for r in row["runs"]) == cpu["seeds"]
     # its power targets and row notes are the committed notes file's (rebuild after editing it)
+    from zsqbench.leaderboard.build import table_name
     notes = json.loads((root / "leaderboard" / "cpu.notes.json").read_text())
     assert board["provenance"].get("notes") == "leaderboard/cpu.notes.json"
     for r in board["rows"]:
-        table = f"{r['model']}@{r['dataset']} W{r['wbits']}A{r['abits']}"
+        table = table_name(r)
         assert r.get("power", {}).get("target") == notes["ci_half_width_target"].get(table), f"rebuild: {table}"
         note = [n["note"] for n in notes["rows"] if (n["method"], n["model"] + " " + n["bits"]) ==
                 (r["method"], table)]
