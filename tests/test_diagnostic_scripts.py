@@ -1,0 +1,61 @@
+"""The diagnostics behind the leaderboard's notes (benchmarks/set_bns.py, benchmarks/real_data_finetune.py) run
+and measure what they say, on real data and the embedded teachers, at tiny budgets."""
+import importlib.util
+import subprocess
+import sys
+
+import torch
+
+from conftest import ROOT
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_layer_bns_is_the_records_form_split_by_layer():
+    set_bns = _load("set_bns")
+    from zsqbench.evaluation.data import load_split
+    from zsqbench.synthesizer.bns import BNStatHooks
+    from zsqbench.teacher.zoo import builtin_models, load_teacher
+    teacher = load_teacher(next(m for m in builtin_models() if m.key == "resnet20@fmnist"))[0].eval()
+    images = load_split("fmnist", "test")[0][:200]
+    layers = set_bns.layer_bns(teacher, images)
+    assert layers.shape == (sum(isinstance(m, torch.nn.BatchNorm2d) for m in teacher.modules()),)
+    hooks, per_batch = BNStatHooks(teacher), []
+    with torch.no_grad():
+        for i in (0, 100):
+            with hooks.recording():
+                teacher(images[i:i + 100])
+            per_batch.append(float(hooks.loss()))
+    assert abs(set_bns.set_bns(teacher, images) - sum(per_batch) / 2) < 1e-6
+    # real images match a teacher's BN statistics closely, and no one layer dominates on ResNet-20
+    assert float(layers.mean()) < 0.05 and float(layers[0] / layers.sum()) < 0.1
+
+
+def test_set_bns_cli_splits_real_images_by_layer():
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "set_bns.py"), "--layers", "--real",
+                           "resnet20@fmnist", "--images", "200"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "first BN layer" in done.stdout and "running variances" in done.stdout
+
+
+def test_real_data_finetune_feeds_train_images_outside_dev_and_stays_off_protocol(tmp_path):
+    real = _load("real_data_finetune")
+    real.register()
+    from zsqbench.evaluation.data import DEV_SIZE, load_split
+    from zsqbench.testing import run_method, smoke_context
+    ctx = smoke_context("real-kd", protocol="cpu")
+    synth = real.RealTrainImages()
+    synth.prepare(ctx)
+    assert len(synth.images) == len(load_split("fmnist", "train")[0]) - DEV_SIZE
+    batch = synth.next_batch(ctx, 8)
+    assert batch.images.shape == (8, *ctx.image_shape) and batch.labels.shape == (8,)
+    record = run_method("real-kd", out_dir=tmp_path, protocol="cpu", seed=0,
+                        overrides={"eval.split": "dev", "eval.limit": 200, "train.steps": 3,
+                                   "train.warmup_steps": 2})
+    assert record["status"] == "ok" and record["off_protocol"] and record["config"]["eval"]["split"] == "dev"
+    assert record["timing"]["steps"] == 3 and record["final_top1"] > 50
