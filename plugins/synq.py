@@ -42,6 +42,11 @@ Where the paper (ICLR 2025 camera-ready) differs, the code is the default and th
   The released code has them behind ``generate_data.py --lbns`` (``distill_data.py`` L53-198, L457-475: centres
   from 1500 Adam steps of CE*5 + layer-weighted BNS, then 0.4 * BNS + focal CE + 0.02 * L-BNS), but neither
   ``run_generate_*.sh`` passes it; what the scripts run is HAST's loss above.
+* Better than the code, bit-identical where the code is finite: ``synthesizer.focal_floor`` (default 1e-12)
+  floors 1 - p_y in the focal weight. With gamma 0.5, (1 - p_y)^gamma has an infinite derivative at p_y = 1, which
+  float32 reaches once the teacher's logit margin passes ~17 (1 - p_y has a resolution of 6e-8 there, so a floor
+  below it changes no other value); the official code then turns the images NaN. On the `cpu` ResNet-20 teacher
+  that ended seed 0's synthesis at iteration 288. ``focal_floor=null`` is the code's unguarded weight.
 * Not reproduced (official quirks): the trainer re-creates the student's Grad-CAM every iteration, which runs the
   student on an all-zero image (``gradcam.py`` L105-112) — during the four calibration epochs that zero image also
   moves the activation ranges; and ``while any(grad == 0): grad += 1e-10`` (L167-168), which changes the weights by
@@ -71,6 +76,14 @@ SETTINGS = str(Path(__file__).with_name("synq.json"))
 
 
 # --- the three ideas, as plain functions -----------------------------------------------------------------------
+
+def guarded_focal_ce(logits: torch.Tensor, labels: torch.Tensor, gamma: float, floor: float | None) -> torch.Tensor:
+    """HAST's focal CE, mean[(1 - p_y)^gamma * CE(logits, y)], with 1 - p_y floored at ``floor`` (None: unguarded,
+    as the official code): for gamma < 1 the weight's derivative is infinite at p_y = 1."""
+    ce = F.cross_entropy(logits, labels, reduction="none")
+    rest = 1 - F.softmax(logits, dim=1).gather(1, labels[:, None]).squeeze(1)
+    return ((rest if floor is None else rest.clamp_min(floor)).pow(gamma) * ce).mean()
+
 
 def gaussian_lowpass(images: torch.Tensor, d0: float) -> torch.Tensor:
     """Re F^-1(G * F(x)) per image and channel, G = exp(-D^2 / (2 d0^2)) with D the distance of each frequency to
@@ -137,9 +150,16 @@ class SynQSynthesizer(HardSampleSynthesizer):
     class Settings(HardSampleSynthesizer.Settings):
         beta: float = Field(0.1, ge=0, description="weight of the focal CE (SynQ's scripts: 0.1 on every dataset)")
         gamma: float = Field(0.5, ge=0, description="focal exponent (SynQ's scripts: 0.5)")
+        focal_floor: float | None = Field(
+            1e-12, gt=0, lt=6e-8, description="floor on 1 - p_y in the focal weight, below float32's resolution of "
+            "it: keeps the gradient finite at p_y = 1 (null: the code's unguarded weight, NaN there for gamma < 1)")
         lowpass_d0: float | None = Field(80.0, gt=0, description="Gaussian low-pass D0 (null: no filter)")
         lowpass_at: Literal["batch", "set"] = Field(
             "batch", description="filter each sampled batch after its crop + flip (code) or the set once (paper)")
+
+    def synthesis_loss(self, ctx, state, images, logits, labels, bns, features):
+        hard = guarded_focal_ce(logits, labels, self.config["gamma"], self.config["focal_floor"])
+        return bns + self.config["beta"] * hard, {"bns": bns.item(), "focal_ce": hard.item()}
 
     def _filtered(self, images: torch.Tensor) -> torch.Tensor:
         d0 = self.config["lowpass_d0"]

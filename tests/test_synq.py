@@ -15,8 +15,43 @@ from zsqbench.loop import RunSpec, resolve
 from zsqbench.record.io import validation_errors
 from zsqbench.teacher.datasets import dataset_info
 from zsqbench.teacher.zoo import load_teacher
+from zsqbench_plugins.hast import focal_ce
 from zsqbench_plugins.synq import (SynQDistiller, SynQSynthesizer, cam_alignment_loss, easy_mask, gaussian_lowpass,
-                                   grad_cam, last_conv, selective_ce)
+                                   grad_cam, guarded_focal_ce, last_conv, selective_ce)
+
+
+# --- I0: the focal synthesis term at gamma 0.5 ------------------------------------------------------------------
+
+def _confident(margin):
+    logits = torch.zeros(1, 10)
+    logits[0, 3] = margin
+    return logits.requires_grad_(True), torch.tensor([3])
+
+
+def test_guarded_focal_ce_by_hand_and_finite_where_the_codes_is_nan():
+    # margin m on class 3 of 10: 1 - p_y = 9 / (e^m + 9), CE = log(1 + 9 e^-m)
+    for margin in (2.0, 6.0, 16.0):
+        logits, labels = _confident(margin)
+        rest, ce = 9 / (math.exp(margin) + 9), math.log1p(9 * math.exp(-margin))
+        value = guarded_focal_ce(logits, labels, 0.5, 1e-12)
+        if margin < 10:  # further out, float32's 1 - p_y carries cancellation error (6 % at m = 16)
+            assert math.isclose(value.item(), rest ** 0.5 * ce, rel_tol=1e-4)
+        # bit-identical to HAST's (the official) focal term wherever that one is finite, gradient included
+        official_logits = logits.detach().clone().requires_grad_(True)
+        official = focal_ce(official_logits, labels, 0.5)
+        assert value.item() == official.item()
+        value.backward(), official.backward()
+        assert torch.equal(logits.grad, official_logits.grad)
+    # past a margin of ~17, float32 rounds p_y to 1: the code's gradient is NaN, the guarded one is finite
+    logits, labels = _confident(40.0)
+    focal_ce(logits, labels, 0.5).backward()
+    assert torch.isnan(logits.grad).any()
+    logits, labels = _confident(40.0)
+    guarded_focal_ce(logits, labels, 0.5, 1e-12).backward()
+    assert torch.isfinite(logits.grad).all()
+    logits, labels = _confident(40.0)
+    guarded_focal_ce(logits, labels, 0.5, None).backward()   # focal_floor=null: the code's behaviour
+    assert torch.isnan(logits.grad).any()
 
 
 # --- I1: the Gaussian low-pass filter ------------------------------------------------------------------------------
