@@ -1,6 +1,7 @@
-"""The diagnostics behind the leaderboard's notes (benchmarks/set_bns.py, benchmarks/real_data_finetune.py) run
+"""The diagnostics behind the leaderboard's notes (benchmarks/set_bns.py, real_data_finetune.py, divergence_probe.py) run
 and measure what they say, on real data and the embedded teachers, at tiny budgets."""
 import importlib.util
+import json
 import subprocess
 import sys
 
@@ -59,3 +60,19 @@ def test_real_data_finetune_feeds_train_images_outside_dev_and_stays_off_protoco
                                    "train.warmup_steps": 2})
     assert record["status"] == "ok" and record["off_protocol"] and record["config"]["eval"]["split"] == "dev"
     assert record["timing"]["steps"] == 3 and record["final_top1"] > 50
+
+
+def test_divergence_probe_replays_a_run_and_logs_every_step(tmp_path, capsys):
+    probe = _load("divergence_probe")
+    jsonl = tmp_path / "steps.jsonl"
+    probe.main(["--method", "gdfq", "--model", "resnet20@fmnist", "--protocol", "smoke", "--seed", "0",
+                "--from-step", "3", "--last", "2", "--jsonl", str(jsonl)])
+    out = capsys.readouterr().out
+    assert out.startswith("gdfq resnet20@fmnist W4A4 seed 0: ok")
+    rows = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    from zsqbench.registry import get_registry
+    steps = get_registry().get("protocols", "smoke")["train"]["steps"]
+    assert [r["step"] for r in rows] == list(range(steps))
+    assert all(r["nonfinite_params"] == [] and r["param_absmax"] > 0 and r["images_absmax"] > 0 for r in rows)
+    assert "first_nonfinite_module" in rows[-1] and "first_nonfinite_module" not in rows[0]
+    assert "gdfq-probe" in get_registry().methods
