@@ -7,7 +7,7 @@ step) with probes on its synthesizer and distiller, and prints the last steps be
 * the student's and the teacher's largest |logit|.
 
     python benchmarks/divergence_probe.py --method qimera --model mobilenetv1@fmnist --bits 4 --seed 2
-        [--protocol cpu] [--from-step 360] [--last 5] [--jsonl FILE]
+        [--protocol cpu] [--set KEY=VALUE ...] [--from-step 360] [--last 5] [--jsonl FILE]
 
 The probed method is registered in this process only (``<method>-probe``, the same settings); its record is written
 to a temporary folder and is off no protocol, but it never enters a sweep. Scores use 200 test images.
@@ -28,9 +28,11 @@ def probed(method: str, log: list[dict], from_step: int) -> str:
     from zsqbench.registry import get_registry
     registry = get_registry()
     name = method + "-probe"
-    if name in registry.methods:
+    if name in registry.methods:  # registered by an earlier replay in this process: point it at this log
+        registry.synthesizers[registry.methods[name].obj.synthesizer].obj.probe.update(log=log, from_step=from_step)
         return name
     recipe = registry.methods[method].obj
+    probe = {"log": log, "from_step": from_step}  # shared by both probed components
     synth_cls = registry.synthesizers[recipe.synthesizer].obj
     distiller_cls = registry.distillers[recipe.distiller].obj
 
@@ -39,13 +41,14 @@ def probed(method: str, log: list[dict], from_step: int) -> str:
             batch = super().next_batch(ctx, batch_size)
             if ctx.phase == "distill":
                 images = batch.images.detach()
-                log.append({"step": ctx.step, "images_absmax": float(images.abs().max()),
-                            "images_std": float(images.std()), **{k: float(v) for k, v in batch.metrics.items()}})
+                probe["log"].append({"step": ctx.step, "images_absmax": float(images.abs().max()),
+                                     "images_std": float(images.std()),
+                                     **{k: float(v) for k, v in batch.metrics.items()}})
             return batch
 
     class Distiller(distiller_cls):
         def loss(self, ctx, batch):
-            row = log[-1]
+            row = probe["log"][-1]
             named = list(ctx.student.named_parameters())
             # before this step's zero_grad: the gradients of the previous update
             grads = [(float(p.grad.abs().max()), n) for n, p in named if p.grad is not None]
@@ -53,11 +56,15 @@ def probed(method: str, log: list[dict], from_step: int) -> str:
             row["param_absmax"], row["param_where"] = max((float(p.detach().abs().max()), n) for n, p in named)
             row["nonfinite_params"] = [n for n, p in named if not torch.isfinite(p).all()][:3]
             with torch.no_grad():
-                if ctx.step >= from_step:
+                if ctx.step >= probe["from_step"]:
                     outputs: dict[str, bool] = {}
-                    hooks = [m.register_forward_hook(
-                        lambda m, i, o, n=n: outputs.setdefault(n, bool(torch.isfinite(o).all())) and None)
-                        for n, m in ctx.student.named_modules() if not list(m.children())]
+
+                    def note(name):
+                        def hook(module, inputs, output):  # returns None: the output is left as it is
+                            outputs.setdefault(name, bool(torch.isfinite(output).all()))
+                        return hook
+                    hooks = [m.register_forward_hook(note(n))
+                             for n, m in ctx.student.named_modules() if not list(m.children())]
                     ctx.student(batch.images)
                     for h in hooks:
                         h.remove()
@@ -67,6 +74,7 @@ def probed(method: str, log: list[dict], from_step: int) -> str:
             return super().loss(ctx, batch)
 
     Synth.name, Distiller.name = recipe.synthesizer + "-probe", recipe.distiller + "-probe"
+    Synth.probe = probe
     registry.add_synthesizer(Synth)
     registry.add_distiller(Distiller)
     registry.add_method(dataclasses.replace(recipe, name=name, synthesizer=Synth.name, distiller=Distiller.name))
@@ -80,15 +88,24 @@ def main(argv=None) -> None:
     parser.add_argument("--bits", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--protocol", default="cpu")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="an override, as `zsqbench run --set` (to replay an off-protocol run)")
     parser.add_argument("--from-step", type=int, default=0, help="look for the first non-finite module from here")
     parser.add_argument("--last", type=int, default=5, help="how many steps to print before the end")
     parser.add_argument("--jsonl", help="write every step's probes here")
     args = parser.parse_args(argv)
     from zsqbench.testing import run_method
+    overrides = {"eval.limit": 200}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        try:
+            overrides[key] = json.loads(value)
+        except ValueError:
+            overrides[key] = value
     log: list[dict] = []
     name = probed(args.method, log, args.from_step)
     record = run_method(name, out_dir=tempfile.mkdtemp(), protocol=args.protocol, model=args.model, bits=args.bits,
-                        seed=args.seed, overrides={"eval.limit": 200}, cache_dir=Path.home() / ".cache" / "zsqbench")
+                        seed=args.seed, overrides=overrides, cache_dir=Path.home() / ".cache" / "zsqbench")
     print(f"{args.method} {args.model} W{args.bits}A{args.bits} seed {args.seed}: {record['status']}"
           + (f", {record['diverged']}" if record["diverged"] else f", top-1 on 200 test images {record['final_top1']}"))
     if args.jsonl:

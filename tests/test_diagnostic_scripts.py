@@ -76,3 +76,13 @@ def test_divergence_probe_replays_a_run_and_logs_every_step(tmp_path, capsys):
     assert all(r["nonfinite_params"] == [] and r["param_absmax"] > 0 and r["images_absmax"] > 0 for r in rows)
     assert "first_nonfinite_module" in rows[-1] and "first_nonfinite_module" not in rows[0]
     assert "gdfq-probe" in get_registry().methods
+
+
+def test_divergence_probe_names_the_first_non_finite_module(tmp_path, capsys):
+    probe = _load("divergence_probe")
+    jsonl = tmp_path / "steps.jsonl"
+    probe.main(["--method", "gdfq", "--model", "resnet20@fmnist", "--protocol", "smoke", "--set", "train.lr=1e12",
+                "--jsonl", str(jsonl)])
+    assert ": diverged" in capsys.readouterr().out
+    last = json.loads(jsonl.read_text().splitlines()[-1])
+    assert last["nonfinite_params"] and last["first_nonfinite_module"] is not None
