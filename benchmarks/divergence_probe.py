@@ -75,9 +75,11 @@ def probed(method: str, log: list[dict], from_step: int) -> str:
 
     Synth.name, Distiller.name = recipe.synthesizer + "-probe", recipe.distiller + "-probe"
     Synth.probe = probe
-    registry.add_synthesizer(Synth)
-    registry.add_distiller(Distiller)
-    registry.add_method(dataclasses.replace(recipe, name=name, synthesizer=Synth.name, distiller=Distiller.name))
+    stage = registry.staging("benchmarks/divergence_probe.py", "zsqbench-benchmarks")  # not zsqbench's own
+    stage.add_synthesizer(Synth)
+    stage.add_distiller(Distiller)
+    stage.add_method(dataclasses.replace(recipe, name=name, synthesizer=Synth.name, distiller=Distiller.name))
+    registry.commit(stage)
     return name
 
 

@@ -5,9 +5,18 @@ import json
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from conftest import ROOT
+
+
+@pytest.fixture(autouse=True)
+def fresh_registry():
+    """The scripts register diagnostic methods in this process; later tests get the registry without them."""
+    yield
+    from zsqbench.registry import get_registry
+    get_registry(reload=True)
 
 
 def _load(name):
@@ -60,6 +69,7 @@ def test_real_data_finetune_feeds_train_images_outside_dev_and_stays_off_protoco
                                    "train.warmup_steps": 2})
     assert record["status"] == "ok" and record["off_protocol"] and record["config"]["eval"]["split"] == "dev"
     assert record["timing"]["steps"] == 3 and record["final_top1"] > 50
+    assert record["method"]["provider"] == "benchmarks/real_data_finetune.py"
 
 
 def test_divergence_probe_replays_a_run_and_logs_every_step(tmp_path, capsys):
@@ -75,7 +85,7 @@ def test_divergence_probe_replays_a_run_and_logs_every_step(tmp_path, capsys):
     assert [r["step"] for r in rows] == list(range(steps))
     assert all(r["nonfinite_params"] == [] and r["param_absmax"] > 0 and r["images_absmax"] > 0 for r in rows)
     assert "first_nonfinite_module" in rows[-1] and "first_nonfinite_module" not in rows[0]
-    assert "gdfq-probe" in get_registry().methods
+    assert get_registry().methods["gdfq-probe"].provider == "benchmarks/divergence_probe.py"
 
 
 def test_divergence_probe_names_the_first_non_finite_module(tmp_path, capsys):
