@@ -30,7 +30,7 @@ def layer_bns(teacher: torch.nn.Module, images: torch.Tensor, batch_size: int = 
         for i in range(0, len(images), batch_size):
             with hooks.recording():
                 teacher(images[i:i + batch_size])
-            per_batch.append(torch.stack(list(hooks._losses)))
+            per_batch.append(torch.stack(list(hooks._losses)))  # the per-layer terms loss() averages
     hooks.remove()
     return torch.stack(per_batch).mean(0)
 
