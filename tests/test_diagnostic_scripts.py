@@ -96,3 +96,30 @@ def test_divergence_probe_names_the_first_non_finite_module(tmp_path, capsys):
     assert ": diverged" in capsys.readouterr().out
     last = json.loads(jsonl.read_text().splitlines()[-1])
     assert last["nonfinite_params"] and last["first_nonfinite_module"] is not None
+
+
+def test_seed_split_crosses_set_and_train_seeds_and_its_diagonal_is_the_plain_run(tmp_path, capsys):
+    split = _load("seed_split")
+    out = tmp_path / "split"
+    split.main(["--method", "intraq", "--protocol", "smoke", "--set-seeds", "0,1", "--train-seeds", "0,1",
+                "--set", "eval.limit=200", "--out", str(out), "--cache-dir", str(tmp_path / "cache")])
+    assert "set seed: " in capsys.readouterr().out
+    result = json.loads((out / "intraq-resnet20-fmnist-w3a3.json").read_text())
+    runs = {(r["set_seed"], r["train_seed"]): r for r in result["runs"]}
+    assert set(runs) == {(0, 0), (0, 1), (1, 0), (1, 1)}
+    # the set follows the set seed alone; the two sets differ
+    assert runs[0, 0]["set_bns_error"] == runs[0, 1]["set_bns_error"] != runs[1, 0]["set_bns_error"]
+    shares = result["anova"]["set"]["share"] + result["anova"]["train"]["share"] + result["anova"]["residual_share"]
+    assert abs(shares - 1) < 1e-9
+    from zsqbench.testing import run_method
+    plain = run_method("intraq", out_dir=tmp_path / "plain", protocol="smoke", bits=3, seed=1,
+                       overrides={"eval.split": "dev", "eval.limit": 200})
+    assert plain["final_top1"] == runs[1, 1]["dev_top1"]
+    assert plain["diagnostics"]["data"]["synthetic"]["bns_error"] == runs[1, 1]["set_bns_error"]
+
+
+def test_seed_split_refuses_a_generator_method_in_one_line():
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "seed_split.py"), "--method", "gdfq"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()] and "image set" in done.stderr
