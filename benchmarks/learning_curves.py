@@ -48,6 +48,8 @@ METHODS = {
     "zeroq-kd": {"train.batch_size": 32, "train.lr": 1e-5},
     "bag": {"train.batch_size": 16, "train.lr": 1e-4},
     "adasg": {"train.batch_size": 16, "train.lr": 1e-4},
+    "qimera": {"train.batch_size": 32, "train.lr": 1e-4},  # GDFQ's trainer (reference §6)
+    "synq": {"train.batch_size": 32, "train.lr": 1e-5},  # the `cpu` entry's (HAST's budget; no official CIFAR config)
 }
 
 # Schedules. "constant": the official lr throughout (how long does the student keep improving?). "official": the
