@@ -163,6 +163,26 @@ def test_site_is_deterministic_and_leaderboard_only_mode(board, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "c"]
 
 
+def test_records_that_evaluate_once_draw_no_curves(smoke_records, tmp_path):
+    """A protocol that scores only the final student (cpu v4) leaves one point per run: no curve figure, and the
+    page says why."""
+    z, n = smoke_records["zeroq"], smoke_records["noise"]
+    pairs = []
+    for k, r in enumerate(variant(base, seed, 40.0 + seed + 10 * i, [(9, 40.0 + seed + 10 * i)], 3)
+                          for i, base in enumerate((z, n)) for seed in range(3)):
+        p = tmp_path / "sweep" / f"job{k}" / "record.json"
+        p.parent.mkdir(parents=True)
+        p.write_text(json.dumps(r))
+        pairs.append((str(p), r))
+    path = tmp_path / "once.json"
+    path.write_text(json.dumps(build_leaderboard(pairs, "smoke", 1, command="CMD")))
+    m = write_site([str(path)], tmp_path / "site", command="CMD")
+    assert m["leaderboards"][0]["records_used"] == 6
+    assert not any("curves" in f for f in m["files"])
+    assert "No learning curves: the 6 records of this table on this machine evaluate the final student only" in \
+        page(tmp_path / "site")
+
+
 def test_records_that_do_not_match_their_run_are_not_used(board, tmp_path):
     path, lb = board
     lb = copy.deepcopy(lb)

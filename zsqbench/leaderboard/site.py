@@ -572,7 +572,7 @@ def group_section(board: Board, gkey: tuple, rows: list[tuple[int, dict]], plott
             hist = rec.get("eval_history") if rec else None
             if hist:
                 curves.append((run["seed"], [(h["step"], h["top1"]) for h in hist]))
-        if curves:
+        if any(len(points) > 1 for _, points in curves):  # one point (the final evaluation) is not a curve
             series[r["method"]] = curves
     n_runs = sum(len(r["runs"]) for r in plain)
     n_found = sum(board.runs[(i, u["seed"])].record is not None for i, r in rows for u in r["runs"])
@@ -582,6 +582,10 @@ def group_section(board: Board, gkey: tuple, rows: list[tuple[int, dict]], plott
         parts.append(figure_html(src, f"Test top-1 at each evaluation point per method and seed on {title}",
                                  f"Learning curves from the records' <code>eval_history</code> ({n_found} of "
                                  f"{n_runs} records on this machine). {where}"))
+    elif n_found:
+        parts.append(f'<p class="note">No learning curves: the {n_found} records of this table on this machine '
+                     f"evaluate the final student only (their <code>eval_history</code> has one point; a protocol "
+                     f"sets <code>eval.every</code> to record more).</p>")
     else:
         parts.append(f'<p class="note">Learning curves need the run records\' <code>eval_history</code>: '
                      f"{n_found} of {n_runs} records of this table are on this machine (a sweep's records are not "
