@@ -6,7 +6,7 @@ past the step where the mean dev-split curve stops rising. Every run is an off-p
 
     python benchmarks/learning_curves.py run  [--methods gdfq,hast] [--models resnet20@fmnist] [--bits 3]
                                               [--seeds 0,1,2] [--schedule constant|official|late|swa|swa-late]
-                                              [--jobs 2] [--out sweeps/curves] [--dry-run]
+                                              [--jobs 2] [--threads N] [--out sweeps/curves] [--dry-run]
     python benchmarks/learning_curves.py collect [--out sweeps/curves]   # -> benchmarks/curves/curves.json
     python benchmarks/learning_curves.py plot                            # -> benchmarks/curves/<method>.png
     python benchmarks/learning_curves.py table                           # plateau table (markdown)
@@ -104,7 +104,7 @@ def cmd_run(args) -> None:
         for j in grid:
             print(("done " if j.done() else "todo ") + str(j.dir))
         return
-    summary = run_sweep(grid, "cpu", args.jobs, None, "cpu", args.cache_dir, None, 1, args.quiet, Path(args.out))
+    summary = run_sweep(grid, "cpu", args.jobs, args.threads, "cpu", args.cache_dir, None, 1, args.quiet, Path(args.out))
     print(json.dumps(summary))
 
 
@@ -235,6 +235,7 @@ def main(argv=None) -> None:
     r.add_argument("--bits")
     r.add_argument("--seeds")
     r.add_argument("--jobs", type=int, default=2)
+    r.add_argument("--threads", type=int, help="torch threads per job (default: the cores / --jobs)")
     r.add_argument("--schedule", choices=sorted(SCHEDULES), default="constant")
     r.add_argument("--cache-dir")
     r.add_argument("--dry-run", action="store_true")
