@@ -53,9 +53,9 @@ def pinned_synthesizer(cls):
     return SetSeedSynthesizer
 
 
-def register(method: str, dataset: str) -> str:
-    """Register ``method + '+set-seed'`` (same distiller, quantizer and `cpu` settings) under this script's own
-    provider; returns its name."""
+def register(method: str, dataset: str, protocol: str) -> str:
+    """Register ``method + '+set-seed'`` (same distiller, quantizer and ``protocol`` settings) under this script's
+    own provider; returns its name."""
     from zsqbench.errors import UserError
     from zsqbench.interfaces import Method
     from zsqbench.registry import get_registry
@@ -69,11 +69,10 @@ def register(method: str, dataset: str) -> str:
     if not issubclass(synth, ImageSetSynthesizer):
         raise UserError(f"{method} does not synthesize an image set before training (its synthesizer is "
                         f"{base.synthesizer!r}); seed_split.py takes hast, intraq, zeroq-kd, synq, ...")
-    settings = {p: base.settings_for(p, dataset) for p in ("cpu", "smoke")}
     stage = registry.staging("benchmarks/seed_split.py", "zsqbench-benchmarks")
     stage.add_synthesizer(pinned_synthesizer(synth))
     stage.add_method(Method(name, synthesizer=synth.name + SUFFIX, distiller=base.distiller,
-                            quantizer=base.quantizer, settings={p: s for p, s in settings.items() if s is not None},
+                            quantizer=base.quantizer, settings={protocol: base.settings_for(protocol, dataset)},
                             description=f"{method} with the synthetic set's seed set apart (diagnostic)"))
     registry.commit(stage)
     return name
@@ -117,7 +116,7 @@ def main(argv=None) -> None:
     from zsqbench.errors import UserError
     from zsqbench.testing import run_method
     try:
-        name = register(args.method, args.model.split("@")[-1])
+        name = register(args.method, args.model.split("@")[-1], args.protocol)
     except UserError as e:
         raise SystemExit(f"error: {e}") from None
     extra = {k: json.loads(v) for k, v in (s.split("=", 1) for s in args.set)}
