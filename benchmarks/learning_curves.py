@@ -5,7 +5,7 @@ past the step where the mean dev-split curve stops rising. Every run is an off-p
 (`--set eval.split=dev ...`), so the grid resumes like any sweep, and its records never enter a leaderboard.
 
     python benchmarks/learning_curves.py run  [--methods gdfq,hast] [--models resnet20@fmnist] [--bits 3]
-                                              [--seeds 0,1,2] [--schedule constant|official|late|swa|swa-late]
+                                              [--seeds 0,1,2] [--schedule constant|official|late|swa|swa-late|swa-2000]
                                               [--jobs 2] [--threads N] [--out sweeps/curves] [--dry-run]
     python benchmarks/learning_curves.py collect [--out sweeps/curves]   # -> benchmarks/curves/curves.json
     python benchmarks/learning_curves.py plot                            # -> benchmarks/curves/<method>.png
@@ -67,6 +67,9 @@ SCHEDULES = {
     "swa": {"train.steps": 800, "train.milestones": [], "train.average_from": 0.5},
     # 1000 steps at the official lr, scoring the average over the last 300 (cpu v4's schedule).
     "swa-late": {"train.steps": 1000, "train.milestones": [], "train.average_from": 0.7},
+    # Twice v4's budget with the same 300-step averaging window (the last 300 of 2000): is a method whose curve
+    # still rises at 1000 steps (bag) short of budget, and does its seed spread narrow with more steps?
+    "swa-2000": {"train.steps": 2000, "train.milestones": [], "train.average_from": 0.85},
 }
 
 # (teacher, bits) in priority order: ResNet-20 W3A3 separates methods most, then W4A4, then MobileNetV1 W4A4.
@@ -111,7 +114,8 @@ def cmd_run(args) -> None:
 def _schedule_name(train: dict) -> str:
     for name, spec in SCHEDULES.items():
         if (list(train["milestones"]) == list(spec.get("train.milestones", COMMON["train.milestones"]))
-                and train.get("average_from") == spec.get("train.average_from")):
+                and train.get("average_from") == spec.get("train.average_from")
+                and train["steps"] == spec.get("train.steps", COMMON["train.steps"])):
             return name
     return "other"
 
@@ -167,18 +171,19 @@ def cmd_table(args) -> None:
     data = json.loads(DATA.read_text())
     import statistics
     print("| method | teacher | bits | schedule | seeds | dev top-1 at 100 / 200 / 400 / 600 / 800 / 1000 (mean) |"
-          " sd at the end | plateau (±0.5) | ms/step |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+          " at the end (step) | sd at the end | plateau (±0.5) | ms/step |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for (method, model, bits, schedule), by_step in sorted(_curves(data["runs"]).items(),
                                                            key=lambda kv: (kv[0][1], kv[0][2], kv[0][3])):
         n = max(len(v) for v in by_step.values())
         means = " / ".join(f"{statistics.mean(by_step[s]):.1f}" if s in by_step else "—"
                            for s in (100, 200, 400, 600, 800, 1000))
         last = by_step[max(by_step)]
+        end = f"{statistics.mean(last):.1f} ({max(by_step)})"
         sd = f"{statistics.stdev(last):.2f}" if len(last) > 1 else "—"
         ms = [r["mean_step_s"] for r in data["runs"] if r["mean_step_s"]
               and (r["method"], r["model"], r["bits"], r["schedule"]) == (method, model, bits, schedule)]
-        print(f"| {method} | {model} | {bits} | {schedule} | {n} | {means} | {sd} | {plateau_step(by_step)} | "
+        print(f"| {method} | {model} | {bits} | {schedule} | {n} | {means} | {end} | {sd} | {plateau_step(by_step)} | "
               f"{1000 * statistics.mean(ms):.0f} |")
 
 

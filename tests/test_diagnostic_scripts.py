@@ -123,3 +123,24 @@ def test_seed_split_refuses_a_generator_method_in_one_line():
                           capture_output=True, text=True, timeout=120)
     assert done.returncode != 0 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines() == [done.stderr.strip()] and "image set" in done.stderr
+
+
+def test_learning_curve_plateau_and_schedule_names():
+    curves = _load("learning_curves")
+    # the first step within 0.5 of the best mean from there on; a curve still rising at its end plateaus at its end
+    assert curves.plateau_step({100: [80.0, 82.0], 200: [90.0, 90.4], 300: [89.9, 90.1], 400: [90.3]}) == 200
+    assert curves.plateau_step({100: [70.0], 500: [80.0], 1000: [88.0]}) == 1000
+    # every schedule's settings read back as its own name (steps included: swa-2000 is not swa-late)
+    for name, spec in curves.SCHEDULES.items():
+        merged = {**curves.COMMON, **spec}
+        train = {"milestones": merged["train.milestones"], "average_from": merged["train.average_from"],
+                 "steps": merged["train.steps"]}
+        assert curves._schedule_name(train) == name
+
+
+def test_learning_curve_jobs_are_valid_off_protocol_sweep_jobs(tmp_path, capsys):
+    curves = _load("learning_curves")
+    curves.main(["run", "--methods", "bag", "--models", "resnet20@fmnist", "--bits", "3", "--seeds", "0",
+                 "--schedule", "swa-2000", "--out", str(tmp_path), "--dry-run"])
+    out = capsys.readouterr().out.split()
+    assert out[0] == "todo" and out[1].endswith("bag-resnet20-fmnist-w3a3-s0")
