@@ -4,10 +4,14 @@ step) with probes on its synthesizer and distiller, and prints the last steps be
 * the images: largest |x| and std; the generator's own loss terms;
 * the student before each step: its largest |parameter| and where, the largest |gradient| of the previous update
   and where, which parameters are non-finite; from ``--from-step`` on, the first module whose output is non-finite;
-* the student's and the teacher's largest |logit|.
+* the student's and the teacher's largest |logit|;
+* with ``--swap A,B`` (a run that does not diverge but falls between two evaluations): which block's change between
+  steps A and B carries the fall. At step B it scores on the dev split (2000 images) the step-A student with one
+  block's weights taken from step B, and the step-B student with one block put back to step A, block by block,
+  and the relative change of each block's parameters; then the run goes on unchanged.
 
     python benchmarks/divergence_probe.py --method qimera --model mobilenetv1@fmnist --bits 4 --seed 2
-        [--protocol cpu] [--set KEY=VALUE ...] [--from-step 360] [--last 5] [--jsonl FILE]
+        [--protocol cpu] [--set KEY=VALUE ...] [--from-step 360] [--last 5] [--jsonl FILE] [--swap 600,700]
 
 The probed method is registered in this process only (``<method>-probe``, the same settings); its record is written
 to a temporary folder and is off no protocol, but it never enters a sweep. Scores use 200 test images.
@@ -23,16 +27,55 @@ from pathlib import Path
 import torch
 
 
-def probed(method: str, log: list[dict], from_step: int) -> str:
+def blocks(model: torch.nn.Module, depth: int = 3) -> list[str]:
+    """The model's parameter-holding blocks: name prefixes ``depth`` dots deep (ResNet-20: the stem, the nine
+    residual units, the classifier), in order."""
+    out: list[str] = []
+    for name, _ in model.named_parameters():
+        prefix = ".".join(name.split(".")[:-1][:depth])
+        if prefix not in out:
+            out.append(prefix)
+    return out
+
+
+def swap_scores(student: torch.nn.Module, state_a: dict, ctx) -> dict:
+    """At step B (the student's current state): dev top-1 of A, of B, of A with one block from B, and of B with one
+    block from A. Leaves the student as it was."""
+    import copy
+    from zsqbench.evaluation.evaluate import Evaluator
+    from zsqbench.teacher.card import resolve_card
+    evaluator = Evaluator(ctx.model.dataset, None, ctx.device, 2000, 100, "dev", resolve_card(ctx.model, None, None))
+    state_b = copy.deepcopy(student.state_dict())
+
+    def score(state):
+        student.load_state_dict(state)
+        return round(evaluator.top1(student), 2)
+
+    def mixed(base, donor, prefix):
+        return {k: (donor[k] if k.startswith(prefix + ".") else v) for k, v in base.items()}
+    out = {"a": score(state_a), "b": score(state_b), "blocks": []}
+    for prefix in blocks(student):
+        keys = [k for k, _ in student.named_parameters() if k.startswith(prefix + ".")]
+        change = (sum(float((state_b[k] - state_a[k]).norm() ** 2) for k in keys)
+                  / max(sum(float(state_a[k].norm() ** 2) for k in keys), 1e-12)) ** 0.5
+        out["blocks"].append({"block": prefix, "rel_change": round(change, 5),
+                              "a_with_b_block": score(mixed(state_a, state_b, prefix)),
+                              "b_with_a_block": score(mixed(state_b, state_a, prefix))})
+    student.load_state_dict(state_b)
+    return out
+
+
+def probed(method: str, log: list[dict], from_step: int, swap: tuple[int, int] | None = None) -> str:
     """Register ``<method>-probe``: the method with its synthesizer and distiller subclassed to fill ``log``."""
     from zsqbench.registry import get_registry
     registry = get_registry()
     name = method + "-probe"
     if name in registry.methods:  # registered by an earlier replay in this process: point it at this log
-        registry.synthesizers[registry.methods[name].obj.synthesizer].obj.probe.update(log=log, from_step=from_step)
+        registry.synthesizers[registry.methods[name].obj.synthesizer].obj.probe.update(log=log, from_step=from_step,
+                                                                                       swap=swap, state_a=None)
         return name
     recipe = registry.methods[method].obj
-    probe = {"log": log, "from_step": from_step}  # shared by both probed components
+    probe = {"log": log, "from_step": from_step, "swap": swap, "state_a": None}  # shared by both components
     synth_cls = registry.synthesizers[recipe.synthesizer].obj
     distiller_cls = registry.distillers[recipe.distiller].obj
 
@@ -49,6 +92,12 @@ def probed(method: str, log: list[dict], from_step: int) -> str:
     class Distiller(distiller_cls):
         def loss(self, ctx, batch):
             row = probe["log"][-1]
+            # loss() at ctx.step runs before that step's update: the student is as evaluated "at step ctx.step"
+            if probe["swap"] and ctx.step == probe["swap"][0]:
+                import copy
+                probe["state_a"] = copy.deepcopy(ctx.student.state_dict())
+            if probe["swap"] and ctx.step == probe["swap"][1] and probe["state_a"] is not None:
+                row["swap"] = swap_scores(ctx.student, probe["state_a"], ctx)
             named = list(ctx.student.named_parameters())
             # before this step's zero_grad: the gradients of the previous update
             grads = [(float(p.grad.abs().max()), n) for n, p in named if p.grad is not None]
@@ -95,6 +144,8 @@ def main(argv=None) -> None:
     parser.add_argument("--from-step", type=int, default=0, help="look for the first non-finite module from here")
     parser.add_argument("--last", type=int, default=5, help="how many steps to print before the end")
     parser.add_argument("--jsonl", help="write every step's probes here")
+    parser.add_argument("--swap", metavar="A,B", help="at step B, which block's change since step A carries the "
+                        "change in dev top-1 (for a run that falls without diverging)")
     args = parser.parse_args(argv)
     from zsqbench.testing import run_method
     overrides = {"eval.limit": 200}
@@ -105,14 +156,26 @@ def main(argv=None) -> None:
         except ValueError:
             overrides[key] = value
     log: list[dict] = []
-    name = probed(args.method, log, args.from_step)
+    swap = tuple(int(s) for s in args.swap.split(",")) if args.swap else None
+    if swap and (len(swap) != 2 or not 0 <= swap[0] < swap[1]):
+        parser.error("--swap takes two steps A,B with 0 <= A < B")
+    name = probed(args.method, log, args.from_step, swap)
     record = run_method(name, out_dir=tempfile.mkdtemp(), protocol=args.protocol, model=args.model, bits=args.bits,
                         seed=args.seed, overrides=overrides, cache_dir=Path.home() / ".cache" / "zsqbench")
     print(f"{args.method} {args.model} W{args.bits}A{args.bits} seed {args.seed}: {record['status']}"
           + (f", {record['diverged']}" if record["diverged"] else f", top-1 on 200 test images {record['final_top1']}"))
+    if record.get("eval_history"):  # with --set eval.every=N: the curve the probes sit under
+        print("top-1 by step: " + ", ".join(f"{h['step']}: {h['top1']}" for h in record["eval_history"]))
     if args.jsonl:
         Path(args.jsonl).write_text("".join(json.dumps(row) + "\n" for row in log))
-    for row in log[-args.last:]:
+    for row in log:
+        if "swap" in row:
+            sw = row["swap"]
+            print(f"dev top-1 at step {swap[0]}: {sw['a']}, at step {swap[1]}: {sw['b']}")
+            print(f"{'block':<32} {'rel. change':>11} {'A + block from B':>17} {'B + block from A':>17}")
+            for b in sw["blocks"]:
+                print(f"{b['block']:<32} {b['rel_change']:>11.5f} {b['a_with_b_block']:>17} {b['b_with_a_block']:>17}")
+    for row in log[max(len(log) - args.last, 0):]:  # (log[-0:] would be all of it)
         print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}))
 
 

@@ -144,3 +144,28 @@ def test_learning_curve_jobs_are_valid_off_protocol_sweep_jobs(tmp_path, capsys)
                  "--schedule", "swa-2000", "--out", str(tmp_path), "--dry-run"])
     out = capsys.readouterr().out.split()
     assert out[0] == "todo" and out[1].endswith("bag-resnet20-fmnist-w3a3-s0")
+
+
+def test_divergence_probe_swap_scores_blocks_and_leaves_the_run_unchanged(tmp_path, capsys):
+    probe = _load("divergence_probe")
+    args = ["--method", "gdfq", "--model", "resnet20@fmnist", "--protocol", "smoke", "--seed", "1", "--last", "1"]
+    probe.main(args)
+    plain = [line for line in capsys.readouterr().out.splitlines() if not line.startswith("{")]
+    jsonl = tmp_path / "steps.jsonl"
+    probe.main(args + ["--swap", "1,3", "--jsonl", str(jsonl)])
+    out = [line for line in capsys.readouterr().out.splitlines() if not line.startswith("{")]
+    assert out[:len(plain)] == plain  # the swaps put the step-3 student back: the run's scores are unchanged
+    out = out[len(plain):]
+    assert out[0].startswith("dev top-1 at step 1: ") and "at step 3: " in out[0]
+    swap = next(json.loads(line)["swap"] for line in jsonl.read_text().splitlines() if '"swap"' in line)
+    names = [b["block"] for b in swap["blocks"]]
+    assert names[0].startswith("features.init_block") and names[-1] == "output" and len(names) == len(set(names))
+    assert all(0 <= b["a_with_b_block"] <= 100 and 0 <= b["b_with_a_block"] <= 100 and b["rel_change"] >= 0
+               for b in swap["blocks"])
+    assert len(out) == 2 + len(names)
+
+
+def test_divergence_probe_refuses_a_bad_swap_in_one_line():
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "divergence_probe.py"), "--method", "gdfq",
+                             "--model", "resnet20@fmnist", "--swap", "5,2"], capture_output=True, text=True)
+    assert result.returncode != 0 and "--swap takes two steps" in result.stderr and "Traceback" not in result.stderr
