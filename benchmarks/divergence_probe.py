@@ -14,7 +14,7 @@ step) with probes on its synthesizer and distiller, and prints the last steps be
         [--protocol cpu] [--set KEY=VALUE ...] [--from-step 360] [--last 5] [--jsonl FILE] [--swap 600,700]
 
 The probed method is registered in this process only (``<method>-probe``, the same settings); its record is written
-to a temporary folder and is off no protocol, but it never enters a sweep. Scores use 200 test images.
+to a temporary folder and is off no protocol, but it never enters a sweep. Scores use 200 test images unless ``--set eval.limit=...`` / ``eval.split=...`` say otherwise.
 """
 from __future__ import annotations
 
@@ -162,8 +162,10 @@ def main(argv=None) -> None:
     name = probed(args.method, log, args.from_step, swap)
     record = run_method(name, out_dir=tempfile.mkdtemp(), protocol=args.protocol, model=args.model, bits=args.bits,
                         seed=args.seed, overrides=overrides, cache_dir=Path.home() / ".cache" / "zsqbench")
+    split = record["config"]["eval"].get("split", "test")
     print(f"{args.method} {args.model} W{args.bits}A{args.bits} seed {args.seed}: {record['status']}"
-          + (f", {record['diverged']}" if record["diverged"] else f", top-1 on 200 test images {record['final_top1']}"))
+          + (f", {record['diverged']}" if record["diverged"]
+             else f", top-1 on {record['eval_samples']} {split} images {record['final_top1']}"))
     if record.get("eval_history"):  # with --set eval.every=N: the curve the probes sit under
         print("top-1 by step: " + ", ".join(f"{h['step']}: {h['top1']}" for h in record["eval_history"]))
     if args.jsonl:
