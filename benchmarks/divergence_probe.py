@@ -14,11 +14,13 @@ step) with probes on its synthesizer and distiller, and prints the last steps be
         [--protocol cpu] [--set KEY=VALUE ...] [--from-step 360] [--last 5] [--jsonl FILE] [--swap 600,700]
 
 The probed method is registered in this process only (``<method>-probe``, the same settings); its record is written
-to a temporary folder and is off no protocol, but it never enters a sweep. Scores use 200 test images unless ``--set eval.limit=...`` / ``eval.split=...`` say otherwise.
+to a temporary folder and is off no protocol, but it never enters a sweep. Scores use 200 test images unless
+``--set eval.limit=...`` / ``--set eval.split=...`` say otherwise.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import tempfile
@@ -41,7 +43,6 @@ def blocks(model: torch.nn.Module, depth: int = 3) -> list[str]:
 def swap_scores(student: torch.nn.Module, state_a: dict, ctx) -> dict:
     """At step B (the student's current state): dev top-1 of A, of B, of A with one block from B, and of B with one
     block from A. Leaves the student as it was."""
-    import copy
     from zsqbench.evaluation.evaluate import Evaluator
     from zsqbench.teacher.card import resolve_card
     evaluator = Evaluator(ctx.model.dataset, None, ctx.device, 2000, 100, "dev", resolve_card(ctx.model, None, None))
@@ -94,7 +95,6 @@ def probed(method: str, log: list[dict], from_step: int, swap: tuple[int, int] |
             row = probe["log"][-1]
             # loss() at ctx.step runs before that step's update: the student is as evaluated "at step ctx.step"
             if probe["swap"] and ctx.step == probe["swap"][0]:
-                import copy
                 probe["state_a"] = copy.deepcopy(ctx.student.state_dict())
             if probe["swap"] and ctx.step == probe["swap"][1] and probe["state_a"] is not None:
                 row["swap"] = swap_scores(ctx.student, probe["state_a"], ctx)
