@@ -156,9 +156,12 @@ def main(argv=None) -> None:
         except ValueError:
             overrides[key] = value
     log: list[dict] = []
-    swap = tuple(int(s) for s in args.swap.split(",")) if args.swap else None
-    if swap and (len(swap) != 2 or not 0 <= swap[0] < swap[1]):
-        parser.error("--swap takes two steps A,B with 0 <= A < B")
+    try:
+        swap = tuple(int(s) for s in args.swap.split(",")) if args.swap else None
+    except ValueError:
+        swap = ()
+    if swap is not None and (len(swap) != 2 or not 0 <= swap[0] < swap[1]):
+        parser.error(f"--swap takes two steps A,B with 0 <= A < B (got {args.swap!r})")
     name = probed(args.method, log, args.from_step, swap)
     record = run_method(name, out_dir=tempfile.mkdtemp(), protocol=args.protocol, model=args.model, bits=args.bits,
                         seed=args.seed, overrides=overrides, cache_dir=Path.home() / ".cache" / "zsqbench")
@@ -168,6 +171,9 @@ def main(argv=None) -> None:
              else f", top-1 on {record['eval_samples']} {split} images {record['final_top1']}"))
     if record.get("eval_history"):  # with --set eval.every=N: the curve the probes sit under
         print("top-1 by step: " + ", ".join(f"{h['step']}: {h['top1']}" for h in record["eval_history"]))
+    if swap and not any("swap" in row for row in log):
+        raise SystemExit(f"error: --swap {swap[0]},{swap[1]}: the run stopped before step {swap[1]} "
+                         f"({len(log)} distillation steps); pick steps inside the run")
     if args.jsonl:
         Path(args.jsonl).write_text("".join(json.dumps(row) + "\n" for row in log))
     for row in log:

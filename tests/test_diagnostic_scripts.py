@@ -169,3 +169,12 @@ def test_divergence_probe_refuses_a_bad_swap_in_one_line():
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "divergence_probe.py"), "--method", "gdfq",
                              "--model", "resnet20@fmnist", "--swap", "5,2"], capture_output=True, text=True)
     assert result.returncode != 0 and "--swap takes two steps" in result.stderr and "Traceback" not in result.stderr
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "divergence_probe.py"), "--method", "gdfq",
+                             "--model", "resnet20@fmnist", "--swap", "a,b"], capture_output=True, text=True)
+    assert result.returncode != 0 and "--swap takes two steps" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_divergence_probe_says_when_the_swap_steps_lie_past_the_run(capsys):
+    probe = _load("divergence_probe")
+    with pytest.raises(SystemExit, match="the run stopped before step 99"):
+        probe.main(["--method", "gdfq", "--model", "resnet20@fmnist", "--protocol", "smoke", "--swap", "1,99"])
