@@ -146,7 +146,7 @@ def cmd_collect(args) -> None:
 
 
 def _curves(runs: list[dict]) -> dict:
-    """(method, model, bits) -> {step: [top1 per seed]} over finished runs (diverged runs count as missing)."""
+    """(method, model, bits, schedule) -> {step: [top1 per seed]}; a diverged run counts up to its last evaluation."""
     out: dict = {}
     for r in runs:
         key = (r["method"], r["model"], r["bits"], r["schedule"])
@@ -167,24 +167,35 @@ def plateau_step(by_step: dict, tolerance: float = 0.5) -> int | None:
     return None
 
 
-def cmd_table(args) -> None:
-    data = json.loads(DATA.read_text())
+def table_rows(runs: list[dict]) -> list[list[str]]:
+    """One row per (method, teacher, bits, schedule): seed-means at fixed steps, the end, its sd, the plateau, which
+    seeds diverged (and at which step; their curves stop there, so the end figure is over the seeds that finished)."""
     import statistics
-    print("| method | teacher | bits | schedule | seeds | dev top-1 at 100 / 200 / 400 / 600 / 800 / 1000 (mean) |"
-          " at the end (step) | sd at the end | plateau (±0.5) | ms/step |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for (method, model, bits, schedule), by_step in sorted(_curves(data["runs"]).items(),
+    rows = []
+    for (method, model, bits, schedule), by_step in sorted(_curves(runs).items(),
                                                            key=lambda kv: (kv[0][1], kv[0][2], kv[0][3])):
-        n = max(len(v) for v in by_step.values())
+        key = (method, model, bits, schedule)
+        mine = [r for r in runs if (r["method"], r["model"], r["bits"], r["schedule"]) == key]
         means = " / ".join(f"{statistics.mean(by_step[s]):.1f}" if s in by_step else "—"
                            for s in (100, 200, 400, 600, 800, 1000))
         last = by_step[max(by_step)]
-        end = f"{statistics.mean(last):.1f} ({max(by_step)})"
-        sd = f"{statistics.stdev(last):.2f}" if len(last) > 1 else "—"
-        ms = [r["mean_step_s"] for r in data["runs"] if r["mean_step_s"]
-              and (r["method"], r["model"], r["bits"], r["schedule"]) == (method, model, bits, schedule)]
-        print(f"| {method} | {model} | {bits} | {schedule} | {n} | {means} | {end} | {sd} | {plateau_step(by_step)} | "
-              f"{1000 * statistics.mean(ms):.0f} |")
+        failed = sorted((r["diverged"] or {}).get("step", "?") for r in mine if r["status"] != "ok")
+        diverged = f"{len(failed)} of {len(mine)} (step {', '.join(map(str, failed))})" if failed else "—"
+        ms = [r["mean_step_s"] for r in mine if r["mean_step_s"]]
+        rows.append([method, model, bits, schedule, str(len(mine)), means,
+                     f"{statistics.mean(last):.1f} ({max(by_step)})",
+                     f"{statistics.stdev(last):.2f}" if len(last) > 1 else "—", diverged,
+                     str(plateau_step(by_step)), f"{1000 * statistics.mean(ms):.0f}" if ms else "—"])
+    return rows
+
+
+def cmd_table(args) -> None:
+    data = json.loads(DATA.read_text())
+    print("| method | teacher | bits | schedule | seeds | dev top-1 at 100 / 200 / 400 / 600 / 800 / 1000 (mean) |"
+          " at the end (step) | sd at the end | diverged | plateau (±0.5) | ms/step |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for row in table_rows(data["runs"]):
+        print("| " + " | ".join(row) + " |")
 
 
 def cmd_plot(args) -> None:

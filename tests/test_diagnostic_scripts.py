@@ -138,6 +138,22 @@ def test_learning_curve_plateau_and_schedule_names():
         assert curves._schedule_name(train) == name
 
 
+def test_learning_curve_table_names_diverged_seeds_and_ends_on_the_finished_ones():
+    curves = _load("learning_curves")
+
+    def run(seed, history, diverged=None):
+        return {"method": "intraq", "model": "mobilenetv1@fmnist", "bits": "W4A4", "schedule": "swa-late",
+                "seed": seed, "status": "diverged" if diverged else "ok", "history": history, "mean_step_s": 0.2,
+                "diverged": {"phase": "distill", "step": diverged, "what": "student loss"} if diverged else None}
+
+    runs = [run(0, [[100, 50.0], [200, 52.0]]), run(1, [[100, 54.0], [200, 56.0]]), run(2, [[100, 40.0]], 183)]
+    [row] = curves.table_rows(runs)
+    assert row[4] == "3" and row[5].startswith("48.0 / 54.0 / —")
+    assert row[6] == "54.0 (200)" and row[7] == "2.83"  # the end: the two seeds that reached it
+    assert row[8] == "1 of 3 (step 183)" and row[10] == "200"
+    assert curves.table_rows(runs[:2])[0][8] == "—"
+
+
 def test_learning_curve_jobs_are_valid_off_protocol_sweep_jobs(tmp_path, capsys):
     curves = _load("learning_curves")
     curves.main(["run", "--methods", "bag", "--models", "resnet20@fmnist", "--bits", "3", "--seeds", "0",
