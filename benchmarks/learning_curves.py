@@ -172,14 +172,13 @@ def table_rows(runs: list[dict]) -> list[list[str]]:
     seeds diverged (and at which step; their curves stop there, so the end figure is over the seeds that finished)."""
     import statistics
     rows = []
-    for (method, model, bits, schedule), by_step in sorted(_curves(runs).items(),
-                                                           key=lambda kv: (kv[0][1], kv[0][2], kv[0][3])):
-        key = (method, model, bits, schedule)
+    for key, by_step in sorted(_curves(runs).items(), key=lambda kv: (kv[0][1], kv[0][2], kv[0][3])):
+        method, model, bits, schedule = key
         mine = [r for r in runs if (r["method"], r["model"], r["bits"], r["schedule"]) == key]
         means = " / ".join(f"{statistics.mean(by_step[s]):.1f}" if s in by_step else "—"
                            for s in (100, 200, 400, 600, 800, 1000))
         last = by_step[max(by_step)]
-        failed = sorted((r["diverged"] or {}).get("step", "?") for r in mine if r["status"] != "ok")
+        failed = sorted(r["diverged"]["step"] for r in mine if r["diverged"])
         diverged = f"{len(failed)} of {len(mine)} (step {', '.join(map(str, failed))})" if failed else "—"
         ms = [r["mean_step_s"] for r in mine if r["mean_step_s"]]
         rows.append([method, model, bits, schedule, str(len(mine)), means,
