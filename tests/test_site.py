@@ -128,8 +128,8 @@ def test_site_with_records_has_curves_diagnostics_previews_and_provenance(board,
     assert page(site).count(f'src="{previews[0]}"') >= 2  # W3A3 and W4A4 (and zeroq-kd, same set)
     assert "img/smoke-v{}-resnet20-fmnist-bits.svg".format(lb["protocol"]["version"]) in files
     assert "real test set" in html and "intra-class distance" in html and "BNS error" in html
-    # significance (the lead's per-row object) is rendered when present
-    assert "vs next row" in html and "p<sub>Holm</sub>" in html
+    # the table statistics: letters and rank intervals per row, the test named in the head
+    assert "group (letters)" in html and "rank (95 %)" in html and "Games-Howell" in html
     # every per-seed value links to a provenance row that exists, with the record linked and the command
     import re
     targets = set(re.findall(r'href="#(prov-[^"]+)"', html))

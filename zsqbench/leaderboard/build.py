@@ -16,12 +16,12 @@ from pathlib import Path
 
 from zsqbench.errors import UserError
 from zsqbench.leaderboard.collect import LEADERBOARD_KIND
-from zsqbench.leaderboard.stats import holm, mean, pvalue, summarize
+from zsqbench.leaderboard.stats import ci_half_width, mean, summarize, table_statistics
 from zsqbench.provenance import code_version
 from zsqbench.record.io import validation_errors
 
-SCHEMA_VERSION = 1
-ALPHA = 0.05  # family-wise error rate of the adjacent-row comparisons (Holm)
+SCHEMA_VERSION = 2  # 2: all-pairs Games-Howell, letters and rank intervals (1: adjacent rows, Welch + Holm)
+ALPHA = 0.05  # family-wise error rate of each table's pairwise comparisons
 
 
 def name_files(paths, limit: int = 4) -> str:
@@ -202,8 +202,7 @@ def read_notes(path: str, protocol: str) -> dict:
 
 def power_of(row: dict, target: float) -> dict:
     """The row's 95 % CI half-width against a target (its statistical power, as the reader needs it)."""
-    ci = row["ci95"]
-    half = None if ci is None else (ci[1] - ci[0]) / 2
+    half = ci_half_width(row["final_top1"])  # of the uncut t interval: the [0, 100] cut is not precision
     return {"target": target, "half_width": half, "met": half is not None and half <= target}
 
 
@@ -241,43 +240,72 @@ def rank_order(row: dict) -> tuple:
             -(row["mean"] if row["mean"] is not None else -math.inf), row["method"])
 
 
-def add_significance(rows: list[dict], alpha: float = ALPHA) -> dict:
-    """Compare each row with the next lower-ranked row of its model and bits (Welch's t on the per-seed final
-    top-1), Holm-corrected over the adjacent pairs of that table (one family per model and bits: each table is one
-    ranking question): a reader sees which steps of the ranking are real. Sets ``significance`` and ``group`` on
-    every row; returns the leaderboard's ``significance`` block."""
+BOOTSTRAP_RESAMPLES = 2000  # rank intervals: resamples of each row's seeds (seeded: the validator gets the same)
+BOOTSTRAP_SEED = 0
+
+
+def table_rows(rows: list[dict]) -> dict[tuple, list[dict]]:
+    """The rows of each table (model, dataset and bits), best mean first."""
     tables = defaultdict(list)
     for row in sorted(rows, key=rank_order):
         tables[(row["model"], row["dataset"], row["wbits"], row["abits"])].append(row)
-    n_pairs = 0
-    for ranked in tables.values():
-        pairs = []
-        for upper, lower in zip(ranked, ranked[1:]):
-            p = pvalue(upper["final_top1"], lower["final_top1"])
-            if p is not None:
-                pairs.append((upper, lower, p))
+    return dict(tables)
+
+
+def add_significance(rows: list[dict], alpha: float = ALPHA) -> dict:
+    """Every pair of rows within a table (one family per model and bits: each table is one ranking question) by
+    the Games-Howell test on the per-seed final top-1; each row's compact letters (rows sharing a letter are not
+    separated at ``alpha``, family-wise) and its 95 % rank interval from a bootstrap over its seeds. Rows with fewer
+    than two finished seeds (every seed diverged, or one seed) get neither: nothing can place them. Sets
+    ``letters`` and ``rank_interval`` on every row; returns the leaderboard's ``significance`` block, which holds
+    every pair's p-value."""
+    tables = []
+    for key, ranked in table_rows(rows).items():
+        result = table_statistics({r["method"]: r["final_top1"] for r in ranked}, alpha, BOOTSTRAP_RESAMPLES,
+                                  BOOTSTRAP_SEED)
         for row in ranked:
-            row["significance"] = None
-        for (upper, lower, p), p_holm in zip(pairs, holm([p for *_, p in pairs])):
-            upper["significance"] = {"next": lower["method"], "delta": upper["mean"] - lower["mean"], "p": p,
-                                     "p_holm": p_holm, "differs": p_holm < alpha}
-        group = 1
-        for upper, lower in zip([None] + ranked, ranked):
-            group += bool(upper and (upper["significance"] or {}).get("differs"))
-            lower["group"] = group
-        n_pairs += len(pairs)
-    return {"test": "welch", "correction": "holm", "alpha": alpha, "comparisons": n_pairs}
+            row["letters"] = result["letters"].get(row["method"])
+            row["rank_interval"] = result["rank_intervals"].get(row["method"])
+        tables.append({"table": table_name(ranked[0]), "rows": result["rows"], "pairs": result["pairs"]})
+    return {"test": "games-howell", "alpha": alpha, "comparisons": sum(len(t["pairs"]) for t in tables),
+            "rank_interval": {"method": "bootstrap over seeds", "level": 0.95, "resamples": BOOTSTRAP_RESAMPLES,
+                              "seed": BOOTSTRAP_SEED},
+            "tables": tables}
 
 
 def with_significance(lb: dict) -> dict:
-    """The leaderboard with its adjacent-row tests: as built, or derived from the per-seed values of a leaderboard
-    built before they existed (a copy; the file is not changed)."""
+    """The leaderboard with its table statistics: as built, or derived from the per-seed values (a copy; the file
+    is not changed)."""
     if "significance" in lb:
         return lb
     import copy
     lb = copy.deepcopy(lb)
     lb["significance"] = add_significance(lb["rows"])
     return lb
+
+
+def restat(lb: dict, command: str) -> dict:
+    """Every derived figure of a leaderboard recomputed from the runs it holds (no run records needed): the rows'
+    summaries, power against the targets they carry, and the table statistics. For a leaderboard built by an
+    older zsqbench whose statistics have since changed; the runs, notes and provenance are kept."""
+    import zsqbench
+    rows = []
+    for old in lb["rows"]:
+        key = (old["model"], old["dataset"], old["wbits"], old["abits"], old["method"])
+        row = row_from_runs(key, old["runs"])
+        if "note" in old:
+            row["note"] = old["note"]
+        if "power" in old:
+            row["power"] = power_of(row, old["power"]["target"])
+            if not row["power"]["met"]:
+                row["flags"] = [*row["flags"], power_flag(row["power"])]
+        rows.append(row)
+    rows.sort(key=rank_order)
+    provenance = {**lb["provenance"], "statistics": f"recomputed by zsqbench {zsqbench.__version__} "
+                                                   f"({command}) on {datetime.now(timezone.utc).isoformat(timespec='seconds')}"}
+    out = {**lb, "schema_version": SCHEMA_VERSION, "provenance": provenance, "rows": rows}
+    out["significance"] = add_significance(rows, (lb.get("significance") or {}).get("alpha", ALPHA))
+    return out
 
 
 def device_label(d: dict) -> str:
@@ -295,6 +323,9 @@ def _close(a, b, tol=1e-6) -> bool:
 
 def validate_leaderboard(obj) -> list[str]:
     """Errors of a leaderboard: JSON Schema first; if that passes, the semantic rules."""
+    if isinstance(obj, dict) and obj.get("schema_version") == 1:
+        return ["schema version 1 (adjacent-row statistics, before all-pairs tests): upgrade it with "
+                "`zsqbench leaderboard restat FILE`"]
     errors = validation_errors(obj, "leaderboard")
     if errors:
         return errors
@@ -341,23 +372,39 @@ def validate_leaderboard(obj) -> list[str]:
                 row["ci95"] and not all(_close(x, y) for x, y in zip(row["ci95"], stats["ci95"]))):
             errors.append(f"{where}: ci95 {row['ci95']} does not match final_top1 ({stats['ci95']})")
     if "significance" in obj:
-        import copy
-        expect_rows = copy.deepcopy(obj["rows"])
-        expect = add_significance(expect_rows, obj["significance"]["alpha"])
-        if expect != obj["significance"]:
-            errors.append(f"significance: {obj['significance']} but the rows give {expect}")
-        for row, want in zip(obj["rows"], expect_rows):
-            for field in ("group", "significance"):
-                got, exp = row.get(field), want[field]
-                same = got == exp if not (isinstance(got, dict) and isinstance(exp, dict)) else \
-                    all(_close(got.get(k), v) if isinstance(v, float) else got.get(k) == v for k, v in exp.items())
-                if not same:
-                    errors.append(f"rows ({row['method']} {row['model']}@{row['dataset']} W{row['wbits']}A"
-                                  f"{row['abits']}): {field} {got} does not match the per-seed values ({exp})")
+        errors += significance_errors(obj)
     n_runs = sum(len(r["runs"]) for r in obj["rows"])
     if n_runs != obj["provenance"]["records"]:
         errors.append(f"provenance/records: {obj['provenance']['records']} but the rows hold {n_runs} runs")
     return errors
+
+
+def significance_errors(obj: dict) -> list[str]:
+    """The table statistics recomputed from the per-seed values: pairs, letters, rank intervals."""
+    import copy
+    rows = copy.deepcopy(obj["rows"])
+    expect = add_significance(rows, obj["significance"]["alpha"])
+    errors = []
+    if not _same(obj["significance"], expect):
+        errors.append("significance: the pairwise tests do not match the per-seed values (recompute them: "
+                      "`zsqbench leaderboard restat`)")
+    for row, want in zip(obj["rows"], rows):
+        for field in ("letters", "rank_interval"):
+            if row.get(field) != want[field]:
+                errors.append(f"rows ({row['method']} {table_name(row)}): {field} {row.get(field)} does not match "
+                              f"the per-seed values ({want[field]})")
+    return errors
+
+
+def _same(a, b) -> bool:
+    """Equal, with floats compared to a relative 1e-6 (p-values recomputed by another scipy build)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) or isinstance(b, float):
+        return isinstance(a, (int, float)) and isinstance(b, (int, float)) and _close(a, b)
+    return a == b
 
 
 def check_leaderboard(obj, path) -> dict:

@@ -87,6 +87,35 @@ def show(file, published, wide, as_json):
     leaderboard_table(lb, published=published, console=_console(), wide=wide)
 
 
+@leaderboard.command("restat")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--output", "-o", default=None, type=click.Path(dir_okay=False),
+              help="Where to write the result (default: FILE itself, rewritten atomically).")
+def restat_command(file, output):
+    """Recompute every derived statistic of a leaderboard (row summaries, power, the all-pairs tests, letters,
+    rank intervals) from the per-seed runs it holds: no run records needed. Upgrades a leaderboard built by an
+    older zsqbench (schema version 1); the runs, notes and provenance are kept."""
+    from zsqbench.leaderboard.build import restat, validate_leaderboard
+    from zsqbench.leaderboard.collect import looks_like_leaderboard
+    from zsqbench.record.io import load_json, write_json_atomic
+    lb = load_json(Path(file))
+    if not looks_like_leaderboard(lb):
+        raise UserError(f"{file} is not a zsqbench leaderboard (build one with `zsqbench leaderboard build`)")
+    out = Path(output or file)
+    command = shlex.join(["zsqbench", "leaderboard", "restat", file] + (["-o", output] if output else []))
+    try:
+        new = restat(lb, command)
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(f"{file}: rows or runs are malformed ({type(e).__name__}: {e}); rebuild it from its run "
+                        "records with `zsqbench leaderboard build`") from None
+    errors = validate_leaderboard(new)
+    if errors:
+        raise UserError(f"{file}: the recomputed leaderboard is not valid (not written): {'; '.join(errors[:3])}")
+    write_json_atomic(out, new)
+    _console().print(f"wrote {out}: statistics of {len(new['rows'])} rows recomputed from their runs; see "
+                     f"`zsqbench leaderboard show {out}`", highlight=False, soft_wrap=True)
+
+
 @click.command("compare")
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("--baseline", metavar="METHOD", default=None,
@@ -95,22 +124,25 @@ def show(file, published, wide, as_json):
               help="Test across seeds: Welch's t-test or Mann-Whitney U (two-sided).")
 @click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.05,
               show_default=True, help="Significance level.")
+@click.option("--correction", type=click.Choice(["holm", "none"]), default="holm", show_default=True,
+              help="Correct the p-values of each table's comparisons (Holm: family-wise error rate alpha per table).")
 @click.option("--fail-if-worse", is_flag=True, help="Exit 1 when any row is significantly worse (for CI).")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON instead of a table.")
 @click.option("--wide", is_flag=True, help="Every column: std, n, inputs, notes (the default fits 80 columns).")
-def compare(inputs, baseline, test, alpha, fail_if_worse, as_json, wide):
+def compare(inputs, baseline, test, correction, alpha, fail_if_worse, as_json, wide):
     """Compare results across seeds. INPUTS are run records, result directories or leaderboard JSONs; without
     --baseline the first is the reference and each later one is compared with it row by row (same protocol,
-    model, bits, method). Marks: + better, - worse (significant), ~ not significant, ? < 2 seeds, x protocol
+    model, bits, method). Marks: + better, - worse (significant after --correction over each table's
+    comparisons), ~ not significant, ? < 2 seeds, x protocol
     versions or teacher weights differ, or a side's row mixes code versions (not compared)."""
     from zsqbench.leaderboard.compare import compare_baseline, compare_inputs, load_side
     from zsqbench.leaderboard.show import comparison_table
     if baseline:
-        result = compare_baseline(load_side(inputs), baseline, test, alpha)
+        result = compare_baseline(load_side(inputs), baseline, test, alpha, correction)
     else:
         if len(inputs) < 2:
             raise UserError("compare needs two or more inputs (the first is the reference), or --baseline METHOD")
-        result = compare_inputs([load_side([p]) for p in inputs], test, alpha)
+        result = compare_inputs([load_side([p]) for p in inputs], test, alpha, correction)
     if not result["comparisons"]:
         raise UserError("nothing to compare: no (protocol, model, bits, method) row is shared"
                         + (f" with baseline {baseline}" if baseline else " between the reference and the others"))

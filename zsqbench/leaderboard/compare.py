@@ -1,6 +1,7 @@
 """Compare results across seeds: input against input (the first is the reference) or every method against a
 baseline method. An input is a run record, a directory of records, or a leaderboard (its rows keep the per-seed
-values). Marks: ``+`` better / ``-`` worse (significant at alpha), ``~`` not significant, ``?`` fewer than two
+values). Marks: ``+`` better / ``-`` worse (significant at alpha after Holm's correction over the comparisons of
+one table: the same model, dataset and bits, against one reference), ``~`` not significant, ``?`` fewer than two
 finished seeds on a side (no test), ``x`` protocol versions/hashes or teacher weights differ, or a side's row mixes
 code versions (never compared, as asv does)."""
 from __future__ import annotations
@@ -12,7 +13,7 @@ from zsqbench.errors import UserError
 from zsqbench.leaderboard.build import (check_leaderboard, check_seeds, check_teacher, code_versions, name_files,
                                         row_from_runs, run_entry, teacher_weights)
 from zsqbench.leaderboard.collect import collect, require_clean
-from zsqbench.leaderboard.stats import min_pvalue, pvalue
+from zsqbench.leaderboard.stats import holm, min_pvalue, pvalue
 
 
 @dataclass
@@ -84,11 +85,10 @@ def compare_rows(a: dict, b: dict, test: str, alpha: float) -> dict:
     p = pvalue(a["final_top1"], b["final_top1"], test)
     if p is None:
         return out | {"mark": "?", "note": "fewer than 2 finished seeds on a side"}
-    mark = "~" if p >= alpha else ("+" if out["delta"] > 0 else "-" if out["delta"] < 0 else "~")
     note = None
-    if mark == "~" and min_pvalue(a["n"], b["n"], test) >= alpha:
+    if min_pvalue(a["n"], b["n"], test) >= alpha:
         note = f"{test} cannot reach p < {alpha} with {a['n']} vs {b['n']} seeds"
-    return out | {"p": p, "mark": mark, "note": note}
+    return out | {"p": p, "mark": None, "note": note}  # the mark waits for the family's correction (_result)
 
 
 def _entry(key: tuple, ref_label: str, new_label: str, a: dict, b: dict, test: str, alpha: float) -> dict:
@@ -98,7 +98,7 @@ def _entry(key: tuple, ref_label: str, new_label: str, a: dict, b: dict, test: s
             **compare_rows(a, b, test, alpha)}
 
 
-def compare_inputs(sides: list[Side], test: str, alpha: float) -> dict:
+def compare_inputs(sides: list[Side], test: str, alpha: float, correction: str = "holm") -> dict:
     ref, *others = sides
     comps, unmatched = [], []
     for side in others:
@@ -107,10 +107,10 @@ def compare_inputs(sides: list[Side], test: str, alpha: float) -> dict:
                 comps.append(_entry(key, ref.label, side.label, ref.rows[key], side.rows[key], test, alpha))
             else:
                 unmatched.append({"key": _key_text(key), "only_in": ref.label if key in ref.rows else side.label})
-    return _result("inputs", ref.label, comps, unmatched, test, alpha)
+    return _result("inputs", ref.label, comps, unmatched, test, alpha, correction)
 
 
-def compare_baseline(side: Side, baseline: str, test: str, alpha: float) -> dict:
+def compare_baseline(side: Side, baseline: str, test: str, alpha: float, correction: str = "holm") -> dict:
     if not any(k[5] == baseline for k in side.rows):
         methods = sorted({k[5] for k in side.rows})
         raise UserError(f"baseline method {baseline!r} is not in the inputs (found: {', '.join(methods)})")
@@ -123,14 +123,32 @@ def compare_baseline(side: Side, baseline: str, test: str, alpha: float) -> dict
             comps.append(_entry(key, baseline, side.label, side.rows[base_key], side.rows[key], test, alpha))
         else:
             unmatched.append({"key": _key_text(key), "only_in": f"no {baseline} run for this model and bits"})
-    return _result("baseline", baseline, comps, unmatched, test, alpha)
+    return _result("baseline", baseline, comps, unmatched, test, alpha, correction)
 
 
-def _result(mode, reference, comps, unmatched, test, alpha) -> dict:
+def correct(comps: list[dict], alpha: float, correction: str) -> None:
+    """``p_adj`` and the mark of every tested comparison. One family per table (protocol, model, dataset, bits) and
+    reference input: the question "which rows of this table changed" is asked once, so its false alarms are
+    bounded at alpha as the leaderboard's letters are (``correction="none"`` keeps each p as it is)."""
+    families = defaultdict(list)
+    for c in comps:
+        if c["p"] is not None:
+            families[(c["protocol"], c["model"], c["dataset"], c["wbits"], c["abits"], c["input"])].append(c)
+    for family in families.values():
+        adjusted = holm([c["p"] for c in family]) if correction == "holm" else [c["p"] for c in family]
+        for c, p_adj in zip(family, adjusted):
+            c["p_adj"] = p_adj
+            c["mark"] = "~" if p_adj >= alpha else "+" if c["delta"] > 0 else "-" if c["delta"] < 0 else "~"
+    for c in comps:
+        c.setdefault("p_adj", None)
+
+
+def _result(mode, reference, comps, unmatched, test, alpha, correction="holm") -> dict:
+    correct(comps, alpha, correction)
     for c in comps:
         c["published"] = published_for(c)
-    return {"mode": mode, "reference": reference, "test": test, "alpha": alpha, "comparisons": comps,
-            "unmatched": unmatched, "worse": sum(c["mark"] == "-" for c in comps)}
+    return {"mode": mode, "reference": reference, "test": test, "correction": correction, "alpha": alpha,
+            "comparisons": comps, "unmatched": unmatched, "worse": sum(c["mark"] == "-" for c in comps)}
 
 
 def _sort_key(key):

@@ -53,7 +53,7 @@ def _row_order(r):
 
 
 # the columns a leaderboard shows without --wide: what fits 80 columns (the rest: --wide or --json)
-NARROW_LEADERBOARD = ("model", "bits", "method", "n", "final top-1 %", "grp", "best on test % (legacy)")
+NARROW_LEADERBOARD = ("model", "bits", "method", "n", "final top-1 %", "grp", "rank", "best on test % (legacy)")
 
 
 def leaderboard_table(lb: dict, published: bool = False, console: Console | None = None, wide: bool = False) -> None:
@@ -72,7 +72,7 @@ def leaderboard_table(lb: dict, published: bool = False, console: Console | None
               box=None if not wide else box.HEAVY_HEAD, padding=(0, 1))
     right = {"justify": "right"}
     columns = [("model", {}), ("bits", {}), ("method", {"style": "bold"}), ("n", right), ("final top-1 %", right),
-               ("grp", {}), ("vs next", right),
+               ("grp", {}), ("rank", right),
                ("95 % CI", {}), ("per seed", {}), ("best on test % (legacy)", right)]
     columns += [("published % (best on test)", {})] * show_pub
     columns += [("gap", right), ("FP %", right), ("wall s", right), ("step ms", right), ("flags", {})]
@@ -95,7 +95,7 @@ def leaderboard_table(lb: dict, published: bool = False, console: Console | None
                      escape(r["method"]) + (f" [{note_no[id(r)]}]" if id(r) in note_no else ""),
                      str(r["n"]) + (f"/{r['n'] + r['diverged']}" if r["diverged"] else ""),
                      _mark(final, r["mean"] is not None and r["mean"] == best_mean),
-                     _group_letter(r.get("group")), _vs_next(r.get("significance")),
+                     r.get("letters") or "—", _rank_text(r.get("rank_interval")),
                      "—" if r["ci95"] is None else f"[{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}]",
                      " / ".join(f"{v:.2f}" for v in r["final_top1"]) or "—",
                      _mark(_f(r["best_on_test_mean"]), r["best_on_test_mean"] is not None
@@ -120,15 +120,17 @@ def leaderboard_table(lb: dict, published: bool = False, console: Console | None
         console.print(escape(f"[{k}] {r['method']} {r['model']}@{r['dataset']} W{r['wbits']}A{r['abits']}: "
                              f"{r['note']}"), highlight=False)
     if not wide:
-        console.print("more columns (95 % CI, per seed, vs next, gap, FP, wall and step time, flags): --wide; "
+        console.print("more columns (95 % CI, per seed, gap, FP, wall and step time, flags): --wide; "
                       "everything: --json", style="dim", highlight=False)
     console.print(f"{STAR} best per model and bits (mean final top-1; best on test; fastest). Best on test is "
                   "selected on the test set (legacy, as papers report); the headline is the final student.",
                   style="dim", highlight=False)
     sig = lb["significance"]
-    console.print(f"grp: rows sharing a letter are not told apart; vs next: Δ to the next row and its Welch p, "
-                  f"{sig['correction'].capitalize()}-corrected over each table's {sig['comparisons']} adjacent pairs "
-                  f"in all (* = p < {sig['alpha']}).", style="dim", highlight=False)
+    boot = sig["rank_interval"]
+    console.print(f"grp: rows sharing a letter are not separated (Games-Howell over every pair of a table's rows, "
+                  f"family-wise alpha {sig['alpha']}; {sig['comparisons']} pairs in all; — : under 2 finished seeds); "
+                  f"rank: the row's {boot['level']:.0%} rank interval over {boot['resamples']} bootstrap resamples of "
+                  f"the seeds (docs/statistics.md).", style="dim", highlight=False)
     if wide and any("power" in r for r in rows):
         console.print(f"CI ±h > t (flags): the row's 95 % CI half-width h misses the target t its table has in the "
                       f"notes file ({lb['provenance'].get('notes', '?')}); \\[k]: a note on the row, above.",
@@ -138,20 +140,11 @@ def leaderboard_table(lb: dict, published: bool = False, console: Console | None
                       "available)", style="dim", highlight=False)
 
 
-def _group_letter(group: int | None) -> str:
-    if not group:
-        return ""
-    letters = ""
-    while group:
-        group, rest = divmod(group - 1, 26)
-        letters = chr(ord("a") + rest) + letters
-    return letters
-
-
-def _vs_next(sig: dict | None) -> str:
-    if not sig:
-        return ""
-    return f"{sig['delta']:+.2f} p={sig['p_holm']:.2g}" + ("*" if sig["differs"] else " ")
+def _rank_text(interval: list[int] | None) -> str:
+    if not interval:
+        return "—"
+    lo, hi = interval
+    return str(lo) if lo == hi else f"{lo}–{hi}"
 
 
 def _side_text(s: dict) -> str:
@@ -177,12 +170,16 @@ def comparison_table(result: dict, console: Console | None = None, wide: bool = 
     show_pub = wide and any(c.get("published") for c in comps)
     what = f"every method vs {result['reference']}" if baseline else f"against {result['reference']}"
     on = "" if show_protocol else f" · protocol {protocols[0]}"
-    t = Table(title=escape(f"compare · {what}{on} · {result['test']}, alpha {result['alpha']}"), title_justify="left",
+    corrected = result.get("correction", "none") != "none"
+    t = Table(title=escape(f"compare · {what}{on} · {result['test']}"
+                           + (f", {result['correction'].capitalize()} per table" if corrected else "")
+                           + f", alpha {result['alpha']}"), title_justify="left",
               box=None if not wide else box.HEAVY_HEAD, padding=(0, 1))
     columns = [("protocol", {})] * show_protocol + [("model", {}), ("bits", {}), ("method", {"style": "bold"})]
     columns += [("input", {})] * (several and wide)
     columns += [(f"{result['reference']} %" if baseline else "reference %", {"justify": "right"}),
-                ("top-1 %", {"justify": "right"}), ("Δ", {"justify": "right"}), ("p", {"justify": "right"}),
+                ("top-1 %", {"justify": "right"}), ("Δ", {"justify": "right"}),
+                (f"p ({result['correction']})" if corrected else "p", {"justify": "right"}),
                 ("", {})]
     columns += [("published % (best on test)", {})] * show_pub + [("note", {"style": "dim"})] * wide
     for name, kw in columns:
@@ -201,7 +198,7 @@ def comparison_table(result: dict, console: Console | None = None, wide: bool = 
                          + (f" [{c['input']}]" if several else "") + f": {c['note']}")
             mark += f" ({len(notes)})"
         cells += ["—" if x else side(c["ref"]), "—" if x else side(c["new"]),
-                  _f(c["delta"], "{:+.2f}"), _f(c["p"], "{:.3g}"), mark]
+                  _f(c["delta"], "{:+.2f}"), _f(c.get("p_adj", c["p"]), "{:.3g}"), mark]
         if show_pub:
             cells.append(escape(_published_text(c.get("published"))))
         if wide:
@@ -210,7 +207,9 @@ def comparison_table(result: dict, console: Console | None = None, wide: bool = 
     console.print(t)
     for note in notes:
         console.print(escape(note), style="dim", highlight=False, soft_wrap=True)
-    console.print("+ better / - worse (significant at alpha) · ~ not significant · ? fewer than 2 finished seeds "
+    console.print("+ better / - worse (significant at alpha" + (", p corrected over each table's comparisons"
+                                                              if corrected else "") + ") · ~ not significant · "
+                  "? fewer than 2 finished seeds "
                   "on a side · x protocol versions or teacher weights differ, or a side mixes code versions (not "
                   "compared)" + ("" if wide else " · more columns: --wide, everything: --json"), style="dim",
                   highlight=False)

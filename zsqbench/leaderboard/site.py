@@ -339,14 +339,11 @@ def link(text: str, target: str, title: str = "") -> str:
 
 
 def leaderboard_table(board: Board, gslug: str, caption: str, rows: list[tuple[int, dict]]) -> str:
-    has_sig = any(r.get("significance") for _, r in rows)
-    has_group = any(r.get("group") is not None for _, r in rows)
+    has_letters = any(r.get("letters") for _, r in rows)
     cols = [("rank", "#", "num"), ("method", "method", "text"), ("n", "n", "num"),
             ("mean", "final top-1 % (mean ± sd)", "num"), ("ci", "95 % CI", "num"), ("seeds", "per seed", "text")]
-    if has_group:
-        cols.append(("group", "group", "num"))
-    if has_sig:
-        cols.append(("sig", "vs next row (Δ, Holm p)", "num"))
+    if has_letters:
+        cols += [("letters", "group (letters)", "text"), ("rank", "rank (95 %)", "num")]
     cols += [("best", "best on test % (legacy)", "num"), ("gap", "gap", "num"), ("fp", "FP %", "num"),
              ("wall", "wall s", "num"), ("step", "step ms", "num"), ("flags", "flags", "text")]
     head = "".join(f'<th scope="col" data-type="{t}" class="{esc(k)}"><button type="button">{esc(label)}'
@@ -372,18 +369,12 @@ def leaderboard_table(board: Board, gslug: str, caption: str, rows: list[tuple[i
                  (sort_value(r["mean"]), link(mean_txt, rid, "provenance of this row")),
                  (sort_value(r["ci95"][0] if r["ci95"] else None), link(ci, rid) if r["ci95"] else "—"),
                  (esc(r["method"]), seeds)]
-        if has_group:
-            g = r.get("group")
-            cells.append((sort_value(g), "—" if g is None else str(g)))
-        if has_sig:
-            s = r.get("significance")
-            if s:
-                verdict = "differs" if s.get("differs") else "not separable"
-                text = (f"{num(s.get('delta'), '{:+.2f}')} vs {esc(s.get('next', '?'))}, "
-                        f"p<sub>Holm</sub> {num(s.get('p_holm'), '{:.3g}')} · {verdict}")
-                cells.append((sort_value(s.get("delta")), text))
-            else:
-                cells.append(("", "—"))
+        if has_letters:
+            interval = r.get("rank_interval")
+            cells += [(esc(r.get("letters") or ""), esc(r.get("letters") or "—")),
+                      (sort_value(interval[0] if interval else None),
+                       "—" if not interval else str(interval[0]) if interval[0] == interval[1]
+                       else f"{interval[0]}–{interval[1]}")]
         cells += [(sort_value(r["best_on_test_mean"]), link(num(r["best_on_test_mean"]), rid)
                    if r["best_on_test_mean"] is not None else "—"),
                   (sort_value(r["gap_mean"]), link(num(r["gap_mean"], "{:+.2f}"), rid)
@@ -632,9 +623,11 @@ def board_section(board: Board, plotter: Plotter, command: str, site_dir: Path) 
             f"<dt>built by</dt><dd><code>{esc(pv['command'])}</code> on {esc(pv['created'])}</dd>"
             f"<dt>runs</dt><dd>{pv['records']} records, {pv['total_wall_s'] / 3600:.1f} h of runs in total; commits "
             f"{commits}{dirty}; {esc('; '.join(pv['devices']))}</dd>"
-            + (f"<dt>significance</dt><dd>each row against the next lower one: {esc(sig.get('test'))} t-test on the "
-               f"per-seed final top-1, {esc(sig.get('correction'))}-corrected per table, alpha {sig.get('alpha')}; "
-               f"a new rank group starts below a row that differs</dd>" if sig else "")
+            + (f"<dt>significance</dt><dd>every pair of a table's rows by the Games-Howell test on the per-seed "
+               f"final top-1 (no equal variances assumed; family-wise error rate {sig.get('alpha')} per table): rows "
+               f"sharing a letter are not separated. Rank: the row's 95 % rank interval over "
+               f"{sig['rank_interval']['resamples']} bootstrap resamples of the seeds. Rows with under two finished "
+               f"seeds are not placed (—).</dd>" if sig else "")
             + f"<dt>records here</dt><dd>{n_found} of {len(board.runs)} found on this machine "
             f"(the table, the final-top-1, bits and cost plots need only the leaderboard; learning curves, "
             f"diagnostics and previews need the records)</dd></dl></section>")
