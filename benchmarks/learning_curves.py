@@ -73,7 +73,8 @@ SCHEDULES = {
 }
 
 # (teacher, bits) in priority order: ResNet-20 W3A3 separates methods most, then W4A4, then MobileNetV1 W4A4.
-SETTINGS = [("resnet20@fmnist", "3"), ("resnet20@fmnist", "4"), ("mobilenetv1@fmnist", "4")]
+SETTINGS = [("resnet20@fmnist", "3"), ("resnet20@fmnist", "4"), ("mobilenetv1@fmnist", "4"),
+            ("resnet20@fmnist", "W2A4")]  # the last: a cpu v5 candidate's (benchmarks/candidates), not cpu v4's
 
 
 def _overrides(method: str, schedule: str = "constant") -> list[str]:
@@ -86,17 +87,23 @@ def _split(text: str | None) -> list[str] | None:
 
 
 def jobs(args) -> list:
-    from zsqbench.sweep import expand
+    from zsqbench.protocols import bits_for
+    from zsqbench.registry import get_registry
+    from zsqbench.sweep import _parse_bits, expand
+    registry = get_registry()
+    proto = registry.get("protocols", registry.protocol_name(args.protocol))
     methods = _split(args.methods) or list(METHODS)
     out = []
     for model, bits in SETTINGS:
+        if model not in proto["models"] or list(_parse_bits(bits)) not in bits_for(proto, model):
+            continue  # not a setting of this protocol
         if args.models and model not in _split(args.models):
             continue
         if args.bits and bits not in _split(args.bits):
             continue
         for method in methods:
-            out += expand("cpu", [method], [model], [bits], _split(args.seeds) or ["0", "1", "2"], args.out,
-                          overrides=_overrides(method, args.schedule))
+            out += expand(args.protocol, [method], [model], [bits], _split(args.seeds) or ["0", "1", "2"],
+                          args.out, overrides=_overrides(method, args.schedule))
     return out
 
 
@@ -107,7 +114,7 @@ def cmd_run(args) -> None:
         for j in grid:
             print(("done " if j.done() else "todo ") + str(j.dir))
         return
-    summary = run_sweep(grid, "cpu", args.jobs, args.threads, "cpu", args.cache_dir, None, 1, args.quiet, Path(args.out))
+    summary = run_sweep(grid, args.protocol, args.jobs, args.threads, "cpu", args.cache_dir, None, 1, args.quiet, Path(args.out))
     print(json.dumps(summary))
 
 
@@ -118,6 +125,13 @@ def _schedule_name(train: dict) -> str:
                 and train["steps"] == spec.get("train.steps", COMMON["train.steps"])):
             return name
     return "other"
+
+
+def _variant(rec: dict) -> str:
+    """What a candidate protocol (benchmarks/candidates) changes, appended to the schedule's name: its curves are
+    never averaged with v4's."""
+    quant = rec["config"].get("quantization") or {}
+    return f"+ends{quant['first_last_bits']}" if quant.get("first_last_bits") else ""
 
 
 def cmd_collect(args) -> None:
@@ -133,7 +147,7 @@ def cmd_collect(args) -> None:
             "batch_size": cfg["train"]["batch_size"], "lr": cfg["train"]["lr"],
             "warmup_steps": cfg["train"]["warmup_steps"], "steps": cfg["train"]["steps"],
             "milestones": cfg["train"]["milestones"], "average_from": cfg["train"].get("average_from"),
-            "schedule": _schedule_name(cfg["train"]),
+            "schedule": _schedule_name(cfg["train"]) + _variant(rec),
             "history": [[h["step"], h["top1"]] for h in rec["eval_history"]],
             "mean_step_s": rec["timing"]["mean_step_s"], "phases_s": rec["timing"]["phases_s"],
             "total_s": rec["timing"]["total_s"], "commit": rec["git"].get("commit"),
@@ -245,6 +259,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run")
+    r.add_argument("--protocol", default="cpu", help="cpu, or a candidate protocol file (benchmarks/candidates)")
     r.add_argument("--methods")
     r.add_argument("--models")
     r.add_argument("--bits")

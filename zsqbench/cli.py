@@ -75,7 +75,9 @@ def run(method, model, dataset, bits, wbits, abits, protocol, seed, device, out,
     """Run one method on one teacher at one bit-width and write its record."""
     from zsqbench.loop import RunSpec, run as run_job
     w, a = _bits(bits, wbits, abits)
-    spec = RunSpec(method=method, model=model, dataset=dataset, wbits=w, abits=a, protocol=protocol, seed=seed,
+    from zsqbench.registry import get_registry
+    spec = RunSpec(method=method, model=model, dataset=dataset, wbits=w, abits=a,
+                   protocol=get_registry().protocol_name(protocol), seed=seed,
                    device=device, out=out, overrides=list(overrides), synthesizer=synthesizer,
                    distiller=distiller, quantizer=quantizer, weights=weights, teacher_card=teacher_card,
                    data_root=data_root,
@@ -124,7 +126,8 @@ def synth(method, model, dataset, protocol, seed, device, overrides, weights, ca
               "registered method with settings for the protocol).")
 @click.option("--models", multiple=True, help="Only these teachers (default: the protocol's).")
 @click.option("--bits", multiple=True, help="Only these bit-widths: N or WxAy (default: the protocol's).")
-@click.option("--seeds", multiple=True, help="Only these seeds (default: the protocol's).")
+@click.option("--seeds", multiple=True, help="Only these seeds (default: the protocol's; where the protocol has a seed "
+              "rule, as many of its seeds as the rule gives each row).")
 @click.option("--jobs", "-j", type=click.IntRange(1, 100000), default=None,
               help="Jobs at once (default 1; each gets cpu_count // jobs threads). With --backend ray: at most this "
                    "many (default: as many as the cluster's resources hold).")
@@ -148,13 +151,18 @@ def sweep(protocol, methods, models, bits, seeds, jobs, threads, out, device, re
           overrides, backend, address, dry_run, quiet):
     """Run a protocol's grid (methods x teachers x bit-widths x seeds), one directory per job; resumable."""
     from zsqbench.sweep import expand, run_sweep
-    out = Path(out or Path("sweeps") / protocol)
+    from zsqbench.registry import get_registry
+    name = get_registry().protocol_name(protocol)  # the jobs get `protocol` as given: a file's path, or a name
+    out = Path(out or Path("sweeps") / name)
     if address and backend != "ray":
         raise UserError("--address names a Ray cluster: use it with --backend ray")
     if backend == "ray":  # every node must find the same files: no path relative to this shell
         from zsqbench.sweep_ray import absolute
         out, cache_dir, data_root = Path(absolute(out)), absolute(cache_dir), absolute(data_root)
     grid = expand(protocol, methods, models, bits, seeds, out, overrides=overrides)
+    schedule = seed_schedule(name, grid, explicit_seeds=bool(seeds))
+    if schedule:
+        grid = schedule.initial()
     if dry_run:
         for job in grid:
             console.print(f"{'done' if job.done() else 'todo'}  {escape(str(job.dir))}", highlight=False)
@@ -163,17 +171,28 @@ def sweep(protocol, methods, models, bits, seeds, jobs, threads, out, device, re
     if backend == "ray":
         from zsqbench.registry import get_registry
         from zsqbench.sweep_ray import RayBackend
-        runner = RayBackend(get_registry().get("protocols", protocol), device, address, jobs, threads)
+        runner = RayBackend(get_registry().get("protocols", name), device, address, jobs, threads)
     summary = run_sweep(grid, protocol, jobs or 1, threads, device, cache_dir, data_root, retries, quiet, out,
-                        backend=runner)
+                        backend=runner, more=schedule.after if schedule else None)
     minutes = summary["wall_s"] / 60
-    console.print(f"sweep {protocol}: {summary['jobs']} jobs — {summary['ok']} ok, {summary['diverged']} diverged, "
+    console.print(f"sweep {name}: {summary['jobs']} jobs — {summary['ok']} ok, {summary['diverged']} diverged, "
                   f"{summary['skipped']} already done, {len(summary['failed'])} failed "
                   f"({summary['retried']} retries) in {minutes:.1f} min; records under {out}/*/{'record.json'}",
                   highlight=False, soft_wrap=True)
     if summary["failed"]:
         console.print("[red]failed[/] (see log.txt in each): " + ", ".join(summary["failed"]), soft_wrap=True)
         sys.exit(1)
+
+
+def seed_schedule(protocol: str, grid: list, explicit_seeds: bool):
+    """The protocol's seed rule over this grid (None without one, or when --seeds chose the seeds)."""
+    from zsqbench.registry import get_registry
+    from zsqbench.seed_rule import SeedRule, SeedSchedule
+    from zsqbench.sweep import final_top1
+    rule = SeedRule.of(get_registry().get("protocols", protocol))
+    if rule is None or explicit_seeds:
+        return None
+    return SeedSchedule(rule, grid, final_top1)
 
 
 def _summary(rec: dict, path: Path) -> None:

@@ -154,7 +154,9 @@ class Quantizer(Component):
       of every conv/linear layer (BAG's quantized generator, whose activations are not all ReLUs);
     * ``"activation_types"``: ``quantize(..., activation_types=(...))`` chooses after which modules activations are
       quantized (``()``: none);
-    * ``"freeze_ranges"``: :meth:`set_calibrating` and :meth:`ranges_frozen` really stop range updates.
+    * ``"freeze_ranges"``: :meth:`set_calibrating` and :meth:`ranges_frozen` really stop range updates;
+    * ``"first_last_bits"``: ``quantize(..., first_last_bits=8)`` keeps the first and last conv/linear layers'
+      weights and the classifier's input activations at that many bits (a protocol's ``quantization`` block).
     """
 
     kind = "quantizer"

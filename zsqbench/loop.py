@@ -64,6 +64,13 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def settings_key(protocol: dict) -> str:
+    """Which protocol's entry of a method's settings a protocol uses: its own, or the one it names in
+    ``method_settings`` (a variant of a protocol — other seeds, a seed rule, another teacher — that keeps its
+    methods' settings)."""
+    return protocol.get("method_settings", protocol["name"])
+
+
 def resolve_model_key(spec: RunSpec, registry: Registry, protocol: dict) -> str:
     if "@" in spec.model:
         key = spec.model
@@ -96,7 +103,7 @@ def resolve(spec: RunSpec, registry: Registry | None = None) -> dict[str, Any]:
             raise UserError(f"{what} bit-width {bits} out of range: use 1..16")
 
     off_protocol: list[str] = []
-    settings = method.settings_for(spec.protocol, model_spec.dataset)
+    settings = method.settings_for(settings_key(protocol), model_spec.dataset)
     if settings is None:
         raise UserError(f"method {spec.method!r} has no settings for protocol {spec.protocol!r}")
     components = {}
@@ -107,6 +114,8 @@ def resolve(spec: RunSpec, registry: Registry | None = None) -> dict[str, Any]:
         components[kind] = (name, registry.get(kind + "s", name))
 
     config = deep_merge({"train": protocol["train"], "eval": protocol["eval"]}, settings)
+    if protocol.get("quantization"):  # the protocol's bit-width convention (first/last layers): in the identity
+        config["quantization"] = dict(protocol["quantization"])
     for kind, (name, cls) in components.items():
         own = config.get(kind, {}) if name == getattr(method, kind) else {}
         config[kind] = {**cls.defaults, **own}
@@ -131,6 +140,8 @@ def resolve(spec: RunSpec, registry: Registry | None = None) -> dict[str, Any]:
         except TypeError as e:  # e.g. a plugin class that leaves an abstract method out
             provider = getattr(registry, kind + "s")[name].provider
             raise UserError(f"{kind} {name!r} from {provider} cannot be built: {e}") from None
+    for capability in config.get("quantization", {}):
+        instances["quantizer"].require(capability, f"protocol {protocol['name']!r}")
     return {"method": method, "protocol": protocol, "model_key": model_key, "model_spec": model_spec,
             "components": components, "instances": instances, "config": config,
             "off_protocol": off_protocol, "registry": registry, "card": card, "dataset": dataset}
@@ -223,7 +234,7 @@ def run(spec: RunSpec) -> tuple[dict, Path]:
                                                 cache_base(spec.cache_dir) / "eval")
 
     seed_everything(spec.seed)
-    student = quantizer.quantize(teacher, spec.wbits, spec.abits).to(device).eval()
+    student = quantizer.quantize(teacher, spec.wbits, spec.abits, **config.get("quantization", {})).to(device).eval()
     steps, warmup = int(train["steps"]), int(train["warmup_steps"])
     ctx = RunContext(teacher=teacher, student=student, model=model_spec, dataset=dataset, wbits=spec.wbits,
                      abits=spec.abits, quantizer=quantizer, device=device, seed=spec.seed, total_steps=steps,
@@ -320,7 +331,8 @@ def run(spec: RunSpec) -> tuple[dict, Path]:
         "seed": spec.seed,
         "protocol": {"name": protocol["name"], "version": protocol["version"], "hash": protocol["hash"]},
         "off_protocol": resolved["off_protocol"],
-        "config": {"train": train, "eval": evalc},
+        "config": {"train": train, "eval": evalc,
+                   **({"quantization": config["quantization"]} if "quantization" in config else {})},
         "config_hash": config_hash,
         "teacher": {**{k: v for k, v in teacher_info.items() if v is not None}, "preprocessing": resolved["card"]},
         "fp_top1": round(fp_top1, 4),

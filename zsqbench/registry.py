@@ -152,6 +152,21 @@ class Registry:
                             f"loader); {tail}")
         raise UserError(f"no evaluation data loader for dataset {name!r}: no loaded plugin registers it; {tail}")
 
+    def protocol_name(self, arg: str) -> str:
+        """``--protocol``: a registered protocol's name, or the path of a protocol file (``*.json``), which is added
+        under the name it declares and loaded the same way by every job of a sweep (they get the path)."""
+        if not str(arg).endswith(".json"):
+            return arg
+        from zsqbench.protocols import load_protocol_file
+        proto = load_protocol_file(Path(arg))
+        taken = self._lookup("protocols", proto["name"])
+        if taken is None:
+            self.protocols[proto["name"]] = Entry(proto["name"], proto, f"file {arg}", "", "")
+        elif taken.obj.get("path") != proto["path"]:
+            raise UserError(f"protocol file {arg} is named {proto['name']!r}, which protocol "
+                            f"{taken.obj.get('path', taken.provider)} already is: give the file its own name")
+        return proto["name"]
+
     def get(self, table: str, name: str) -> Any:
         entry = self._lookup(table, name)
         if entry is None:

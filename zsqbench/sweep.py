@@ -63,6 +63,15 @@ class Job:
             return False
 
 
+def final_top1(job: Job) -> float | None:
+    """A finished job's final top-1 (None when it diverged, failed or has no record)."""
+    try:
+        rec = json.loads((job.dir / RECORD).read_text())
+    except (OSError, ValueError):
+        return None
+    return rec.get("final_top1") if rec.get("status") == "ok" and rec.get("sweep_job") == job.hash else None
+
+
 def _teacher_digest(model_spec) -> str | None:
     from zsqbench.teacher.zoo import read_manifest
     if model_spec.embedded_weights:
@@ -101,11 +110,12 @@ def expand(protocol: str, methods=None, models=None, bits=None, seeds=None, out:
 
     ``overrides`` (``KEY=VALUE`` strings, as ``run --set``) apply to every job: the records are off-protocol and
     never enter a leaderboard, but keep the sweep's resume and retry (learning curves, ablations)."""
-    from zsqbench.loop import RunSpec, resolve
+    from zsqbench.loop import RunSpec, resolve, settings_key
     registry = registry or get_registry()
+    protocol = registry.protocol_name(protocol)
     proto = registry.get("protocols", protocol)
     all_methods = sorted(m for m, e in registry.methods.items()
-                         if e.obj.settings_for(protocol) is not None)
+                         if e.obj.settings_for(settings_key(proto)) is not None)
     method_names = _pick(methods, all_methods)
     for m in method_names:
         registry.get("methods", m)
@@ -254,9 +264,10 @@ def _record_appears(job: Job, within_s: float) -> bool:
 
 def run_sweep(jobs: list[Job], protocol: str, jobs_at_once: int = 1, threads: int | None = None,
               device: str = "cpu", cache_dir: str | None = None, data_root: str | None = None,
-              retries: int = 1, quiet: bool = False, out: Path | None = None, backend=None) -> dict:
+              retries: int = 1, quiet: bool = False, out: Path | None = None, backend=None, more=None) -> dict:
     """Run the jobs that have no record yet on ``backend`` (default: ``jobs_at_once`` local child processes).
-    Returns a summary dict."""
+    ``more(job)``, if given, is called when a job has ended for good and returns jobs to add (the protocol's seed
+    rule: :class:`zsqbench.seed_rule.SeedSchedule`). Returns a summary dict."""
     out = Path(out or jobs[0].dir.parent)
     out.mkdir(parents=True, exist_ok=True)
     log = _Log(out / "sweep.jsonl")
@@ -281,6 +292,15 @@ def run_sweep(jobs: list[Job], protocol: str, jobs_at_once: int = 1, threads: in
         now = ", ".join(j.label for j, *_ in running.values())
         fails = f" · [red]{len(summary['failed'])} failed[/]" if summary["failed"] else ""
         return f"{summary['ok']} ok · {summary['diverged']} diverged · {skipped} skipped{fails} · now: {now}"
+
+    def ended(job: Job) -> None:
+        added = [j for j in more(job) if not j.done()] if more else []
+        if added:
+            queue.extend((j, 0) for j in added)
+            summary["jobs"] += len(added)
+            log("seed_rule", job=job.dir.name, added=[j.dir.name for j in added])
+            if progress:
+                progress.update(task, total=summary["jobs"])
 
     def start(job: Job, attempt: int) -> None:
         cmd = _command(job, protocol, device, cache_dir, data_root)
@@ -307,6 +327,7 @@ def run_sweep(jobs: list[Job], protocol: str, jobs_at_once: int = 1, threads: in
                         log(kind, job=job.dir.name, wall_s=wall)
                         if progress:
                             progress.update(task, advance=1)
+                        ended(job)
                     elif attempt < retries:
                         summary["retried"] += 1
                         log("retry", job=job.dir.name, returncode=returncode, wall_s=wall, **why)
@@ -316,6 +337,7 @@ def run_sweep(jobs: list[Job], protocol: str, jobs_at_once: int = 1, threads: in
                         log("failed", job=job.dir.name, returncode=returncode, wall_s=wall, **why)
                         if progress:
                             progress.update(task, advance=1)
+                        ended(job)
                     if progress:
                         progress.update(task, info=info())
     except KeyboardInterrupt:

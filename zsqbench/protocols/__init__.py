@@ -16,8 +16,9 @@ BUILTIN_DIR = Path(__file__).parent
 REQUIRED = ("name", "version", "description", "models", "bits", "seeds", "train", "eval")
 # outside the hash, because they do not change what any one job computes: where a job may run (Ray resources),
 # the prose (description, notes: a note can be corrected without re-running a grid), and which seeds the grid has
-# (each job's own seed is in its identity; adding seeds 3-4 for statistical power keeps seeds 0-2 done)
-UNHASHED_KEYS = ("resources", "description", "notes", "seeds")
+# (each job's own seed is in its identity; adding seeds 3-4 for statistical power keeps seeds 0-2 done) and how
+# many of them a row gets (seed_rule: zsqbench/seed_rule.py; a changed rule still needs a new protocol version)
+UNHASHED_KEYS = ("resources", "description", "notes", "seeds", "seed_rule")
 
 
 def canonical_hash(obj: Any) -> str:
@@ -41,9 +42,21 @@ def load_protocol_file(path: Path) -> dict:
     unknown = set(data.get("bits_by_model", {})) - set(data["models"])
     if unknown:
         raise UserError(f"protocol file {path}: bits_by_model names {', '.join(sorted(unknown))}, not in its models")
+    if "quantization" in data:
+        check_quantization(data["quantization"], path)
     data["hash"] = canonical_hash({k: v for k, v in data.items() if k not in ("hash", *UNHASHED_KEYS)})
     data["path"] = str(path)
     return data
+
+
+def check_quantization(quant, path) -> None:
+    """A protocol's ``quantization`` block: the bit-width convention every student of it follows beyond the run's
+    bits. Today one key, ``first_last_bits`` (the first and last layers' bits)."""
+    fl = quant.get("first_last_bits") if isinstance(quant, dict) else None
+    if not (isinstance(quant, dict) and set(quant) == {"first_last_bits"} and isinstance(fl, int)
+            and not isinstance(fl, bool) and 2 <= fl <= 16):
+        raise UserError(f"protocol file {path}: quantization must be {{\"first_last_bits\": N}} with N in 2..16, "
+                        f"got {json.dumps(quant)}")
 
 
 def deep_merge(base: dict, over: dict) -> dict:

@@ -20,13 +20,14 @@ class MinMaxEMAQuantizer(Quantizer):
             "ema", description="activation ranges: EMA of batch min/max, the official update, or running min/max")
         momentum: float = Field(0.9, gt=0, lt=1, description="EMA momentum of the activation ranges")
 
-    capabilities = frozenset({"quantize_inputs", "activation_types", "freeze_ranges"})
+    capabilities = frozenset({"quantize_inputs", "activation_types", "freeze_ranges", "first_last_bits"})
 
     def quantize(self, model: nn.Module, wbits: int, abits: int, *, quantize_inputs: bool = False,
-                 activation_types=None) -> nn.Module:
+                 activation_types=None, first_last_bits: int | None = None) -> nn.Module:
         kw = {} if activation_types is None else {"activation_types": activation_types}
         return quantize_model(model, wbits, abits, range_rule=self.config["range_rule"],
-                              momentum=self.config["momentum"], quantize_inputs=quantize_inputs, **kw)
+                              momentum=self.config["momentum"], quantize_inputs=quantize_inputs,
+                              first_last_bits=first_last_bits, **kw)
 
     def set_calibrating(self, model: nn.Module, on: bool) -> None:
         set_calibrating(model, on)
@@ -42,8 +43,9 @@ class MinMaxEMAQuantizer(Quantizer):
 class NoQuantizer(Quantizer):
     name = "none"
     description = "Leaves the network in floating point (the FP reference)"
+    capabilities = frozenset({"first_last_bits"})  # no layer is quantized: any bit-width rule holds
 
     def quantize(self, model: nn.Module, wbits: int, abits: int, *, quantize_inputs: bool = False,
-                 activation_types=None) -> nn.Module:
+                 activation_types=None, first_last_bits: int | None = None) -> nn.Module:
         import copy
         return copy.deepcopy(model)

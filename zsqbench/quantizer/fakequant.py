@@ -147,10 +147,14 @@ DEFAULT_ACTIVATIONS = (nn.ReLU, nn.ReLU6)
 
 def quantize_model(model: nn.Module, wbits: int, abits: int, *, activation_types=DEFAULT_ACTIVATIONS,
                    quantize_inputs: bool = False, range_rule: str = "ema", momentum: float = 0.9,
-                   inplace: bool = False) -> nn.Module:
+                   inplace: bool = False, first_last_bits: int | None = None) -> nn.Module:
     """Fake-quantized copy of ``model``: every Conv2d/Linear at ``wbits``, a quantizer after every activation
     of ``activation_types`` at ``abits`` and, with ``quantize_inputs``, one on the input of every Conv2d/Linear
-    (BAG's generator, whose activations are not all ReLUs). Parameters stay FP (trainable), BN is left as it is."""
+    (BAG's generator, whose activations are not all ReLUs). Parameters stay FP (trainable), BN is left as it is.
+
+    ``first_last_bits`` (the usual low-bit QAT convention; off in the GDFQ lineage): the first and the last
+    Conv2d/Linear in module order at that many weight bits, and the last activation quantizer in module order —
+    the one that feeds the classifier — at that many activation bits."""
     net = model if inplace else copy.deepcopy(model)
 
     def convert(parent: nn.Module) -> None:
@@ -166,6 +170,13 @@ def quantize_model(model: nn.Module, wbits: int, abits: int, *, activation_types
                 convert(child)
 
     convert(net)
+    if first_last_bits is not None:
+        layers = [m for m in net.modules() if isinstance(m, (QuantConv2d, QuantLinear))]
+        for layer in (layers[:1] + layers[-1:]) if layers else []:
+            layer.wbits = first_last_bits
+        last_act = act_quantizers(net)[-1:]
+        for q in last_act:
+            q.bits = first_last_bits
     for p in net.parameters():
         p.requires_grad_(True)
     return net

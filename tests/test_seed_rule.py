@@ -1,0 +1,97 @@
+"""The protocol's seed rule: a row gets seeds until its own 95 % CI half-width meets the table's target or it reaches
+the cap, decided from its own seeds only; `zsqbench sweep` applies it and resumes it; a protocol file by its path."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from zsqbench.errors import UserError
+from zsqbench.leaderboard.stats import ci_half_width
+from zsqbench.protocols import BUILTIN_DIR
+from zsqbench.seed_rule import SeedRule
+from zsqbench.sweep import RECORD
+
+RULE = {"first": 2, "cap": 4, "ci_half_width": 2.0}
+
+
+def protocol(**over):
+    return {"name": "p", "seeds": [0, 1, 2, 3], "seed_rule": {**RULE, **over}}
+
+
+def test_the_rule_reads_only_the_rows_own_seeds():
+    rule = SeedRule.of({**protocol(), "seed_rule": {**RULE, "ci_half_width_by_table": {"m@d W4A4": 0.5}}})
+    assert rule.wants_more([], "m@d W3A3") and rule.wants_more([90.0], "m@d W3A3")  # under `first`
+    assert not rule.wants_more([90.0, 90.2], "m@d W3A3")  # half-width 1.27 <= 2: the row stops
+    assert rule.wants_more([90.0, 90.4], "m@d W3A3")  # 2.54 > 2: one more seed
+    assert rule.wants_more([90.0, 93.0], "m@d W3A3") == (ci_half_width([90.0, 93.0]) > 2.0)
+    assert rule.wants_more([90.0, 90.4], "m@d W4A4") == (ci_half_width([90.0, 90.4]) > 0.5)  # the table's target
+    assert rule.wants_more([90.0, None], "m@d W3A3")  # a diverged seed: one finished value, no interval yet
+    assert not rule.wants_more([90.0, 60.0, 95.0, 70.0], "m@d W3A3")  # the cap, however wide
+    assert SeedRule.of({"name": "p", "seeds": [0]}) is None
+
+
+@pytest.mark.parametrize("rule, message", [
+    ({"first": 0}, "1 <= first <= cap"),
+    ({"first": 5}, "1 <= first <= cap"),
+    ({"cap": 9}, "more than the 4 seeds"),
+    ({"ci_half_width": -1}, "targets must be numbers > 0"),
+    ({"ci_half_width_by_table": {"x": "2"}}, "targets must be numbers > 0"),
+    ({"typo": 1}, "expected an object"),
+])
+def test_a_bad_rule_is_one_line(rule, message):
+    with pytest.raises(UserError, match=message):
+        SeedRule.of(protocol(**rule))
+
+
+def write_protocol(path: Path, target: float) -> Path:
+    """The smoke protocol as a file of its own: 4 seeds, a seed rule, the methods' smoke settings."""
+    data = json.loads((BUILTIN_DIR / "smoke.json").read_text())
+    data.update(name="smoke-seeds", method_settings="smoke", seeds=[0, 1, 2, 3],
+                seed_rule={"first": 2, "cap": 4, "ci_half_width": target})
+    path.write_text(json.dumps(data))
+    return path
+
+
+def sweep(proto: Path, out: Path, cache: Path, *extra):
+    cmd = [sys.executable, "-m", "zsqbench.cli", "sweep", "-p", str(proto), "--methods", "noise",
+           "--models", "resnet20@fmnist", "-o", str(out), "--cache-dir", str(cache), "-j", "1", "--threads", "1",
+           "-q", *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=900, env={**__import__("os").environ,
+                                                                                  "OMP_NUM_THREADS": "1"})
+
+
+def seeds_run(out: Path) -> list[int]:
+    return sorted(json.loads(p.read_text())["seed"] for p in out.glob(f"*/{RECORD}"))
+
+
+def test_sweep_applies_the_rule_and_resumes_it(tmp_path):
+    proto = write_protocol(tmp_path / "smoke-seeds.json", target=1000.0)  # any two seeds meet it
+    out, cache = tmp_path / "sweep", tmp_path / "cache"
+    proc = sweep(proto, out, cache)
+    assert proc.returncode == 0, proc.stderr
+    assert seeds_run(out) == [0, 1]  # the first two, then the rule stops the row
+    recs = [json.loads(p.read_text()) for p in out.glob(f"*/{RECORD}")]
+    assert {r["protocol"]["name"] for r in recs} == {"smoke-seeds"} and not any(r["off_protocol"] for r in recs)
+    # a stricter target (the rule is not in the hash: seeds 0-1 stay done): the row goes on to the cap
+    write_protocol(proto, target=1e-9)
+    dry = sweep(proto, out, cache, "--dry-run")
+    assert dry.returncode == 0 and dry.stdout.count("done") == 2 and dry.stdout.count("todo") == 1, dry.stdout
+    proc = sweep(proto, out, cache)
+    assert proc.returncode == 0, proc.stderr
+    assert seeds_run(out) == [0, 1, 2, 3]
+    log = [json.loads(line) for line in (out / "sweep.jsonl").read_text().splitlines()]
+    added = [e for e in log if e["event"] == "seed_rule"]
+    assert len(added) == 1 and added[0]["added"][0].endswith("-s3")  # seed 2 came from the resume, seed 3 after it
+    # an explicit --seeds turns the rule off
+    dry = sweep(proto, out, cache, "--dry-run", "--seeds", "0")
+    assert dry.stdout.count("done") == 1 and "todo" not in dry.stdout
+
+
+def test_a_protocol_file_may_not_take_a_registered_name(tmp_path):
+    data = json.loads((BUILTIN_DIR / "smoke.json").read_text())
+    data["seeds"] = [0, 1]
+    (tmp_path / "mine.json").write_text(json.dumps(data))
+    proc = sweep(tmp_path / "mine.json", tmp_path / "out", tmp_path / "cache", "--dry-run")
+    assert proc.returncode == 2 and "named 'smoke'" in proc.stderr and "Traceback" not in proc.stderr
