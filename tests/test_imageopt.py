@@ -119,7 +119,7 @@ def test_bns_zeroq_form_by_hand():
                 total += (s - math.sqrt(float(bn.running_var[c]) + 1e-6)) ** 2
             per_sample.append(total)
         expected += sum(per_sample) / len(per_sample)
-    hooks = BNStatHooks(net, form="zeroq")
+    hooks = BNStatHooks(net, form="per-sample")
     with hooks.recording():
         net(x)
     assert float(hooks.loss().detach()) == pytest.approx(expected, rel=1e-5)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import abc
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterator
+from typing import Any, ClassVar, Iterator, Literal
 
 import torch
 import torch.nn as nn
@@ -200,6 +200,9 @@ class Method:
     settings: dict[str, dict[str, Any]] | str | None = None  # {protocol: {...}} or a path to such a JSON file
     description: str = ""
     paper: str = ""
+    # "floor" / "ceiling": a reference point every method is read against (the page draws it as a line), not a
+    # method to rank; "" for a method
+    role: Literal["", "floor", "ceiling"] = ""
     provider: str = field(default="", compare=False)
 
     def settings_for(self, protocol: str, dataset: str | None = None) -> dict[str, Any] | None:

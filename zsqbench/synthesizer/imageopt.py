@@ -67,7 +67,7 @@ class ImageSetSynthesizer(Synthesizer):
     # settings that only change how the finished set is used: left out of the cache key
     USE_KEYS = ("train_augment", "train_crop_scale", "calibration_synthesizer", "calibration_synthesizer_config",
                 "calibration_batch_size")
-    bns_form = "batch"             # BNStatHooks form (ZeroQ: "zeroq")
+    bns_form = "batch"             # BNStatHooks form (ZeroQ: "per-sample")
     uses_pooled_features = False   # hand the teacher's pooled features to synthesis_loss (IntraQ's MDC)
 
     class Settings(Synthesizer.Settings):
