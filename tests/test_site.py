@@ -317,6 +317,7 @@ def click_header(table_id: str, header: str) -> str:
         th.querySelector('button').click(); return th.getAttribute('aria-sort'); }})()"""
 
 
+@pytest.mark.slow
 def test_committed_site_in_headless_chromium(tmp_path, board):
     binary = chromium_or_skip()
     from chromium_cdp import Browser

@@ -64,6 +64,7 @@ def test_expand_refuses_bad_input(kwargs, message):
         expand("smoke", out="/tmp/x", **kwargs)
 
 
+@pytest.mark.slow
 def test_sweep_resumes_after_kill9_with_the_same_records(tmp_path):
     env = {**os.environ, **ONE_THREAD, "COLUMNS": "200"}
     whole, cut = tmp_path / "whole", tmp_path / "cut"
