@@ -21,11 +21,9 @@ also CIFAR-10's in both sources.
 
 Activation calibration: as in the official trainer, on a GDFQ generator trained during the warm-up (``cpu`` and
 ``paper``; ``--set synthesizer.calibration_synthesizer=null`` calibrates on the hard samples instead). ``cpu`` gives
-HAST 200 synthesis iterations where IntraQ/ZeroQ get 50: its beta = 10 focal term dominates the first iterations,
-and after 50 the set's BNS error was 1.9-4.9 (IntraQ's 0.8) with values out to [-5.8, 8.4]. Both choices were made
-on the dev split (``eval.split=dev``, ResNet-20 W3A3, cpu, seeds 0-2, mean final top-1): hard-sample calibration and
-50 iterations 51.07 %, GDFQ calibration 83.71 %, 200 iterations 82.82 %, both 87.97 % (the choice used these figures,
-not the test split's; the test figure under the old default is what prompted the comparison).
+HAST 200 synthesis iterations where IntraQ/ZeroQ get 50: its beta = 10 focal term dominates the first iterations.
+Both choices were made on the dev split (``eval.split=dev``), never the test split; the figures are in
+docs/methods.md ("How the image set is made") and docs/protocols.md.
 """
 from __future__ import annotations
 

@@ -22,8 +22,8 @@ Choices (see intraq.json for the values per protocol and dataset):
 * Activation calibration: the official trainer calibrates on the images of a GDFQ generator it trains during
   epochs 0-3, not on the IntraQ set. ``cpu`` and ``paper`` do the same (``calibration_synthesizer: gdfq``, batch 16);
   ``--set synthesizer.calibration_synthesizer=null`` calibrates on the method's own set instead (what the paper's
-  text suggests). Chosen on the dev split (``eval.split=dev``, ResNet-20 W3A3, cpu, seeds 0-2): own set 84.14 %,
-  GDFQ generator 87.52 % (the choice used these figures, not the test split's).
+  text suggests). Chosen on the dev split (``eval.split=dev``), not the test split; the figures are in
+  docs/methods.md ("How the image set is made").
 """
 from __future__ import annotations
 

@@ -3,10 +3,11 @@
 The engine (:mod:`zsqbench.loop`) only ever calls these methods, so both synthesizer families fit without a
 special case:
 
-* image-optimisation synthesizers (IntraQ, HAST, ZeroQ) build a fixed set in :meth:`Synthesizer.prepare` and
-  sample from it in :meth:`Synthesizer.next_batch`;
-* generator synthesizers (GDFQ, AdaDFQ, BAG) build their generator in ``prepare`` and, in ``next_batch``, take
-  one generator step from teacher (and student) feedback before handing the detached batch to the distiller.
+* image-optimisation synthesizers (ZeroQ, IntraQ, HAST, SynQ) build a fixed set in :meth:`Synthesizer.prepare`
+  and sample from it in :meth:`Synthesizer.next_batch`;
+* generator synthesizers (GDFQ, AdaDFQ/AdaSG, BAG, Qimera) build their generator in ``prepare`` and, in
+  ``next_batch``, take one generator step from teacher (and student) feedback before handing the detached batch to
+  the distiller.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Image-optimisation synthesizers (ZeroQ, IntraQ, HAST): optimise a fixed image set once, then sample from it.
+"""Image-optimisation synthesizers (ZeroQ, IntraQ, HAST, SynQ): optimise a fixed image set once, then sample from it.
 
 Synthesis, shared by all of them (the skeleton of ZeroQ's and IntraQ/HAST's ``distill_data.py``):
 
