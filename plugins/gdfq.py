@@ -32,7 +32,7 @@ class GDFQSynthesizer(GeneratorSynthesizer):
     def generator_loss(self, ctx, images, cond, teacher_logits, student_logits=None):
         ce = cond.cross_entropy(teacher_logits)
         bns = self.bns.loss()
-        return ce + self.config["bns_weight"] * bns, {"g_ce": ce.item(), "g_bns": bns.item()}
+        return ce + self.settings.bns_weight * bns, {"g_ce": ce.item(), "g_bns": bns.item()}
 
 
 @hookimpl

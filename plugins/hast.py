@@ -64,8 +64,8 @@ class HardSampleSynthesizer(ImageSetSynthesizer):
         synthesis_crop_scale: CropScale = [0.4, 1.0]
 
     def synthesis_loss(self, ctx, state, images, logits, labels, bns, features):
-        hard = focal_ce(logits, labels, self.config["gamma"])
-        return bns + self.config["beta"] * hard, {"bns": bns.item(), "focal_ce": hard.item()}
+        hard = focal_ce(logits, labels, self.settings.gamma)
+        return bns + self.settings.beta * hard, {"bns": bns.item(), "focal_ce": hard.item()}
 
 
 class HASTDistiller(ChannelAttentionKD):
@@ -88,28 +88,26 @@ class HASTDistiller(ChannelAttentionKD):
     def setup(self, ctx):
         super().setup(ctx)
         self.teacher_tap.detach = False  # the promotion gradient goes through the teacher's features too
-        cfg = self.config
-        table = LAMBDA_EPS.get(cfg["lambda_eps"])
-        if table is None:
-            raise UserError(f"distiller.lambda_eps must be one of {', '.join(LAMBDA_EPS)}, got {cfg['lambda_eps']!r}")
+        cfg = self.settings
+        table = LAMBDA_EPS[cfg.lambda_eps]  # its Literal type admits only the table's keys
         preset = table.get(ctx.dataset.name, table.get("*"))
-        if preset is None and (cfg["ca_weight"] is None or cfg["eps"] is None):
+        if preset is None and (cfg.ca_weight is None or cfg.eps is None):
             raise UserError(f"HAST's hocon files give no lambda/eps for {ctx.dataset.name}: use "
                             "distiller.lambda_eps=code or set distiller.ca_weight and distiller.eps")
-        self.lam = float(cfg["ca_weight"] if cfg["ca_weight"] is not None else preset[0])
-        self.eps = float(cfg["eps"] if cfg["eps"] is not None else preset[1])
-        ctx.stats["hast"] = {"lambda": self.lam, "eps": self.eps, "lambda_eps": cfg["lambda_eps"]}
+        self.lam = float(cfg.ca_weight if cfg.ca_weight is not None else preset[0])
+        self.eps = float(cfg.eps if cfg.eps is not None else preset[1])
+        ctx.stats["hast"] = {"lambda": self.lam, "eps": self.eps, "lambda_eps": cfg.lambda_eps}
 
     def objective(self, s, t, t_feats, labels, detach_teacher: bool):
         """L_S on one pass (student logits/features from the latest student forward)."""
-        cfg = self.config
-        kl = kd_kl(s, t, cfg["temperature"], cfg["kl_reduction"], detach_teacher=detach_teacher)
-        fa = attention_loss(self.student_tap.features, t_feats, normalize=cfg["ca_normalize"],
-                            channel_reduction=cfg["ca_channel_reduction"], layer_reduction=cfg["ca_layer_reduction"],
+        cfg = self.settings
+        kl = kd_kl(s, t, cfg.temperature, cfg.kl_reduction, detach_teacher=detach_teacher)
+        fa = attention_loss(self.student_tap.features, t_feats, normalize=cfg.ca_normalize,
+                            channel_reduction=cfg.ca_channel_reduction, layer_reduction=cfg.ca_layer_reduction,
                             detach_teacher=detach_teacher)
-        loss = cfg["alpha"] * cfg["temperature"] ** 2 * kl + self.lam * fa
-        if cfg["ce_weight"]:
-            loss = loss + cfg["ce_weight"] * F.cross_entropy(s, labels)
+        loss = cfg.alpha * cfg.temperature ** 2 * kl + self.lam * fa
+        if cfg.ce_weight:
+            loss = loss + cfg.ce_weight * F.cross_entropy(s, labels)
         return loss, kl, fa
 
     def loss(self, ctx, batch):

@@ -75,10 +75,10 @@ class IntraQSynthesizer(ImageSetSynthesizer):
         return super().synthesize(ctx)
 
     def begin_batch(self, ctx, labels, generator):
-        cfg = self.config
+        cfg = self.settings
         n = len(labels)
-        soft = torch.rand(n, generator=generator, device=labels.device) < cfg["soft_fraction"]
-        u = torch.empty(n, device=labels.device).uniform_(cfg["target_low"], 1.0, generator=generator)
+        soft = torch.rand(n, generator=generator, device=labels.device) < cfg.soft_fraction
+        u = torch.empty(n, device=labels.device).uniform_(cfg.target_low, 1.0, generator=generator)
         targets = torch.where(soft, u, torch.ones_like(u))
         counts = self.centre_counts[labels]
         if self.centre_sums is None:
@@ -88,12 +88,12 @@ class IntraQSynthesizer(ImageSetSynthesizer):
         return {"targets": targets, "centres": centres, "has_centre": (counts > 0).float()}
 
     def synthesis_loss(self, ctx, state, images, logits, labels, bns, features):
-        cfg = self.config
+        cfg = self.settings
         sil = soft_inception_loss(logits, labels, state["targets"])
         loss, parts = bns + sil, {"bns": bns.item(), "sil": sil.item()}
         if state["centres"] is not None:
             lower, upper = marginal_distance_loss(features, state["centres"], state["has_centre"],
-                                                  cfg["lambda_l"], cfg["lambda_u"])
+                                                  cfg.lambda_l, cfg.lambda_u)
             loss = loss + lower + upper
             parts.update(mdc_lower=lower.item(), mdc_upper=upper.item())
         return loss, parts

@@ -19,7 +19,7 @@ class GaussianNoise(Synthesizer):
         std: float = Field(1.0, gt=0)
 
     def next_batch(self, ctx: RunContext, batch_size: int) -> Batch:
-        x = torch.randn(batch_size, *ctx.image_shape, device=ctx.device) * self.config["std"] + self.config["mean"]
+        x = torch.randn(batch_size, *ctx.image_shape, device=ctx.device) * self.settings.std + self.settings.mean
         return Batch(x, ctx.random_labels(batch_size))
 
 

@@ -38,12 +38,12 @@ class ZeroQSynthesizer(ImageSetSynthesizer):
 
     @property
     def bns_form(self) -> str:
-        return self.config["bns_form"]
+        return self.settings.bns_form
 
     def synthesis_loss(self, ctx, state, images, logits, labels, bns, features):
         parts = {"bns": bns.item()}
         loss = bns
-        if self.config["input_prior"]:
+        if self.settings.input_prior:
             prior = per_sample_moment_loss(images, torch.zeros((), device=images.device),
                                            torch.ones((), device=images.device))
             loss = loss + prior

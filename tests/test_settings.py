@@ -53,7 +53,10 @@ def test_plain_defaults_get_types_inferred_from_their_values():
         def next_batch(self, ctx, batch_size):
             raise NotImplementedError
 
-    assert Plain(low=2, steps=4, on=False, anything="x").config["low"] == 2
+    plain = Plain(low=2, steps=4, on=False, anything="x")
+    assert plain.config["low"] == 2 and plain.settings.low == 2 and plain.settings.steps == 4  # dict view, typed
+    with pytest.raises(TypeError):
+        plain.config["low"] = 3  # read-only: the settings were checked once, nothing may change them after
     with pytest.raises(UserError, match=r'synthesizer.low="a"'):
         Plain(low="a")
     with pytest.raises(UserError, match="synthesizer.on=1"):
@@ -169,3 +172,4 @@ def test_code_version_ignores_docstrings_and_comments_not_expressions(tmp_path, 
     }.items()}
     assert version["prose"] == version["as is"]
     assert len({version["as is"], version["loop code"], version["plugin code"]}) == 3
+

@@ -27,7 +27,7 @@ from functools import lru_cache
 from pathlib import Path
 
 UNKNOWN = "unknown"
-ENGINE = "zsqbench.loop"  # every run executes it; the root of zsqbench's own fingerprint
+ENGINE = "zsqbench.loop"  # every run executes it (and the plan it imports); the root of zsqbench's fingerprint
 OWN_PACKAGES = ("zsqbench", "zsqbench_plugins")  # the zsqbench distribution's top-level packages
 
 
@@ -157,27 +157,26 @@ def fingerprint(registry, distribution: str, plugin_modules: tuple[str, ...] = (
     return {"version": info["version"], "sha256": digest, "files": files}
 
 
-def _run_entries(resolved: dict) -> list:
-    registry = resolved["registry"]
-    entries = [registry._lookup("methods", resolved["method"].name),
-               registry._lookup("models", resolved["model_key"]),
-               registry._lookup("datasets", resolved["model_spec"].dataset)]
-    entries += [registry._lookup(kind + "s", name) for kind, (name, _) in resolved["components"].items()]
+def _run_entries(plan) -> list:
+    registry = plan.registry
+    entries = [registry._lookup("methods", plan.method.name), registry._lookup("models", plan.model_key),
+               registry._lookup("datasets", plan.model_spec.dataset)]
+    entries += [registry._lookup(kind + "s", c.name) for kind, c in plan.components.items()]
     return [e for e in entries if e is not None]
 
 
-def run_distributions(resolved: dict) -> list[str]:
+def run_distributions(plan) -> list[str]:
     """The distributions whose code a run uses: zsqbench's core and the providers of its method, components,
     teacher and dataset (its loader reads the images the run is scored on)."""
-    return sorted({"zsqbench"} | {e.distribution for e in _run_entries(resolved)})
+    return sorted({"zsqbench"} | {e.distribution for e in _run_entries(plan)})
 
 
-def run_code(resolved: dict) -> dict:
-    """{distribution: fingerprint} for a resolved run (goes into its record and its sweep job's hash)."""
-    entries = _run_entries(resolved)
+def run_code(plan) -> dict:
+    """{distribution: fingerprint} for a run plan (:class:`zsqbench.plan.RunPlan`; in its record and its job hash)."""
+    entries = _run_entries(plan)
     builtin_plugins = tuple(sorted({e.module for e in entries if e.distribution == "zsqbench"}))
-    return {dist: fingerprint(resolved["registry"], dist, builtin_plugins if dist == "zsqbench" else ())
-            for dist in run_distributions(resolved)}
+    return {dist: fingerprint(plan.registry, dist, builtin_plugins if dist == "zsqbench" else ())
+            for dist in run_distributions(plan)}
 
 
 def code_version(code: dict | None) -> str:
