@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -173,3 +174,35 @@ def test_code_version_ignores_docstrings_and_comments_not_expressions(tmp_path, 
     assert version["prose"] == version["as is"]
     assert len({version["as is"], version["loop code"], version["plugin code"]}) == 3
 
+
+def test_plugin_settings_files_hold_only_what_differs():
+    """One source of truth per value: a built-in method's settings for a protocol give no train/eval value equal to
+    the protocol's and no component value equal to the component's default (a dataset entry: none equal to what it
+    is merged over). Otherwise changing a default or a protocol would leave stale copies behind."""
+    import json
+    from zsqbench.protocols import deep_merge
+    reg = get_registry()
+    same = lambda a, b: json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)  # noqa: E731  (20 != 20.0)
+
+    def restated(entry, base, where):
+        return [f"{where}: {section}.{key}" for section, values in entry.items() if section in base
+                for key, value in values.items() if key in base[section] and same(value, base[section][key])]
+
+    found = []
+    for name, entry in reg.methods.items():
+        method = entry.obj
+        if entry.distribution != "zsqbench" or not isinstance(method.settings, str):
+            continue
+        for pname, proto in reg.protocols.items():
+            own = method.settings_for(pname)
+            if own is None:
+                continue
+            base = {"train": proto.obj["train"], "eval": proto.obj["eval"],
+                    **{kind: reg.get(kind + "s", getattr(method, kind)).defaults
+                       for kind in ("synthesizer", "distiller", "quantizer")}}
+            found += restated(own, base, f"{name} {pname}")
+            raw = json.loads(Path(method.settings).read_text())
+            raw = raw["methods"][name] if "methods" in raw else raw
+            for dataset, over in (raw.get(pname) or {}).get("datasets", {}).items():
+                found += restated(over, deep_merge(base, own), f"{name} {pname} {dataset}")
+    assert not found, "settings that restate a default or the protocol: " + ", ".join(found)
