@@ -366,6 +366,7 @@ def test_plugin_failing_half_way_registers_nothing(cli, tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_plugin_upgrade_reruns_sweep_jobs_and_mixed_rows_are_refused(cli, tmp_path):
     """0.1.0 -> 0.1.1 of a third-party plugin (same settings, other code): its sweep job is no longer done, and a
     row with one seed of each version cannot be built; a row of one version can."""

@@ -317,6 +317,7 @@ def click_header(table_id: str, header: str) -> str:
         th.querySelector('button').click(); return th.getAttribute('aria-sort'); }})()"""
 
 
+@pytest.mark.slow
 def test_committed_site_in_headless_chromium(tmp_path, board):
     binary = chromium_or_skip()
     from chromium_cdp import Browser
@@ -407,3 +408,16 @@ def test_published_vs_reproduced_where_both_exist(smoke_records, tmp_path):
     row = next(tr for tr in section.split("<tr>") if tr.startswith('<th scope="row">gdfq</th><td>resnet20@cifar10'))
     for value in (f"{pub['top1']:.2f}", f"{pub['fp_top1']:.2f}", "86.50", "85.50", f"{lb['rows'][0]['fp_top1']:.2f}"):
         assert f"<td>{value}</td>" in row, (value, row)
+
+
+def test_floor_and_ceiling_come_from_the_roles_methods_declare(monkeypatch):
+    """The page's floor and ceiling lines are the rows of the methods declaring role floor / ceiling, not names."""
+    from zsqbench.leaderboard.site import floor_and_ceiling
+    from zsqbench.registry import get_registry
+    methods = get_registry().methods
+    rows = [{"method": m, "mean": mean, "fp_top1": 94.0} for m, mean in (("noise", 20.0), ("fp", 93.5), ("gdfq", 80.0))]
+    assert floor_and_ceiling(rows) == (20.0, 93.5)
+    monkeypatch.setattr(methods["noise"].obj, "role", "")
+    monkeypatch.setattr(methods["gdfq"].obj, "role", "floor")
+    monkeypatch.setattr(methods["fp"].obj, "role", "")
+    assert floor_and_ceiling(rows) == (80.0, 94.0)  # no ceiling row: the teacher's FP top-1

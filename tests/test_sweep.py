@@ -64,6 +64,7 @@ def test_expand_refuses_bad_input(kwargs, message):
         expand("smoke", out="/tmp/x", **kwargs)
 
 
+@pytest.mark.slow
 def test_sweep_resumes_after_kill9_with_the_same_records(tmp_path):
     env = {**os.environ, **ONE_THREAD, "COLUMNS": "200"}
     whole, cut = tmp_path / "whole", tmp_path / "cut"
@@ -154,8 +155,8 @@ def test_protocol_narrows_bit_widths_per_teacher(tmp_path):
     jobs = expand("cpu", ["noise"], out=tmp_path)
     assert sorted((j.model, j.wbits) for j in jobs if j.seed == 0) == [
         ("mobilenetv1@fmnist", 4), ("resnet20@fmnist", 3), ("resnet20@fmnist", 4)]
-    off = resolve(RunSpec(method="noise", model="mobilenetv1", wbits=3, abits=3, protocol="cpu"))["off_protocol"]
-    assert off == ["W3A3 is not in protocol cpu for mobilenetv1@fmnist"]
+    off = resolve(RunSpec(method="noise", model="mobilenetv1", wbits=3, abits=3, protocol="cpu")).off_protocol
+    assert off == ("W3A3 is not in protocol cpu for mobilenetv1@fmnist",)
     with pytest.raises(UserError, match="off protocol"):
         expand("cpu", ["noise"], ["mobilenetv1@fmnist"], ["3"], out=tmp_path)
     bad = json.loads(Path(cpu["path"]).read_text())

@@ -2,8 +2,9 @@
 checked (never converted) before a run does any work, so a bad value is one line naming the key, the value and
 what is allowed.
 
-Validation is strict — ``"3"`` is not an integer, ``1`` is not ``true``, NaN/inf are not numbers — and only
-*checks*: the configuration a record keeps (and a sweep job's hash) is the data as given, not a re-serialised copy.
+Validation is strict — ``"3"`` is not an integer, ``1`` is not ``true``, NaN/inf are not numbers — and runs once per
+run, in :func:`zsqbench.plan.resolve`: components and the loop read the validated instances, while the configuration a
+record keeps (and a job's hash) is the data as given, not a re-serialised copy.
 
 A component declares its settings as a nested ``Settings`` model (its field defaults are the component's
 ``defaults``); a plugin that gives only a plain ``defaults`` dict gets a model whose types are inferred from those
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import types
 import typing
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Mapping
 
 import annotated_types
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
@@ -118,13 +119,13 @@ def defaults_of(model: type[Settings]) -> dict[str, Any]:
 
 # --- checking ---------------------------------------------------------------------------------------------------
 
-def check(model: type[Settings], values: dict, prefix: str, source=None) -> None:
-    """Raise a one-line UserError for the first bad value of ``values`` (a ``prefix`` section), naming the key, the
-    value, what is allowed and — through ``source(key)`` — where the value came from."""
-    if not isinstance(values, dict):
+def check(model: type[Settings], values: dict, prefix: str, source=None) -> Settings:
+    """``values`` (a ``prefix`` section) as a validated ``model`` instance, or a one-line UserError for the first bad
+    value, naming the key, the value, what is allowed and — through ``source(key)`` — where the value came from."""
+    if not isinstance(values, Mapping):
         raise UserError(f"setting {prefix} must be a section of KEY: VALUE settings, got {_short(values)}")
     try:
-        model.model_validate(values)
+        return model.model_validate(dict(values))
     except ValidationError as e:
         err = e.errors()[0]
         loc = [str(p) for p in err["loc"]]

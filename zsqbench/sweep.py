@@ -30,10 +30,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from zsqbench.errors import UserError
-from zsqbench.protocols import bits_for, canonical_hash
-from zsqbench.provenance import run_code
+from zsqbench.protocols import bits_for
 from zsqbench.registry import Registry, get_registry
-from zsqbench.teacher.card import preprocessing_identity
 
 RECORD = "record.json"
 
@@ -72,13 +70,6 @@ def final_top1(job: Job) -> float | None:
     return rec.get("final_top1") if rec.get("status") == "ok" and rec.get("sweep_job") == job.hash else None
 
 
-def _teacher_digest(model_spec) -> str | None:
-    from zsqbench.teacher.zoo import read_manifest
-    if model_spec.embedded_weights:
-        return (read_manifest().get(model_spec.embedded_weights) or {}).get("sha256")
-    return None
-
-
 def _pick(requested: tuple[str, ...] | None, available: list, parse=str) -> list:
     if not requested:
         return list(available)
@@ -110,7 +101,7 @@ def expand(protocol: str, methods=None, models=None, bits=None, seeds=None, out:
 
     ``overrides`` (``KEY=VALUE`` strings, as ``run --set``) apply to every job: the records are off-protocol and
     never enter a leaderboard, but keep the sweep's resume and retry (learning curves, ablations)."""
-    from zsqbench.loop import RunSpec, resolve, settings_key
+    from zsqbench.plan import RunSpec, resolve, settings_key
     registry = registry or get_registry()
     protocol = registry.protocol_name(protocol)
     proto = registry.get("protocols", protocol)
@@ -131,31 +122,19 @@ def expand(protocol: str, methods=None, models=None, bits=None, seeds=None, out:
         for w, a in bit_pairs:
             for model in model_names:
                 for seed in seed_list:
-                    spec = RunSpec(method=method, model=model, wbits=w, abits=a, protocol=protocol, seed=seed,
-                                   overrides=list(overrides))
-                    r = resolve(spec, registry)
-                    if not bits and [w, a] not in bits_for(proto, r["model_key"]):
+                    plan = resolve(RunSpec(method=method, model=model, wbits=w, abits=a, protocol=protocol,
+                                           seed=seed, overrides=list(overrides)), registry)
+                    if not bits and [w, a] not in bits_for(proto, plan.model_key):
                         break  # the protocol narrows this teacher's bit-widths
-                    reasons = [x for x in r["off_protocol"] if not x.startswith("overrides:")]
+                    reasons = [x for x in plan.off_protocol if not x.startswith("overrides:")]
                     if reasons:
-                        raise UserError(f"{method} on {r['model_key']} W{w}A{a} would be off protocol {protocol} "
+                        raise UserError(f"{method} on {plan.model_key} W{w}A{a} would be off protocol {protocol} "
                                         f"({'; '.join(reasons)}): a sweep runs only the protocol's grid")
-                    identity = {"method": method, "model": r["model_key"], "wbits": w, "abits": a, "seed": seed,
-                                "protocol": {"name": protocol, "version": proto["version"], "hash": proto["hash"]},
-                                "teacher_sha256": _teacher_digest(r["model_spec"]),
-                                "components": {k: v[0] for k, v in r["components"].items()},
-                                "config": r["config"]}
-                    if overrides:
-                        identity["overrides"] = list(overrides)
                     # the directory is named by what was asked for; the job's hash adds the code that runs it and
                     # the teacher's input preprocessing, so changed code re-runs the job (into the same directory)
-                    settings_hash = canonical_hash(identity)
-                    identity = {**identity, "code": run_code(r),
-                                "teacher_preprocessing": preprocessing_identity(r["card"])}
-                    h = canonical_hash(identity)
-                    name = f"{settings_hash[:16]}-{method}-{r['model_key'].replace('@', '-')}-w{w}a{a}-s{seed}"
-                    jobs.append(Job(method, r["model_key"], w, a, seed, identity, h, root / name, tuple(overrides),
-                                    settings_hash))
+                    name = f"{plan.settings_hash[:16]}-{method}-{plan.model_key.replace('@', '-')}-w{w}a{a}-s{seed}"
+                    jobs.append(Job(method, plan.model_key, w, a, seed, plan.job_identity, plan.job_hash, root / name,
+                                    tuple(overrides), plan.settings_hash))
     if not jobs:
         raise UserError(f"the sweep is empty: protocol {protocol} has no job for these choices")
     return jobs

@@ -35,7 +35,7 @@ SMOKE_MODEL = "resnet20@fmnist"
 
 def _spec(method: str, *, model: str, wbits: int, abits: int, protocol: str, seed: int,
           overrides: Mapping[str, Any] | None, out: str = "results", **kw):
-    from zsqbench.loop import RunSpec
+    from zsqbench.plan import RunSpec
     return RunSpec(method=method, model=model, wbits=wbits, abits=abits, protocol=protocol, seed=seed,
                    overrides=_override_list(overrides), out=out, quiet=True, **kw)
 
@@ -64,16 +64,17 @@ def smoke_context(method: str | None = None, *, model: str = SMOKE_MODEL, wbits:
     Bad names raise :class:`~zsqbench.errors.UserError`, as ``zsqbench run`` would report them.
     """
     from zsqbench.interfaces import RunContext
-    from zsqbench.loop import RunSpec, resolve, resolve_device, resolve_model_key, seed_everything
+    from zsqbench.loop import resolve_device, seed_everything
+    from zsqbench.plan import RunSpec, resolve, resolve_model_key
     from zsqbench.registry import get_registry
+    from zsqbench.settings import TrainSettings, check
     from zsqbench.teacher.zoo import load_teacher
 
     registry = get_registry()
     if method is not None:
-        resolved = resolve(_spec(method, model=model, wbits=wbits, abits=abits, protocol=protocol, seed=seed,
-                                 overrides=overrides, quantizer=quantizer), registry)
-        model_spec, quant = resolved["model_spec"], resolved["instances"]["quantizer"]
-        train = resolved["config"]["train"]
+        plan = resolve(_spec(method, model=model, wbits=wbits, abits=abits, protocol=protocol, seed=seed,
+                             overrides=overrides, quantizer=quantizer), registry)
+        model_spec, quant, train = plan.model_spec, plan.components["quantizer"].build(), plan.train
     else:
         proto = registry.get("protocols", protocol)
         key = resolve_model_key(RunSpec(method="", model=model, wbits=wbits, abits=abits, protocol=protocol),
@@ -85,7 +86,7 @@ def smoke_context(method: str | None = None, *, model: str = SMOKE_MODEL, wbits:
         config = apply_overrides({"train": proto["train"], "eval": proto["eval"]}, _override_list(overrides))
         if set(config) - {"train", "eval"}:
             raise UserError("without a method, smoke_context takes only train.* and eval.* overrides")
-        train = config["train"]
+        train = check(TrainSettings, config["train"], "train")
     dev = resolve_device(device)
     teacher, info = load_teacher(model_spec, None, None if cache_dir is None else str(cache_dir))
     teacher = teacher.to(dev)
@@ -93,7 +94,7 @@ def smoke_context(method: str | None = None, *, model: str = SMOKE_MODEL, wbits:
     student = quant.quantize(teacher, wbits, abits).to(dev).eval()
     return RunContext(teacher=teacher, student=student, model=model_spec,
                       dataset=registry.dataset(model_spec.dataset).info, wbits=wbits, abits=abits, quantizer=quant,
-                      device=dev, seed=seed, total_steps=int(train["steps"]), warmup_steps=int(train["warmup_steps"]),
+                      device=dev, seed=seed, total_steps=train.steps, warmup_steps=train.warmup_steps,
                       cache_dir=None if cache_dir is None else str(cache_dir), teacher_hash=info.get("sha256"))
 
 
@@ -102,9 +103,9 @@ def method_components(method: str, *, protocol: str = "smoke", model: str = SMOK
     """``{"synthesizer": ..., "distiller": ..., "quantizer": ...}``: the component instances a run of ``method``
     under ``protocol`` builds, with the settings it resolves (component defaults < protocol < the method's settings
     file, per dataset < ``overrides``), checked against each component's ``Settings``."""
-    from zsqbench.loop import resolve
-    return dict(resolve(_spec(method, model=model, wbits=4, abits=4, protocol=protocol, seed=0,
-                              overrides=overrides))["instances"])
+    from zsqbench.plan import resolve
+    return resolve(_spec(method, model=model, wbits=4, abits=4, protocol=protocol, seed=0,
+                         overrides=overrides)).build_components()
 
 
 def run_method(method: str, *, out_dir: str | os.PathLike, protocol: str = "smoke", model: str = SMOKE_MODEL,

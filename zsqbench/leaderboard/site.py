@@ -322,9 +322,13 @@ class Plotter:
 # --- page sections -----------------------------------------------------------------------------------------------
 
 def floor_and_ceiling(rows: list[dict]) -> tuple[float | None, float | None]:
-    by = {r["method"]: r for r in rows}
-    floor = by["noise"]["mean"] if "noise" in by else None
-    ceiling = by["fp"]["mean"] if "fp" in by and by["fp"]["mean"] is not None else max(
+    """The mean of the row whose method declares the role ``floor`` (``ceiling``); without a ceiling row, the
+    teacher's FP top-1."""
+    from zsqbench.registry import get_registry
+    methods = get_registry().methods
+    by_role = {methods[r["method"]].obj.role: r for r in rows if r["method"] in methods}
+    floor = by_role["floor"]["mean"] if "floor" in by_role else None
+    ceiling = by_role["ceiling"]["mean"] if by_role.get("ceiling", {}).get("mean") is not None else max(
         (r["fp_top1"] for r in rows if r["fp_top1"] is not None), default=None)
     return floor, ceiling
 

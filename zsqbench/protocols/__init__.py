@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from zsqbench.errors import UserError
+from zsqbench.settings import SECTION_MODELS
 
 BUILTIN_DIR = Path(__file__).parent
 REQUIRED = ("name", "version", "description", "models", "bits", "seeds", "train", "eval")
@@ -77,13 +78,10 @@ def parse_value(text: str) -> Any:
         return text
 
 
-# settings a protocol may leave out (--set may still give them): eval.split, absent = "test"; "dev" scores on
-# held-out train images, to choose settings (never to report); train.average_from, absent = off (the last weights)
-OPTIONAL_KEYS = frozenset({"eval.split", "train.average_from"})
-
-
 def apply_overrides(config: dict, overrides: list[str]) -> dict:
-    """Apply ``KEY=VALUE`` overrides with dotted keys (``train.steps=100``, ``distiller.temperature=4``)."""
+    """Apply ``KEY=VALUE`` overrides with dotted keys (``train.steps=100``, ``distiller.temperature=4``). A
+    ``train.``/``eval.`` key must be a field of the protocol's settings models, given by the protocol or not; a
+    component's keys are checked against its own settings model when the run is resolved."""
     config = copy.deepcopy(config)
     for item in overrides:
         if "=" not in item:
@@ -98,9 +96,10 @@ def apply_overrides(config: dict, overrides: list[str]) -> dict:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
                 raise UserError(f"--set key {key!r}: {p!r} is not a section")
-        if parts[0] in ("train", "eval") and parts[-1] not in node and key.strip() not in OPTIONAL_KEYS:
-            raise UserError(f"--set key {key!r} is not a known setting; {'.'.join(parts[:-1])} has: "
-                            f"{', '.join(sorted(node))}")
+        model = SECTION_MODELS.get(parts[0])
+        if model is not None and parts[-1] not in model.model_fields:
+            raise UserError(f"--set key {key!r} is not a known setting; {parts[0]} has: "
+                            f"{', '.join(model.model_fields)}")
         node[parts[-1]] = parse_value(value)
     return config
 

@@ -25,8 +25,8 @@ class MinMaxEMAQuantizer(Quantizer):
     def quantize(self, model: nn.Module, wbits: int, abits: int, *, quantize_inputs: bool = False,
                  activation_types=None, first_last_bits: int | None = None) -> nn.Module:
         kw = {} if activation_types is None else {"activation_types": activation_types}
-        return quantize_model(model, wbits, abits, range_rule=self.config["range_rule"],
-                              momentum=self.config["momentum"], quantize_inputs=quantize_inputs,
+        return quantize_model(model, wbits, abits, range_rule=self.settings.range_rule,
+                              momentum=self.settings.momentum, quantize_inputs=quantize_inputs,
                               first_last_bits=first_last_bits, **kw)
 
     def set_calibrating(self, model: nn.Module, on: bool) -> None:

@@ -5,7 +5,7 @@ running_var), each averaged over channels — the variance, not the std (GDFQ tr
 distill_data.py compute the same quantity: their "mean over layers of MSE(mean) + mean over layers of MSE(var)" is
 this mean over layers of the sum, exactly).
 
-``form="zeroq"`` is ZeroQ's own statistic (reference §6): per *sample* and channel, the spatial mean and std
+``form="per-sample"`` is ZeroQ's statistic (reference §6): per *sample* and channel, the spatial mean and std
 (unbiased variance, + 1e-6) of each BN input against running_mean and sqrt(running_var + 1e-6); squared L2 over
 channels averaged over samples, summed (not averaged) over layers. ZeroQ hooks the conv outputs feeding each BN;
 the BN inputs are the same tensors in every zoo model (each BN follows a conv).
@@ -31,7 +31,7 @@ class BNStatHooks:
 
     Recording is off unless inside ``with hooks.recording():`` so the teacher's other forwards cost nothing."""
 
-    FORMS = ("batch", "zeroq")
+    FORMS = ("batch", "per-sample")
     ZEROQ_EPS = 1e-6
 
     def __init__(self, model: nn.Module, form: str = "batch"):
@@ -47,7 +47,7 @@ class BNStatHooks:
         if not self._on:
             return
         x = inputs[0]
-        if self.form == "zeroq":
+        if self.form == "per-sample":
             self._losses.append(per_sample_moment_loss(x, module.running_mean,
                                                        (module.running_var + self.ZEROQ_EPS).sqrt(), self.ZEROQ_EPS))
             return
@@ -73,7 +73,7 @@ class BNStatHooks:
         if not self._losses:
             raise RuntimeError("no BatchNorm2d layer saw data while recording")
         stacked = torch.stack(self._losses)
-        return stacked.sum() if self.form == "zeroq" else stacked.mean()
+        return stacked.sum() if self.form == "per-sample" else stacked.mean()
 
     def remove(self) -> None:
         for h in self._handles:

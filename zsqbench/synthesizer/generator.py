@@ -126,16 +126,16 @@ class GeneratorSynthesizer(Synthesizer):
 
     def build_generator(self, ctx: RunContext) -> nn.Module:
         """The generator network (GDFQ's by default); called once by :meth:`prepare`."""
-        cfg = self.config
-        return Generator(ctx.num_classes, ctx.image_shape, cfg["latent_dim"], cfg["width"], cfg["conditional_bn"])
+        cfg = self.settings
+        return Generator(ctx.num_classes, ctx.image_shape, cfg.latent_dim, cfg.width, cfg.conditional_bn)
 
     def prepare(self, ctx: RunContext) -> None:
-        cfg = self.config
+        cfg = self.settings
         self.generator = self.build_generator(ctx).to(ctx.device).train()
-        self.optimizer = torch.optim.Adam(self.generator.parameters(), lr=cfg["lr"], betas=tuple(cfg["betas"]))
+        self.optimizer = torch.optim.Adam(self.generator.parameters(), lr=cfg.lr, betas=tuple(cfg.betas))
         total = max(1, ctx.warmup_steps + ctx.total_steps)  # the official schedule counts warm-up epochs too
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(
-            self.optimizer, [max(1, round(f * total)) for f in cfg["milestones"]], cfg["gamma"])
+            self.optimizer, [max(1, round(f * total)) for f in cfg.milestones], cfg.gamma)
         self.bns = BNStatHooks(ctx.teacher)
 
     def sample_conditioning(self, ctx: RunContext, batch_size: int) -> Conditioning:
@@ -167,7 +167,7 @@ class GeneratorSynthesizer(Synthesizer):
                 p.requires_grad_(True)
 
     def next_batch(self, ctx: RunContext, batch_size: int) -> Batch:
-        z = torch.randn(batch_size, self.config["latent_dim"], device=ctx.device)
+        z = torch.randn(batch_size, self.settings.latent_dim, device=ctx.device)
         cond = self.sample_conditioning(ctx, batch_size)
         images = self.generate(ctx, z, cond)
         with self.bns.recording():

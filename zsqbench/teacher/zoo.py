@@ -160,7 +160,7 @@ def resnet20(num_classes: int, in_channels: int) -> nn.Module:
 # MobileNetV1 for 32x32 inputs: pytorchcv's depthwise-separable stages unchanged, a stride-1 stem (the usual CIFAR
 # adaptation: 32 -> 32 -> 16 -> 8 -> 4 -> 2) and an adaptive final pool in place of the 7x7 ImageNet pool, at
 # width 0.75. Measured CPU training step, batch 128, 2 cores, relative to ResNet-20: width 0.5 0.73x, 0.75 1.25x,
-# 1.0 1.97x; full width with the ImageNet stride-2 stem 0.96x. Teachers tried (see README "Teachers"): width 0.5
+# 1.0 1.97x; full width with the ImageNet stride-2 stem 0.96x. Teachers tried (see docs/findings.md): width 0.5
 # reached 90.86 % and the stride-2 stem learned far slower, both short of the 92 % target.
 MOBILENETV1_32_WIDTH = 0.75
 
