@@ -24,6 +24,11 @@ class Group(click.Group):
         except UserError as e:
             err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
             sys.exit(2)
+        except click.UsageError as e:  # a bad option or value: one line too, not click's usage block
+            where = e.ctx.command_path if e.ctx else "zsqbench"
+            err_console.print(f"[bold red]error:[/] {escape(e.format_message())} (see `{escape(where)} --help`)",
+                              highlight=False, soft_wrap=True)
+            sys.exit(2)
         except KeyboardInterrupt:
             err_console.print("[bold red]interrupted[/] (no record written)")
             sys.exit(130)
@@ -156,6 +161,8 @@ def sweep(protocol, methods, models, bits, seeds, jobs, threads, out, device, re
     out = Path(out or Path("sweeps") / name)
     if address and backend != "ray":
         raise UserError("--address names a Ray cluster: use it with --backend ray")
+    from zsqbench.safety import check_output_dir
+    check_output_dir(out, "--out")
     if backend == "ray":  # every node must find the same files: no path relative to this shell
         from zsqbench.sweep_ray import absolute
         out, cache_dir, data_root = Path(absolute(out)), absolute(cache_dir), absolute(data_root)
@@ -287,12 +294,12 @@ def list_(what, method):
 def validate(paths):
     """Check run records, leaderboards and published baselines (detected by their content) against their JSON
     Schemas and rules; a directory is searched for *.json (files of none of these kinds are skipped there)."""
-    from zsqbench.record.validate import find_files, validate_file
+    from zsqbench.record.validate import find_files, unreadable, validate_file
     bad = checked = 0
     for path, explicit in find_files(paths):
         kind, errors = validate_file(path)
-        if kind is None and not explicit:
-            continue  # a sweep's job.json, a cache entry, ...: not something validate knows
+        if kind is None and not explicit and not unreadable(errors):
+            continue  # a sweep's job.json, a cache entry, ...: not something validate knows (not JSON: invalid)
         checked += 1
         if errors:
             bad += 1

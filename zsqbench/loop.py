@@ -24,9 +24,10 @@ from zsqbench.interfaces import RunContext
 from zsqbench.protocols import apply_overrides, bits_for, canonical_hash, check_protocol_requirements, deep_merge
 from zsqbench.provenance import run_code
 from zsqbench.record import io as record_io
+from zsqbench.record.check import seal
 from zsqbench.registry import Registry, get_registry
 from zsqbench.settings import SECTION_MODELS, check as settings_check
-from zsqbench.teacher.card import preprocessing_identity, resolve_card
+from zsqbench.teacher.card import check_fp_claim, preprocessing_identity, resolve_card
 from zsqbench.teacher.zoo import load_teacher
 
 
@@ -101,6 +102,7 @@ def resolve(spec: RunSpec, registry: Registry | None = None) -> dict[str, Any]:
     for bits, what in ((spec.wbits, "weight"), (spec.abits, "activation")):
         if not 1 <= bits <= 16:
             raise UserError(f"{what} bit-width {bits} out of range: use 1..16")
+    check_seed(spec.seed)
 
     off_protocol: list[str] = []
     settings = method.settings_for(settings_key(protocol), model_spec.dataset)
@@ -173,6 +175,14 @@ def _setting_source(spec: RunSpec, method, protocol: dict, method_settings: dict
     return source
 
 
+MAX_SEED = 2 ** 32 - 1  # numpy's generator takes seeds in 0 .. 2**32 - 1
+
+
+def check_seed(seed) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise UserError(f"seed {seed!r} out of range: use an integer in 0..{MAX_SEED}")
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -214,6 +224,9 @@ def record_path(out: Path, resolved: dict, spec: RunSpec, config_hash: str) -> P
 def run(spec: RunSpec) -> tuple[dict, Path]:
     """Run one (method, model, bits, seed) job end to end and write its record. Returns (record, path)."""
     t_start = time.perf_counter()
+    from zsqbench.safety import check_output_dir  # where the record goes: checked before any work
+    check_output_dir(Path(spec.record_file).parent if spec.record_file else spec.out,
+                     "--record-file" if spec.record_file else "--out")
     resolved = resolve(spec)
     device = resolve_device(spec.device)
     check_protocol_requirements(resolved["protocol"], device, off_protocol=bool(resolved["off_protocol"]))
@@ -225,13 +238,14 @@ def run(spec: RunSpec) -> tuple[dict, Path]:
 
     from zsqbench.evaluation.evaluate import Evaluator  # the only import of real data
     with timer.phase("setup"):
+        teacher, teacher_info = load_teacher(model_spec, spec.weights, spec.cache_dir)  # first: refuses broken weights
         evaluator = Evaluator(model_spec.dataset, spec.data_root, device, evalc.get("limit"),
                               evalc.get("batch_size", 100), evalc.get("split", "test"), resolved["card"])
-        teacher, teacher_info = load_teacher(model_spec, spec.weights, spec.cache_dir)
         teacher = teacher.to(device)
     with timer.phase("evaluation"):  # + the real set's diagnostics, same pass; cached per teacher and data
         fp_top1, fp_cache = evaluator.reference(teacher, model_spec.pool_module, teacher_info.get("sha256"),
                                                 cache_base(spec.cache_dir) / "eval")
+    check_fp_claim(fp_top1, resolved["card"], teacher_info, evaluator.n, evalc.get("split", "test"))
 
     seed_everything(spec.seed)
     student = quantizer.quantize(teacher, spec.wbits, spec.abits, **config.get("quantization", {})).to(device).eval()
@@ -321,7 +335,7 @@ def run(spec: RunSpec) -> tuple[dict, Path]:
     best = max((h["top1"] for h in history), default=None)
     n_steps = len(step_times)
     record = {
-        "schema_version": 1,
+        "schema_version": 2,
         "status": "diverged" if diverged else "ok",
         "diverged": diverged,
         "method": {"name": spec.method, "provider": resolved["method"].provider,
@@ -358,6 +372,7 @@ def run(spec: RunSpec) -> tuple[dict, Path]:
     record["code"] = run_code(resolved)
     if spec.sweep_job:
         record["sweep_job"] = spec.sweep_job
+    seal(record)  # the content digest: a later hand edit fails `zsqbench validate` (zsqbench/record/check.py)
     record_io.validate_record(record)
     path = Path(spec.record_file) if spec.record_file else record_path(Path(spec.out), resolved, spec, config_hash)
     record_io.write_json_atomic(path, record)
