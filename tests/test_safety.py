@@ -94,19 +94,26 @@ def ws(tmp_path, monkeypatch):
 
 OUT_CASES = {
     "run-out-below-a-file": ([*RUN, "--method", "fp", "--out", "notes.txt/sub"], ["below", "which is a file"]),
-    "run-out-is-a-file": ([*RUN, "--method", "fp", "--out", "notes.txt"], ["is a file, not a folder"]),
+    "run-out-is-a-file": ([*RUN, "--method", "fp", "--out", "notes.txt"], ["is a file"]),
     "run-out-deep-below-a-file": ([*RUN, "--method", "fp", "--out", "notes.txt/a/b/c"], ["which is a file"]),
     "sweep-out-below-a-file": (["sweep", "-p", "smoke", "--methods", "fp", "-q", "-o", "notes.txt/sweep"],
                                ["below", "which is a file"]),
     "sweep-out-is-a-file": (["sweep", "-p", "smoke", "--methods", "fp", "-q", "-o", "notes.txt"],
-                            ["is a file, not a folder"]),
+                            ["is a file"]),
+    "run-cache-below-a-file": ([*RUN, "--method", "fp", "--out", "out", "--cache-dir", "notes.txt/cache"],
+                               ["--cache-dir", "which is a file"]),
+    "synth-cache-below-a-file": (["synth", "--method", "zeroq", "--model", "resnet20", "-p", "smoke", "-q",
+                                  "--cache-dir", "notes.txt/cache"], ["--cache-dir", "which is a file"]),
+    "sweep-cache-below-a-file": (["sweep", "-p", "smoke", "--methods", "fp", "-q", "-o", "sweep", "--cache-dir",
+                                  "notes.txt/cache"], ["--cache-dir", "which is a file"]),
 }
 
 
 @pytest.mark.parametrize("args, expect", OUT_CASES.values(), ids=OUT_CASES.keys())
 def test_output_folder_below_or_onto_a_file_is_refused_before_any_work(args, expect, ws):
     cache = ws / "cache"
-    refused([*args, "--cache-dir", cache], expect, ws, case=args[0] + ":" + args[-1])
+    extra = [] if "--cache-dir" in args else ["--cache-dir", cache]
+    refused([*args, *extra], expect, ws, case=args[0] + ":" + args[-1])
     assert not cache.exists()  # no teacher evaluated, nothing cached
 
 
@@ -150,7 +157,7 @@ def test_leaderboard_build_never_overwrites_an_input_or_a_foreign_file(ws, real)
                                  ["one of this command's inputs"]),
         "build-onto-a-foreign-file": ([*build, f["recs"], "-o", "notes.txt"], ["not a leaderboard this tool wrote"]),
         "build-below-a-file": ([*build, f["recs"], "-o", "notes.txt/lb.json"], ["which is a file"]),
-        "build-onto-a-folder": ([*build, f["recs"], "-o", f["recs"]], ["is a folder"]),
+        "build-onto-a-folder": ([*build, f["recs"], "-o", f["recs"]], ["is a directory"]),
     }
     for case, (args, expect) in cases.items():
         refused(args, expect, ws, case=case)
@@ -354,7 +361,7 @@ def test_ray_address_that_is_not_a_ray_cluster_is_one_line(kind, extra, expect, 
 
 def test_ray_timeout_needs_the_ray_backend(ws):
     refused(["sweep", "-p", "smoke", "--methods", "fp", "-q", "--ray-timeout", "5", "-o", ws / "sweep"],
-            ["use them with --backend ray"], ws, case="ray-timeout-without-ray")
+            ["use it with --backend ray"], ws, case="ray-timeout-without-ray")
 
 
 def test_ray_that_never_answers_is_one_line_within_the_timeout(ws):

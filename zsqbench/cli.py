@@ -118,6 +118,9 @@ def synth(method, model, dataset, protocol, seed, device, overrides, weights, ca
     from zsqbench.loop import RunSpec
     from zsqbench.registry import get_registry
     from zsqbench.synthesizer.imageopt import build_set
+    from zsqbench.cache import cache_base
+    from zsqbench.safety import check_output_dir
+    check_output_dir(cache_base(cache_dir), "--cache-dir")  # where the set and its grid go: before any work
     bits = get_registry().get("protocols", protocol)["bits"][0]  # the set does not depend on the bit-width
     spec = RunSpec(method=method, model=model, dataset=dataset, wbits=bits[0], abits=bits[1], protocol=protocol,
                    seed=seed, device=device, overrides=list(overrides), weights=weights, cache_dir=cache_dir,
@@ -167,13 +170,17 @@ def sweep(protocol, methods, models, bits, seeds, jobs, threads, out, device, re
     from zsqbench.registry import get_registry
     name = get_registry().protocol_name(protocol)  # the jobs get `protocol` as given: a file's path, or a name
     out = Path(out or Path("sweeps") / name)
-    if (address or ray_timeout is not None) and backend != "ray":
-        raise UserError("--address and --ray-timeout are about a Ray cluster: use them with --backend ray")
+    if address and backend != "ray":
+        raise UserError("--address names a Ray cluster: use it with --backend ray")
+    if ray_timeout is not None and backend != "ray":
+        raise UserError("--ray-timeout bounds connecting to a Ray cluster: use it with --backend ray")
     if backend == "ray":  # a bad timeout, an address where no Ray answers: one line before any work
         from zsqbench.sweep_ray import check_cluster
         check_cluster(address, ray_timeout)
+    from zsqbench.cache import cache_base
     from zsqbench.safety import check_output_dir
     check_output_dir(out, "--out")
+    check_output_dir(cache_base(cache_dir), "--cache-dir")
     if backend == "ray":  # every node must find the same files: no path relative to this shell
         from zsqbench.sweep_ray import absolute
         out, cache_dir, data_root = Path(absolute(out)), absolute(cache_dir), absolute(data_root)

@@ -227,6 +227,7 @@ def run(spec: RunSpec) -> tuple[dict, Path]:
     from zsqbench.safety import check_output_dir  # where the record goes: checked before any work
     check_output_dir(Path(spec.record_file).parent if spec.record_file else spec.out,
                      "--record-file" if spec.record_file else "--out")
+    check_output_dir(cache_base(spec.cache_dir), "--cache-dir")  # the FP reference and synthetic sets go there
     resolved = resolve(spec)
     device = resolve_device(spec.device)
     check_protocol_requirements(resolved["protocol"], device, off_protocol=bool(resolved["off_protocol"]))
