@@ -5,7 +5,7 @@ Four classes of bad input, each case asserting: exit code, one line (``error:`` 
 afterwards (sha256 of every file under the test's folder, before and after).
 
 1. destinations: outputs below a file, onto a file or folder of the wrong kind, onto an input, over a folder the tool
-   did not make (run, sweep, leaderboard build, leaderboard site);
+   did not make (run, sweep, synth's cache, leaderboard build, restat and site);
 2. arguments checked before the teacher loads: seeds, integers, step counts and sizes, broken teacher weights, a
    teacher card whose FP top-1 claim the teacher does not meet;
 3. Ray: an address where nothing listens, a port that is not Ray, a service that greets like gRPC but never answers;
@@ -158,6 +158,12 @@ def test_leaderboard_build_never_overwrites_an_input_or_a_foreign_file(ws, real)
         "build-onto-a-foreign-file": ([*build, f["recs"], "-o", "notes.txt"], ["not a leaderboard this tool wrote"]),
         "build-below-a-file": ([*build, f["recs"], "-o", "notes.txt/lb.json"], ["which is a file"]),
         "build-onto-a-folder": ([*build, f["recs"], "-o", f["recs"]], ["is a directory"]),
+        "restat-onto-a-record": (["leaderboard", "restat", f["board"], "-o", f["noise"]],
+                                 ["not a leaderboard this tool wrote"]),
+        "restat-onto-a-foreign-file": (["leaderboard", "restat", f["board"], "-o", "notes.txt"],
+                                       ["not a leaderboard this tool wrote"]),
+        "restat-below-a-file": (["leaderboard", "restat", f["board"], "-o", "notes.txt/lb.json"],
+                                ["which is a file"]),
     }
     for case, (args, expect) in cases.items():
         refused(args, expect, ws, case=case)

@@ -113,6 +113,9 @@ def restat_command(file, output):
     if not looks_like_leaderboard(lb):
         raise UserError(f"{file} is not a zsqbench leaderboard (build one with `zsqbench leaderboard build`)")
     out = Path(output or file)
+    if output:  # FILE itself is rewritten in place by design; another destination must be a leaderboard or new
+        from zsqbench.safety import check_output_file
+        check_output_file(out, "--output", [], _is_leaderboard, "leaderboard")
     command = shlex.join(["zsqbench", "leaderboard", "restat", file] + (["-o", output] if output else []))
     try:
         new = restat(lb, command)
