@@ -30,7 +30,7 @@ class ZeroQSynthesizer(ImageSetSynthesizer):
     description = "ZeroQ distilled data: per-sample BN mean/std matching + N(0,1) input prior, no class terms"
 
     class Settings(ImageSetSynthesizer.Settings):
-        iterations: int = Field(500, ge=0)
+        iterations: int = Field(500, ge=0, le=1_000_000)
         plateau_patience: int = Field(100, ge=0)
         bns_form: Literal["per-sample", "batch"] = Field("per-sample",
                                                           description="ZeroQ's per-sample statistic or the batch one")

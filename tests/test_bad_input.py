@@ -19,6 +19,7 @@ from click.testing import CliRunner
 
 from zsqbench.cli import cli as zsqbench
 from zsqbench.evaluation import data as eval_data
+from zsqbench.record.check import seal
 
 ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = ROOT / "zsqbench" / "teacher" / "weights"
@@ -243,6 +244,7 @@ def _copy(record: Path, dest: Path, **changes) -> Path:
     rec = json.loads(record.read_text())
     for key, value in changes.items():
         rec[key] = value
+    seal(rec)  # a made-up record carries its own digest, as a real run's does
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_text(json.dumps(rec))
     return dest
@@ -268,7 +270,7 @@ def test_leaderboard_build_refuses_bad_inputs(record, tmp_path):
     c = _copy(record, tmp_path / "mix2" / "c.json", seed=1)
     rec_c = json.loads(c.read_text())
     del rec_c["code"]
-    c.write_text(json.dumps(rec_c))
+    c.write_text(json.dumps(seal(rec_c)))
     assert_one_line_error(invoke([*build, a, c]), ["mixes code versions", "unknown"])
     assert not board.exists()
 

@@ -119,7 +119,8 @@ def test_top1_bounds_inclusive(key, value):
 
 
 @pytest.mark.parametrize("mutate,fragment", [
-    (lambda r: r.update(schema_version=2), "schema_version"),
+    (lambda r: r.update(schema_version=3), "schema_version"),
+    (lambda r: r.update(schema_version=2), "'digest' is a required property"),  # version 2 carries its digest
     (lambda r: r.update(status="crashed"), "status"),
     (lambda r: r.update(extra_field=1), "Additional properties are not allowed"),
     (lambda r: r.update(wbits=0), "wbits"),

@@ -36,9 +36,9 @@ def test_list_settings_shows_types_defaults_and_protocol_values():
             for line in result.stdout.splitlines() if line.startswith("│") and line.split("│")[1].strip()}
     header = next(line for line in result.stdout.splitlines() if "setting" in line and "default" in line)
     assert "cpu" in header and "smoke" in header and "paper" in header
-    assert rows["train.steps"][:2] == ["int ≥ 0", "—"]
+    assert rows["train.steps"][:2] == ["int ≥ 0, ≤ 1000000", "—"]  # a sane maximum (issue #27)
     assert rows["distiller.lambda_eps"][:2] == ["'code' | 'hocon'", '"code"']
-    assert rows["synthesizer.iterations"][0] == "int ≥ 0"
+    assert rows["synthesizer.iterations"][0] == "int ≥ 0, ≤ 1000000"
     assert "200" in rows["synthesizer.iterations"]  # HAST's cpu value (README: 200 synthesis iterations)
     missing = CliRunner().invoke(zsqbench, ["list", "settings"])
     assert missing.exit_code == 2 and "give the method" in missing.stderr

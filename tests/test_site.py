@@ -22,6 +22,7 @@ from zsqbench.cli import Group
 from zsqbench.leaderboard.build import build_leaderboard, validate_leaderboard
 from zsqbench.leaderboard.commands import leaderboard
 from zsqbench.leaderboard.site import MANIFEST, write_site
+from zsqbench.record.check import seal
 from zsqbench.record.io import validation_errors
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,6 +75,9 @@ def variant(base, seed, final, history, wbits=4, total_s=20.0, status="ok", meth
         r["eval_history"] = [{"step": s, "top1": v} for s, v in history]
         r["final_top1"], r["best_top1_selected_on_test"] = final, max(v for _, v in history)
     r["timing"].update(total_s=total_s)
+    if history:  # a consistent record: the run's steps end at its last evaluation
+        r["config"]["train"]["steps"] = r["timing"]["steps"] = history[-1][0]
+    seal(r)  # a made-up record carries its own digest, as a real run's does
     assert validation_errors(r) == []
     return r
 
@@ -189,7 +193,9 @@ def test_records_that_do_not_match_their_run_are_not_used(board, tmp_path):
     moved = tmp_path / "elsewhere.json"
     rec_path = Path(lb["rows"][0]["runs"][0]["record"])
     rec = json.loads(rec_path.read_text())
-    rec["final_top1"] = 1.0  # a re-run over the same path: not the run the leaderboard holds
+    rec["final_top1"] = rec["eval_history"][-1]["top1"] = 1.0  # a re-run over the same path: not the run the
+    rec["best_top1_selected_on_test"] = max(h["top1"] for h in rec["eval_history"])  # leaderboard holds
+    seal(rec)
     fake = tmp_path / "fake" / "record.json"
     fake.parent.mkdir()
     fake.write_text(json.dumps(rec))

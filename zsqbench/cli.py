@@ -1,6 +1,7 @@
 """The ``zsqbench`` command line."""
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -23,6 +24,15 @@ class Group(click.Group):
             return super().invoke(ctx)
         except UserError as e:
             err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+            if getattr(e, "exit_now", False):  # a stuck library thread (Ray's connect) would hold a normal exit
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(2)
+            sys.exit(2)
+        except click.UsageError as e:  # a bad option or value: one line too, not click's usage block
+            where = e.ctx.command_path if e.ctx else "zsqbench"
+            err_console.print(f"[bold red]error:[/] {escape(e.format_message())} (see `{escape(where)} --help`)",
+                              highlight=False, soft_wrap=True)
             sys.exit(2)
         except KeyboardInterrupt:
             err_console.print("[bold red]interrupted[/] (no record written)")
@@ -108,6 +118,9 @@ def synth(method, model, dataset, protocol, seed, device, overrides, weights, ca
     from zsqbench.loop import RunSpec
     from zsqbench.registry import get_registry
     from zsqbench.synthesizer.imageopt import build_set
+    from zsqbench.cache import cache_base
+    from zsqbench.safety import check_output_dir
+    check_output_dir(cache_base(cache_dir), "--cache-dir")  # where the set and its grid go: before any work
     bits = get_registry().get("protocols", protocol)["bits"][0]  # the set does not depend on the bit-width
     spec = RunSpec(method=method, model=model, dataset=dataset, wbits=bits[0], abits=bits[1], protocol=protocol,
                    seed=seed, device=device, overrides=list(overrides), weights=weights, cache_dir=cache_dir,
@@ -145,10 +158,13 @@ def synth(method, model, dataset, protocol, seed, device, overrides, weights, ca
               help="local: child processes here; ray: tasks on an existing Ray cluster (docs/clusters.md).")
 @click.option("--address", default=None, help="The Ray cluster (HOST:PORT of its head; default $RAY_ADDRESS or the "
               "cluster started on this machine). Only with --backend ray.")
+@click.option("--ray-timeout", type=float, default=None, metavar="SECONDS",
+              help="How long connecting to the Ray cluster may take (default: $ZSQBENCH_RAY_TIMEOUT or 30). Ray's own "
+                   "logging stays out of the terminal unless ZSQBENCH_RAY_LOG=1.")
 @click.option("--dry-run", is_flag=True, help="List the jobs and whether each is done; run nothing.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def sweep(protocol, methods, models, bits, seeds, jobs, threads, out, device, retries, data_root, cache_dir,
-          overrides, backend, address, dry_run, quiet):
+          overrides, backend, address, ray_timeout, dry_run, quiet):
     """Run a protocol's grid (methods x teachers x bit-widths x seeds), one directory per job; resumable."""
     from zsqbench.sweep import expand, run_sweep
     from zsqbench.registry import get_registry
@@ -156,6 +172,15 @@ def sweep(protocol, methods, models, bits, seeds, jobs, threads, out, device, re
     out = Path(out or Path("sweeps") / name)
     if address and backend != "ray":
         raise UserError("--address names a Ray cluster: use it with --backend ray")
+    if ray_timeout is not None and backend != "ray":
+        raise UserError("--ray-timeout bounds connecting to a Ray cluster: use it with --backend ray")
+    if backend == "ray":  # a bad timeout, an address where no Ray answers: one line before any work
+        from zsqbench.sweep_ray import check_cluster
+        check_cluster(address, ray_timeout)
+    from zsqbench.cache import cache_base
+    from zsqbench.safety import check_output_dir
+    check_output_dir(out, "--out")
+    check_output_dir(cache_base(cache_dir), "--cache-dir")
     if backend == "ray":  # every node must find the same files: no path relative to this shell
         from zsqbench.sweep_ray import absolute
         out, cache_dir, data_root = Path(absolute(out)), absolute(cache_dir), absolute(data_root)
@@ -171,7 +196,8 @@ def sweep(protocol, methods, models, bits, seeds, jobs, threads, out, device, re
     if backend == "ray":
         from zsqbench.registry import get_registry
         from zsqbench.sweep_ray import RayBackend
-        runner = RayBackend(get_registry().get("protocols", name), device, address, jobs, threads)
+        runner = RayBackend(get_registry().get("protocols", name), device, address, jobs, threads,
+                            timeout=ray_timeout)
     summary = run_sweep(grid, protocol, jobs or 1, threads, device, cache_dir, data_root, retries, quiet, out,
                         backend=runner, more=schedule.after if schedule else None)
     minutes = summary["wall_s"] / 60
@@ -287,12 +313,12 @@ def list_(what, method):
 def validate(paths):
     """Check run records, leaderboards and published baselines (detected by their content) against their JSON
     Schemas and rules; a directory is searched for *.json (files of none of these kinds are skipped there)."""
-    from zsqbench.record.validate import find_files, validate_file
+    from zsqbench.record.validate import find_files, unreadable, validate_file
     bad = checked = 0
     for path, explicit in find_files(paths):
         kind, errors = validate_file(path)
-        if kind is None and not explicit:
-            continue  # a sweep's job.json, a cache entry, ...: not something validate knows
+        if kind is None and not explicit and not unreadable(errors):
+            continue  # a sweep's job.json, a cache entry, ...: not something validate knows (not JSON: invalid)
         checked += 1
         if errors:
             bad += 1

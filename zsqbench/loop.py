@@ -19,10 +19,12 @@ import torch
 from zsqbench.cache import cache_base
 from zsqbench.errors import Diverged, UserError
 from zsqbench.interfaces import RunContext
-from zsqbench.plan import RunPlan, RunSpec, resolve, resolve_model_key, settings_key  # noqa: F401  (re-exported)
+from zsqbench.plan import MAX_SEED, RunPlan, RunSpec, check_seed, resolve, resolve_model_key, settings_key  # noqa: F401
 from zsqbench.protocols import check_protocol_requirements
 from zsqbench.record import io as record_io
+from zsqbench.record.check import seal
 from zsqbench.settings import TrainSettings
+from zsqbench.teacher.card import check_fp_claim
 from zsqbench.teacher.zoo import load_teacher
 
 
@@ -80,6 +82,10 @@ def run(spec: RunSpec | RunPlan) -> tuple[dict, Path]:
     t_start = time.perf_counter()
     plan = spec if isinstance(spec, RunPlan) else resolve(spec)
     spec = plan.spec
+    from zsqbench.safety import check_output_dir  # where the record goes: checked before any work
+    check_output_dir(Path(spec.record_file).parent if spec.record_file else spec.out,
+                     "--record-file" if spec.record_file else "--out")
+    check_output_dir(cache_base(spec.cache_dir), "--cache-dir")  # the FP reference and synthetic sets go there
     device = resolve_device(spec.device)
     check_protocol_requirements(plan.protocol, device, off_protocol=bool(plan.off_protocol))
     model_spec, train, evalc = plan.model_spec, plan.train, plan.eval
@@ -89,13 +95,14 @@ def run(spec: RunSpec | RunPlan) -> tuple[dict, Path]:
 
     from zsqbench.evaluation.evaluate import Evaluator  # the only import of real data
     with timer.phase("setup"):
+        teacher, teacher_info = load_teacher(model_spec, spec.weights, spec.cache_dir)  # first: refuses broken weights
         evaluator = Evaluator(model_spec.dataset, spec.data_root, device, evalc.limit, evalc.batch_size, evalc.split,
                               dict(plan.card))
-        teacher, teacher_info = load_teacher(model_spec, spec.weights, spec.cache_dir)
         teacher = teacher.to(device)
     with timer.phase("evaluation"):  # + the real set's diagnostics, same pass; cached per teacher and data
         fp_top1, fp_cache = evaluator.reference(teacher, model_spec.pool_module, teacher_info.get("sha256"),
                                                 cache_base(spec.cache_dir) / "eval")
+    check_fp_claim(fp_top1, dict(plan.card), teacher_info, evaluator.n, evalc.split)
 
     seed_everything(spec.seed)
     student = quantizer.quantize(teacher, spec.wbits, spec.abits, **plan.quantization).to(device).eval()
@@ -180,7 +187,7 @@ def run(spec: RunSpec | RunPlan) -> tuple[dict, Path]:
     best = max((h["top1"] for h in history), default=None)
     n_steps = len(step_times)
     record = {
-        "schema_version": 1,
+        "schema_version": 2,
         "status": "diverged" if diverged else "ok",
         "diverged": diverged,
         "method": {"name": spec.method, "provider": plan.method.provider,
@@ -217,6 +224,7 @@ def run(spec: RunSpec | RunPlan) -> tuple[dict, Path]:
     record["code"] = plan.code
     if spec.sweep_job:
         record["sweep_job"] = spec.sweep_job
+    seal(record)  # the content digest: a later hand edit fails `zsqbench validate` (zsqbench/record/check.py)
     record_io.validate_record(record)
     path = Path(spec.record_file) if spec.record_file else record_path(Path(spec.out), plan)
     record_io.write_json_atomic(path, record)

@@ -179,6 +179,14 @@ def resolve_model_key(spec: RunSpec, registry: Registry, protocol: Mapping) -> s
     return key
 
 
+MAX_SEED = 2 ** 32 - 1  # numpy's generator takes seeds in 0 .. 2**32 - 1
+
+
+def check_seed(seed) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise UserError(f"seed {seed!r} out of range: use an integer in 0..{MAX_SEED}")
+
+
 def resolve(spec: RunSpec, registry: Registry | None = None) -> RunPlan:
     """The run's plan, every name looked up and every setting checked (one line for the first bad one)."""
     registry = registry or get_registry()
@@ -190,6 +198,7 @@ def resolve(spec: RunSpec, registry: Registry | None = None) -> RunPlan:
     for bits, what in ((spec.wbits, "weight"), (spec.abits, "activation")):
         if not 1 <= bits <= 16:
             raise UserError(f"{what} bit-width {bits} out of range: use 1..16")
+    check_seed(spec.seed)
 
     off_protocol: list[str] = []
     method_settings = method.settings_for(settings_key(protocol), model_spec.dataset)

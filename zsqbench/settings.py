@@ -35,12 +35,19 @@ ScheduleFraction = Annotated[float, Field(gt=0, le=1)]  # a milestone: a fractio
 CropScale = Annotated[list[Annotated[float, Field(gt=0, le=1)]], Field(min_length=2, max_length=2)]
 
 
+# Sane maxima (a typo such as train.steps=10000000000 would start a run of years): 12x the paper protocol's
+# 79 200 steps; a batch far above any protocol's (200) and any method's official one.
+MAX_STEPS = 1_000_000
+MAX_BATCH = 8192
+
+
 class TrainSettings(Settings):
     """The protocol's ``train`` section (a method's settings may override any of it)."""
 
-    steps: int = Field(ge=0, description="student (distillation) steps")
-    warmup_steps: int = Field(ge=0, description="calibration / generator warm-up steps before distillation")
-    batch_size: int = Field(ge=1)
+    steps: int = Field(ge=0, le=MAX_STEPS, description="student (distillation) steps")
+    warmup_steps: int = Field(ge=0, le=MAX_STEPS,
+                              description="calibration / generator warm-up steps before distillation")
+    batch_size: int = Field(ge=1, le=MAX_BATCH)
     optimizer: Literal["sgd", "adam"] = "sgd"
     lr: Positive = Field(description="student learning rate")
     momentum: float = Field(0.9, ge=0, lt=1)
@@ -64,7 +71,7 @@ class EvalSettings(Settings):
 
     every: int | None = Field(None, ge=0, description="evaluate every N steps (0/null: at the end only)")
     limit: int | None = Field(None, ge=1, description="the first N evaluation images (null: all)")
-    batch_size: int = Field(100, ge=1)
+    batch_size: int = Field(100, ge=1, le=MAX_BATCH)
     split: Literal["test", "dev"] = Field("test", description="dev: held-out train images, to choose settings")
 
 

@@ -98,7 +98,7 @@ def record_candidates(run_path: str, board_path: str, records_root: str | None) 
 
 
 def attach_records(board: Board, records_root: str | None, use_records: bool) -> None:
-    from zsqbench.record.io import validation_errors
+    from zsqbench.record.io import record_errors
     for i, row in enumerate(board.lb["rows"]):
         for run in row["runs"]:
             view = RunView(run)
@@ -116,8 +116,8 @@ def attach_records(board: Board, records_root: str | None, use_records: bool) ->
             except (OSError, UnicodeDecodeError, json.JSONDecodeError):
                 view.note = "record unreadable"
                 continue
-            if not isinstance(rec, dict) or validation_errors(rec):
-                view.note = "record fails the run-record schema"
+            if not isinstance(rec, dict) or record_errors(rec):
+                view.note = "record fails the run-record checks (schema, consistency or content digest)"
                 continue
             if (rec.get("seed"), rec.get("final_top1"), rec["protocol"].get("hash")) != (
                     run["seed"], run["final_top1"], run["protocol_hash"]):
@@ -677,12 +677,20 @@ leaderboard(s); <code>{MANIFEST}</code> lists every file with its sha256.</p></f
 
 # --- writing -----------------------------------------------------------------------------------------------------
 
-def check_output(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out} is a file; give a folder for the site")
-    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
-        raise UserError(f"{out} is a non-empty folder that is not a zsqbench site (no {MANIFEST}); "
-                        "give a new or empty folder")
+def _site_files(out: Path) -> set[str] | None:
+    """The files a site folder's manifest says this tool wrote (None: no readable manifest)."""
+    try:
+        manifest = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
+        return set(manifest["files"]) if manifest.get("kind") == SITE_KIND else None
+    except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError, AttributeError):
+        return None
+
+
+def check_output(out: Path, inputs=()) -> None:
+    """The site folder is replaced as a whole: refuse a file, a folder that holds an input or anything this tool did
+    not write (zsqbench.safety)."""
+    from zsqbench.safety import check_replaced_dir
+    check_replaced_dir(out, "--output", MANIFEST, _site_files, inputs, kind="site")
 
 
 def build_site(tmp: Path, boards: list[Board], command: str) -> dict:
@@ -715,7 +723,7 @@ def write_site(leaderboards: list[str], output: str | Path, *, records_root: str
     if not leaderboards:
         raise UserError("give one or more leaderboard JSON files")
     out = Path(output)
-    check_output(out)
+    check_output(out, [*leaderboards, *([records_root] if records_root else [])])
     boards = [load_board(p) for p in leaderboards]
     for b in boards:
         attach_records(b, records_root, use_records)

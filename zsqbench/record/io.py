@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import subprocess
@@ -25,11 +26,44 @@ def schema(name: str = "run-record") -> dict:
 def validation_errors(obj: dict, name: str = "run-record") -> list[str]:
     v = jsonschema.Draft202012Validator(schema(name), format_checker=jsonschema.FormatChecker())
     return [f"{'/'.join(map(str, e.absolute_path)) or '(root)'}: {e.message}"
-            for e in sorted(v.iter_errors(obj), key=lambda e: list(map(str, e.absolute_path)))]
+            for e in sorted(v.iter_errors(obj), key=lambda e: list(map(str, e.absolute_path)))] + \
+        nonfinite_errors(obj, FREE_FORM.get(name, ()))
+
+
+FREE_FORM = {"run-record": ("diagnostics", "train_metrics")}  # measurements of a diverged run may be NaN there
+
+
+def nonfinite_errors(obj, skip: tuple[str, ...] = ()) -> list[str]:
+    """NaN or ±Infinity anywhere in a parsed JSON document (JSON Schema's ``number`` admits them), outside the
+    top-level fields ``skip``."""
+    errors = []
+
+    def walk(x, path):
+        if isinstance(x, float) and not math.isfinite(x):
+            errors.append(f"{'/'.join(path) or '(root)'}: {x} is not a finite number")
+        elif isinstance(x, dict):
+            for k, v in x.items():
+                if not (not path and k in skip):
+                    walk(v, [*path, str(k)])
+        elif isinstance(x, list):
+            for i, v in enumerate(x):
+                walk(v, [*path, str(i)])
+    walk(obj, [])
+    return errors
+
+
+def record_errors(obj) -> list[str]:
+    """Everything that makes a run record invalid: its JSON Schema, non-finite numbers, the rules across its fields
+    and its content digest (zsqbench.record.check). Empty: valid."""
+    from zsqbench.record.check import consistency_errors, digest_errors
+    errors = validation_errors(obj)
+    if errors:
+        return errors
+    return consistency_errors(obj) + digest_errors(obj)
 
 
 def validate_record(obj: dict) -> None:
-    errors = validation_errors(obj)
+    errors = record_errors(obj)
     if errors:
         raise UserError("invalid run record: " + "; ".join(errors[:5]))
 

@@ -35,6 +35,12 @@ def find_files(paths) -> list[tuple[Path, bool]]:
     return out
 
 
+def unreadable(errors: list[str]) -> bool:
+    """The errors of a file that is not JSON at all (a truncated or corrupt file): invalid even where files of
+    unknown kinds are skipped (a directory), since it may be a record cut short."""
+    return bool(errors) and errors[0].startswith("is not JSON")
+
+
 def validate_file(path: Path) -> tuple[str | None, list[str]]:
     """(kind, errors). A file that is not JSON, or JSON of no known kind, is (None, [why])."""
     try:
@@ -51,6 +57,10 @@ def validate_file(path: Path) -> tuple[str | None, list[str]]:
         errors = validation_errors(obj, "published")
         return kind, errors or semantic_errors(obj)
     if kind == "run record":
-        from zsqbench.record.io import validation_errors
-        return kind, validation_errors(obj)
+        from zsqbench.record.check import is_legacy
+        from zsqbench.record.io import record_errors
+        errors = record_errors(obj)
+        if not errors and is_legacy(obj):
+            kind = "run record; legacy schema 1: no content digest, so an edit cannot be detected"
+        return kind, errors
     return None, [f"not a {', '.join(KINDS[:-1])} or {KINDS[-1]} file"]

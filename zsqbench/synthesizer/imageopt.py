@@ -71,9 +71,9 @@ class ImageSetSynthesizer(Synthesizer):
     uses_pooled_features = False   # hand the teacher's pooled features to synthesis_loss (IntraQ's MDC)
 
     class Settings(Synthesizer.Settings):
-        num_images: int = Field(512, ge=1, description="size of the synthetic set")
-        synthesis_batch_size: int = Field(128, ge=1)
-        iterations: int = Field(200, ge=0, description="optimisation steps per batch")
+        num_images: int = Field(512, ge=1, le=1_000_000, description="size of the synthetic set")
+        synthesis_batch_size: int = Field(128, ge=1, le=8192)
+        iterations: int = Field(200, ge=0, le=1_000_000, description="optimisation steps per batch")
         lr: float = Field(0.5, gt=0)
         plateau_patience: int = Field(50, ge=0)
         min_lr: float = Field(1e-4, ge=0)

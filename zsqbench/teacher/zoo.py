@@ -128,10 +128,20 @@ def load_teacher(spec: ModelSpec, weights: str | None = None, cache_dir: str | N
             lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
             detail = lines[1] if len(lines) > 1 else (lines[0] if lines else type(e).__name__)
             raise UserError(f"weights do not fit {spec.key}: {detail[:240]}") from None
+    check_finite_weights(net, info.get("path") or spec.key)
     net.eval()
     for p in net.parameters():
         p.requires_grad_(False)
     return net, info
+
+
+def check_finite_weights(net: nn.Module, where) -> None:
+    """A teacher whose weights or BN statistics hold NaN/Inf computes nothing: refused before any work."""
+    for name, t in [*net.named_parameters(), *net.named_buffers()]:
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise UserError(f"teacher weights {where} hold {bad} non-finite value(s) (NaN/Inf) in {name}: the "
+                            "teacher is broken; retrain it or pass other --weights")
 
 
 def _pytorchcv_pretrained(spec: ModelSpec, cache_dir: str | None) -> tuple[nn.Module, dict]:
