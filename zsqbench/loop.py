@@ -238,7 +238,8 @@ def run(spec: RunSpec) -> tuple[dict, Path]:
     steps, warmup = int(train["steps"]), int(train["warmup_steps"])
     ctx = RunContext(teacher=teacher, student=student, model=model_spec, dataset=dataset, wbits=spec.wbits,
                      abits=spec.abits, quantizer=quantizer, device=device, seed=spec.seed, total_steps=steps,
-                     warmup_steps=warmup, cache_dir=spec.cache_dir, teacher_hash=teacher_info.get("sha256"))
+                     warmup_steps=warmup, cache_dir=spec.cache_dir, teacher_hash=teacher_info.get("sha256"),
+                     teacher_card=resolved["card"])
     full_config = {"method": spec.method, "model": resolved["model_key"], "wbits": spec.wbits, "abits": spec.abits,
                    "seed": spec.seed, "protocol_hash": protocol["hash"], "teacher_sha256": teacher_info.get("sha256"),
                    "components": {k: v[0] for k, v in resolved["components"].items()}, "config": config,

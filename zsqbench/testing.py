@@ -86,6 +86,7 @@ def smoke_context(method: str | None = None, *, model: str = SMOKE_MODEL, wbits:
         if set(config) - {"train", "eval"}:
             raise UserError("without a method, smoke_context takes only train.* and eval.* overrides")
         train = config["train"]
+    from zsqbench.teacher.card import resolve_card
     dev = resolve_device(device)
     teacher, info = load_teacher(model_spec, None, None if cache_dir is None else str(cache_dir))
     teacher = teacher.to(dev)
@@ -94,7 +95,8 @@ def smoke_context(method: str | None = None, *, model: str = SMOKE_MODEL, wbits:
     return RunContext(teacher=teacher, student=student, model=model_spec,
                       dataset=registry.dataset(model_spec.dataset).info, wbits=wbits, abits=abits, quantizer=quant,
                       device=dev, seed=seed, total_steps=int(train["steps"]), warmup_steps=int(train["warmup_steps"]),
-                      cache_dir=None if cache_dir is None else str(cache_dir), teacher_hash=info.get("sha256"))
+                      cache_dir=None if cache_dir is None else str(cache_dir), teacher_hash=info.get("sha256"),
+                      teacher_card=resolve_card(model_spec, None, None))
 
 
 def method_components(method: str, *, protocol: str = "smoke", model: str = SMOKE_MODEL,

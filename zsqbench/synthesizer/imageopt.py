@@ -13,8 +13,9 @@ Synthesis, shared by all of them (the skeleton of ZeroQ's and IntraQ/HAST's ``di
   (:meth:`begin_batch` / :meth:`end_batch`: IntraQ's class centres).
 
 All randomness of synthesis comes from its own generator seeded with the run's seed, so a set depends only on
-(teacher weights, synthesis settings, seed, device type) — that tuple, and nothing else (not the bit-width, not
-the fine-tuning settings), is the key of the on-disk cache (:func:`cache_root`). A cached set is a plain
+(the synthesizer's code and the core's, synthesis settings, teacher weights and input card, seed, device type) —
+that tuple, and nothing else (not the bit-width, not the fine-tuning settings), is the key of the on-disk cache
+(:func:`cache_root`, :meth:`ImageSetSynthesizer.cache_key_fields`). A cached set is a plain
 ``torch.save`` of tensors and JSON-able values, loaded with ``weights_only=True``.
 
 Fine-tuning samples the set without replacement, epoch by epoch, and by default applies RandomResizedCrop(0.5-1)
@@ -44,7 +45,7 @@ from zsqbench.synthesizer.augment import random_resized_crop_flip
 from zsqbench.synthesizer.bns import BNStatHooks
 from zsqbench.synthesizer.preview import class_grid, write_png
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: the key holds the synthesizer's code and the teacher's card
 from zsqbench.cache import ENV_CACHE_DIR, cache_base  # noqa: F401  (ENV_CACHE_DIR: re-exported for callers)
 
 
@@ -105,10 +106,17 @@ class ImageSetSynthesizer(Synthesizer):
     # --- the set -----------------------------------------------------------------------------------------------
 
     def cache_key_fields(self, ctx: RunContext) -> dict[str, Any]:
+        """Everything that made the set: the synthesizer (name, class, its code and the core's computing code, by
+        the fingerprints a record's ``code`` holds), its synthesis settings, the teacher (weights' sha256, model key,
+        input card), the seed and the device type. An edit to the synthesizer's code is a new key: a cache miss."""
+        from zsqbench.provenance import component_code
+        from zsqbench.teacher.card import preprocessing_identity
         synthesis = {k: v for k, v in sorted(self.config.items()) if k not in self.USE_KEYS}
+        card = preprocessing_identity(ctx.teacher_card) if ctx.teacher_card else None
         return {"format": CACHE_FORMAT, "synthesizer": self.name, "class": type(self).__qualname__,
-                "bns_form": self.bns_form, "synthesis": synthesis, "teacher_sha256": ctx.teacher_hash,
-                "model": ctx.model.key, "seed": ctx.seed, "device": ctx.device.type}
+                "code": component_code(type(self)), "bns_form": self.bns_form, "synthesis": synthesis,
+                "teacher_sha256": ctx.teacher_hash, "teacher_card": card, "model": ctx.model.key, "seed": ctx.seed,
+                "device": ctx.device.type}
 
     def cache_path(self, ctx: RunContext) -> Path | None:
         """The set's file, or None when the teacher has no content hash (then nothing is cached)."""
@@ -325,7 +333,8 @@ def build_set(spec, force: bool = False) -> dict:
     seed_everything(spec.seed)
     ctx = RunContext(teacher=teacher.to(device), student=None, model=model_spec, dataset=resolved["dataset"],
                      wbits=spec.wbits, abits=spec.abits, quantizer=None, device=device, seed=spec.seed,
-                     total_steps=0, warmup_steps=0, cache_dir=spec.cache_dir, teacher_hash=info.get("sha256"))
+                     total_steps=0, warmup_steps=0, cache_dir=spec.cache_dir, teacher_hash=info.get("sha256"),
+                     teacher_card=resolved["card"])
     path = synth.cache_path(ctx)
     if path is None:
         raise UserError("the teacher weights have no sha256, so their set cannot be cached: pass --weights PATH")
