@@ -21,7 +21,8 @@ import torch
 from zsqbench.cache import cache_base
 from zsqbench.errors import Diverged, UserError
 from zsqbench.interfaces import RunContext
-from zsqbench.protocols import apply_overrides, bits_for, canonical_hash, check_protocol_requirements, deep_merge
+from zsqbench.protocols import (apply_overrides, canonical_hash, check_protocol_requirements, deep_merge,
+                                outside_grid)
 from zsqbench.provenance import run_code
 from zsqbench.record import io as record_io
 from zsqbench.registry import Registry, get_registry
@@ -129,10 +130,7 @@ def resolve(spec: RunSpec, registry: Registry | None = None) -> dict[str, Any]:
     card = resolve_card(model_spec, spec.weights, spec.teacher_card)
     if spec.teacher_card and model_spec.embedded_weights and not spec.weights:
         off_protocol.append(f"teacher card {spec.teacher_card} instead of the manifest's")
-    if model_key not in protocol["models"]:
-        off_protocol.append(f"model {model_key} is not in protocol {spec.protocol}")
-    if [spec.wbits, spec.abits] not in bits_for(protocol, model_key):
-        off_protocol.append(f"W{spec.wbits}A{spec.abits} is not in protocol {spec.protocol} for {model_key}")
+    off_protocol += outside_grid(protocol, model_key, spec.wbits, spec.abits, spec.seed)
     instances = {}
     for kind, (name, cls) in components.items():
         try:

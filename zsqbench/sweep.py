@@ -101,6 +101,13 @@ def _parse_bits(text: str) -> tuple[int, int]:
         raise UserError(f"--bits {text!r}: use N (WNAN) or WxAy, e.g. --bits 3,4 or --bits W2A4") from None
 
 
+def _parse_seed(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise UserError(f"--seeds {text!r}: use integers, e.g. --seeds 0,1,2") from None
+
+
 def expand(protocol: str, methods=None, models=None, bits=None, seeds=None, out: str | Path = "sweeps",
            registry: Registry | None = None, overrides=()) -> list[Job]:
     """The sweep's jobs, in run order: method by method, so that a long grid completes whole leaderboard rows one
@@ -124,7 +131,7 @@ def expand(protocol: str, methods=None, models=None, bits=None, seeds=None, out:
     for per_model in proto.get("bits_by_model", {}).values():
         all_bits += [tuple(b) for b in per_model if tuple(b) not in all_bits]
     bit_pairs = _pick(bits, all_bits, _parse_bits)
-    seed_list = _pick(seeds, proto["seeds"], int)
+    seed_list = _pick(seeds, proto["seeds"], _parse_seed)
     jobs = []
     root = Path(out)
     for method in method_names:
