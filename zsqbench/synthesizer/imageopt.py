@@ -93,7 +93,8 @@ class ImageSetSynthesizer(Synthesizer):
                        labels: torch.Tensor, bns: torch.Tensor, features: torch.Tensor | None
                        ) -> tuple[torch.Tensor, dict[str, float]]:
         """The total loss of one synthesis step on the ``images`` the teacher saw (``bns`` is the BNS term of this
-        forward pass, ``features`` its pooled features if :attr:`uses_pooled_features`) and its parts."""
+        forward pass, ``features`` its pooled features if :attr:`uses_pooled_features`) and its parts.
+        ``self.bns.stats()`` holds the pass's per-layer BN statistics, for a BNS variant of one's own."""
 
     def begin_batch(self, ctx: RunContext, labels: torch.Tensor, generator: torch.Generator) -> dict:
         """Per-batch state for :meth:`synthesis_loss` (soft targets, class centres, ...)."""
@@ -163,7 +164,7 @@ class ImageSetSynthesizer(Synthesizer):
         n_total, bsz, iters = cfg["num_images"], cfg["synthesis_batch_size"], cfg["iterations"]
         n_batches = math.ceil(n_total / bsz)
         try:
-            bns = BNStatHooks(ctx.teacher, self.bns_form)
+            bns = self.bns = BNStatHooks(ctx.teacher, self.bns_form)  # self.bns.stats(): per-layer statistics
         except ValueError as e:
             raise UserError(f"synthesizer {self.name!r}: {e}") from None
         tap = self.pool_tap(ctx) if self.uses_pooled_features else None
