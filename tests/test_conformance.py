@@ -70,7 +70,7 @@ def test_a_broken_plugin_fails_check_method_naming_each_broken_rule(broken_site,
                   "deterministic (a second run with the same seed", "two runs with seed 0 differ",
                   "cache_code (an edit to the synthesizer's module", "keeps the synthetic-set cache key",
                   "no_real_data (it never touches real data)", "imports zsqbench.evaluation.data",
-                  "__init__.py opened"]:
+                  "__init__.py opened", "real data the evaluation reads"]:
         assert words in message, f"{words!r} not in:\n{message}"
     for ok in ("settings (", "smoke_run (", "bad_setting ("):
         assert ok not in message

@@ -604,42 +604,46 @@ class _Conformance:
                         problems.append(f"{path.name} imports {m}: a plugin imports only zsqbench.api")
         self._run("a")
         events = self._opened
-        data = {p for p, plugin, evaluation in events if evaluation and not plugin}
+        data = {p for p, outer in events if outer and outer[0] == "evaluation"}
         data_dirs = {str(Path(p).parent) for p in data}
-        for path, plugin, evaluation in events:
-            if plugin and not evaluation and (path in data or str(Path(path).parent) in data_dirs):
-                problems.append(f"{Path(plugin).name} opened {path}, real data the evaluation reads")
+        for path, outer in events:
+            if outer and outer[0] == "plugin" and (path in data or str(Path(path).parent) in data_dirs):
+                problems.append(f"{Path(outer[1]).name} opened {path}, real data the evaluation reads")
         if problems:
             raise AssertionError("; ".join(sorted(set(problems))))
 
 
+_CODE_SUFFIXES = {".py", ".pyc", ".pyi", ".so", ".pth"}
 _AUDIT: dict[str, Any] = {"on": False, "installed": False, "plugin_files": set(), "events": []}
 
 
 def _install_audit() -> None:
     """A process-wide audit hook (never removable, so it is installed once and idle unless a check is on) that
-    records each file opened, with the first frame of the method's own code on the stack and whether the
-    evaluation (``zsqbench/evaluation/``) is on it."""
+    records each file opened (not code) with who asked for it: the method's own code or the evaluation
+    (``zsqbench/evaluation/``), whichever is outermost on the stack — the evaluation calling a plugin's dataset
+    loader is the evaluation; a method calling the evaluation's loaders is the method."""
     if _AUDIT["installed"]:
         return
 
     def hook(event, args):
         if not _AUDIT["on"] or event != "open" or not args or not isinstance(args[0], (str, bytes, os.PathLike)):
             return
-        plugin, evaluation = None, False
+        try:
+            path = Path(os.fsdecode(args[0])).resolve()
+        except (OSError, ValueError):
+            return
+        if path.suffix in _CODE_SUFFIXES or "__pycache__" in path.parts:
+            return  # imports and source reads, not data
+        outer = None  # the outermost of the method's code and the evaluation: who asked for the file
         frame = sys._getframe(1)
         while frame is not None:
             fn = frame.f_code.co_filename
-            if plugin is None and fn in _AUDIT["plugin_files"]:
-                plugin = fn
-            if f"{os.sep}zsqbench{os.sep}evaluation{os.sep}" in fn:
-                evaluation = True
+            if fn in _AUDIT["plugin_files"]:
+                outer = ("plugin", fn)
+            elif f"{os.sep}zsqbench{os.sep}evaluation{os.sep}" in fn:
+                outer = ("evaluation", fn)
             frame = frame.f_back
-        try:
-            path = str(Path(os.fsdecode(args[0])).resolve())
-        except (OSError, ValueError):
-            return
-        _AUDIT["events"].append((path, plugin, evaluation))
+        _AUDIT["events"].append((str(path), outer))
 
     sys.addaudithook(hook)
     _AUDIT["installed"] = True
