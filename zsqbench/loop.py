@@ -87,8 +87,24 @@ def resolve_model_key(spec: RunSpec, registry: Registry, protocol: dict) -> str:
             raise UserError(f"protocol {protocol['name']!r} has no {spec.model} teacher: pass --dataset "
                             f"(models: {', '.join(k for k in sorted(registry.models) if k.startswith(spec.model + '@'))})")
         key = f"{spec.model}@{dataset}"
-    registry.get("models", key)
+    model_spec_for(key, spec, registry)
     return key
+
+
+def model_spec_for(key: str, spec: RunSpec, registry: Registry):
+    """The registered teacher ``key``; else, with ``--weights``, a zoo architecture built for the registered dataset
+    (a user's own teacher on a plugin's dataset, :func:`zsqbench.teacher.zoo.user_model`); else one line."""
+    from zsqbench.teacher.zoo import user_model
+    if registry._lookup("models", key) is not None or "@" not in key:
+        return registry.get("models", key)
+    name, dataset = key.split("@", 1)
+    if registry._lookup("datasets", dataset) is None:
+        return registry.get("models", key)  # one line: unknown model, and the valid ones
+    if spec.weights:
+        return user_model(name, registry.dataset(dataset).info)
+    raise UserError(f"unknown model {key!r}; valid: {', '.join(sorted(registry.models))} — or your own teacher on "
+                    f"{dataset}: --weights PATH (a state_dict of zsqbench's {name} for {dataset}'s channels and "
+                    "classes) and --teacher-card CARD")
 
 
 def resolve(spec: RunSpec, registry: Registry | None = None) -> dict[str, Any]:
@@ -97,7 +113,7 @@ def resolve(spec: RunSpec, registry: Registry | None = None) -> dict[str, Any]:
     method = registry.get("methods", spec.method)
     protocol = registry.get("protocols", spec.protocol)
     model_key = resolve_model_key(spec, registry, protocol)
-    model_spec = registry.get("models", model_key)
+    model_spec = model_spec_for(model_key, spec, registry)
     dataset = registry.dataset(model_spec.dataset, needed_by=f"model {model_key}").info
     for bits, what in ((spec.wbits, "weight"), (spec.abits, "activation")):
         if not 1 <= bits <= 16:
