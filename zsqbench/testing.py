@@ -568,18 +568,26 @@ class _Conformance:
                 edited = Path(site) / Path(module.__file__).name
                 shutil.copy(module.__file__, edited)
             edited.write_text(edited.read_text() + "\n_zsqbench_check_method_edit = 1  # an edit, no version bump\n")
-            script = ("import importlib, json\nfrom zsqbench.testing import method_components, smoke_context\n"
-                      f"ctx = smoke_context({self.method!r}, model={self.model!r}, wbits={self.bits}, "
-                      f"abits={self.bits}, seed={self.seed}, protocol={self.protocol!r}, "
-                      f"cache_dir={str(self.out / 'cache-key')!r})\n"
+            # the same context, without loading the teacher again: the key needs only its hash, model and card
+            given = {"hash": ctx.teacher_hash, "card": ctx.teacher_card, "seed": ctx.seed, "cache": ctx.cache_dir}
+            script = ("import importlib, json, sys, torch\n"
+                      "from zsqbench.interfaces import RunContext\n"
+                      "from zsqbench.testing import method_components\n"
                       f"s = method_components({self.method!r}, protocol={self.protocol!r}, model={self.model!r})"
                       "['synthesizer']\n"
+                      "from zsqbench.loop import resolve, RunSpec\n"
+                      f"r = resolve(RunSpec(method={self.method!r}, model={self.model!r}, wbits={self.bits}, "
+                      f"abits={self.bits}, protocol={self.protocol!r}))\n"
+                      "g = json.loads(sys.argv[1])\n"
+                      "ctx = RunContext(teacher=None, student=None, model=r['model_spec'], dataset=r['dataset'], "
+                      "wbits=0, abits=0, quantizer=None, device=torch.device('cpu'), seed=g['seed'], total_steps=0, "
+                      "warmup_steps=0, cache_dir=g['cache'], teacher_hash=g['hash'], teacher_card=g['card'])\n"
                       "print(json.dumps({'file': importlib.import_module(type(s).__module__).__file__, "
                       "'path': str(s.cache_path(ctx))}))\n")
             env = {**os.environ, "OMP_NUM_THREADS": "1",
                    "PYTHONPATH": os.pathsep.join(filter(None, [site, os.environ.get("PYTHONPATH")]))}
-            proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
-                                  timeout=600)
+            proc = subprocess.run([sys.executable, "-c", script, json.dumps(given)], capture_output=True, text=True,
+                                  env=env, timeout=600)
             if proc.returncode != 0:
                 raise AssertionError(f"the edited copy of {top} does not load: {proc.stderr.strip()[-500:]}")
             got = json.loads(proc.stdout.strip().splitlines()[-1])
