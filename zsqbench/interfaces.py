@@ -63,13 +63,14 @@ class RunContext:
     def __init__(self, *, teacher: nn.Module, student: nn.Module | None, model: ModelSpec, dataset: DatasetInfo,
                  wbits: int, abits: int, quantizer: "Quantizer", device: torch.device, seed: int,
                  total_steps: int, warmup_steps: int, progress: Any = None,
-                 cache_dir: str | None = None, teacher_hash: str | None = None):
+                 cache_dir: str | None = None, teacher_hash: str | None = None, teacher_card: dict | None = None):
         self.teacher, self.student, self.model, self.dataset = teacher, student, model, dataset
         self.wbits, self.abits, self.quantizer, self.device = wbits, abits, quantizer, device
         self.seed = seed
         self.total_steps, self.warmup_steps = total_steps, warmup_steps
         self.progress = progress
         self.cache_dir, self.teacher_hash = cache_dir, teacher_hash
+        self.teacher_card = teacher_card  # the teacher's input preprocessing (mean, std, fit), when the run knows it
         self.phase = "setup"
         self.step = 0
         self.stats: dict[str, Any] = {}  # components put timings/diagnostics here; they go into the record

@@ -109,7 +109,8 @@ def run(spec: RunSpec | RunPlan) -> tuple[dict, Path]:
     steps, warmup = train.steps, train.warmup_steps
     ctx = RunContext(teacher=teacher, student=student, model=model_spec, dataset=plan.dataset, wbits=spec.wbits,
                      abits=spec.abits, quantizer=quantizer, device=device, seed=spec.seed, total_steps=steps,
-                     warmup_steps=warmup, cache_dir=spec.cache_dir, teacher_hash=teacher_info.get("sha256"))
+                     warmup_steps=warmup, cache_dir=spec.cache_dir, teacher_hash=teacher_info.get("sha256"),
+                     teacher_card=dict(plan.card))
 
     ctx.stats["fp_reference"] = {"cache": fp_cache}
     history: list[dict] = []

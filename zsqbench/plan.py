@@ -23,7 +23,7 @@ from typing import Any, Mapping
 
 from zsqbench.errors import UserError
 from zsqbench.interfaces import Component, Method
-from zsqbench.protocols import apply_overrides, bits_for, canonical_hash, deep_merge
+from zsqbench.protocols import apply_overrides, bits_for, canonical_hash, deep_merge, outside_grid
 from zsqbench.registry import Registry, get_registry
 from zsqbench.settings import SECTION_MODELS, EvalSettings, Settings, TrainSettings, check as settings_check
 from zsqbench.teacher.card import preprocessing_identity, resolve_card
@@ -175,8 +175,24 @@ def resolve_model_key(spec: RunSpec, registry: Registry, protocol: Mapping) -> s
             raise UserError(f"protocol {protocol['name']!r} has no {spec.model} teacher: pass --dataset "
                             f"(models: {', '.join(k for k in sorted(registry.models) if k.startswith(spec.model + '@'))})")
         key = f"{spec.model}@{dataset}"
-    registry.get("models", key)
+    model_spec_for(key, spec, registry)
     return key
+
+
+def model_spec_for(key: str, spec: RunSpec, registry: Registry):
+    """The registered teacher ``key``; else, with ``--weights``, a zoo architecture built for the registered dataset
+    (a user's own teacher on a plugin's dataset, :func:`zsqbench.teacher.zoo.user_model`); else one line."""
+    from zsqbench.teacher.zoo import user_model
+    if registry._lookup("models", key) is not None or "@" not in key:
+        return registry.get("models", key)
+    name, dataset = key.split("@", 1)
+    if registry._lookup("datasets", dataset) is None:
+        return registry.get("models", key)  # one line: unknown model, and the valid ones
+    if spec.weights:
+        return user_model(name, registry.dataset(dataset).info)
+    raise UserError(f"unknown model {key!r}; valid: {', '.join(sorted(registry.models))} — or your own teacher on "
+                    f"{dataset}: --weights PATH (a state_dict of zsqbench's {name} for {dataset}'s channels and "
+                    "classes) and --teacher-card CARD")
 
 
 MAX_SEED = 2 ** 32 - 1  # numpy's generator takes seeds in 0 .. 2**32 - 1
@@ -193,7 +209,7 @@ def resolve(spec: RunSpec, registry: Registry | None = None) -> RunPlan:
     method = registry.get("methods", spec.method)
     protocol = registry.get("protocols", spec.protocol)
     model_key = resolve_model_key(spec, registry, protocol)
-    model_spec = registry.get("models", model_key)
+    model_spec = model_spec_for(model_key, spec, registry)
     dataset = registry.dataset(model_spec.dataset, needed_by=f"model {model_key}").info
     for bits, what in ((spec.wbits, "weight"), (spec.abits, "activation")):
         if not 1 <= bits <= 16:
@@ -234,10 +250,7 @@ def resolve(spec: RunSpec, registry: Registry | None = None) -> RunPlan:
     card = resolve_card(model_spec, spec.weights, spec.teacher_card)
     if spec.teacher_card and model_spec.embedded_weights and not spec.weights:
         off_protocol.append(f"teacher card {spec.teacher_card} instead of the manifest's")
-    if model_key not in protocol["models"]:
-        off_protocol.append(f"model {model_key} is not in protocol {spec.protocol}")
-    if [spec.wbits, spec.abits] not in bits_for(protocol, model_key):
-        off_protocol.append(f"W{spec.wbits}A{spec.abits} is not in protocol {spec.protocol} for {model_key}")
+    off_protocol += outside_grid(protocol, model_key, spec.wbits, spec.abits, spec.seed)
     plan = RunPlan(spec=spec, registry=registry, method=method, protocol=MappingProxyType(protocol),
                    model_key=model_key, model_spec=model_spec, dataset=dataset, card=MappingProxyType(card),
                    train=sections["train"], eval=sections["eval"], components=MappingProxyType(components),

@@ -184,3 +184,31 @@ def code_version(code: dict | None) -> str:
     if not code:
         return UNKNOWN
     return "; ".join(f"{d} {c.get('version')} {(c.get('sha256') or '?')[:12]}" for d, c in sorted(code.items()))
+
+
+def component_code(cls: type, registry=None, kind: str = "synthesizers") -> dict:
+    """{distribution: sha256} of the code a component class computes with: zsqbench's core (with the built-in plugin
+    modules among the class's bases and registration, e.g. ``zsqbench_plugins.hast``) and the distribution that
+    registered it under its name, by the same fingerprints as a record's ``code`` (:func:`fingerprint`). A class not
+    registered under its name (a test's subclass) is keyed by the source of the top-level packages of its bases.
+    What an on-disk cache of the component's output is keyed by: an edited component never meets the output of its
+    old code."""
+    if registry is None:
+        from zsqbench.registry import get_registry
+        registry = get_registry()
+    entry = registry._lookup(kind, getattr(cls, "name", ""))
+    mro_modules = {c.__module__ for c in cls.__mro__ if c.__module__ not in ("builtins", "abc")}
+    builtin = {m for m in mro_modules if m.startswith("zsqbench_plugins")}
+    others = {m.split(".")[0] for m in mro_modules if not m.startswith(("zsqbench.", "zsqbench_plugins", "pydantic"))
+              and m != "zsqbench"}
+    out = {}
+    if entry is not None and entry.obj is cls:
+        if entry.distribution == "zsqbench":
+            builtin.add(entry.module)
+        else:
+            out[entry.distribution] = fingerprint(registry, entry.distribution)["sha256"]
+            others -= set((registry.distributions.get(entry.distribution) or {}).get("modules", ()))
+    out["zsqbench"] = fingerprint(registry, "zsqbench", tuple(sorted(builtin)))["sha256"]
+    if others:
+        out["modules " + ",".join(sorted(others))] = source_digest(tuple(sorted(others)))[0]
+    return out

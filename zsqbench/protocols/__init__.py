@@ -32,6 +32,21 @@ def bits_for(protocol: dict, model_key: str) -> list[list[int]]:
     return [list(b) for b in protocol.get("bits_by_model", {}).get(model_key, protocol["bits"])]
 
 
+def outside_grid(protocol: dict, model_key: str, wbits: int, abits: int, seed: int) -> list[str]:
+    """Why a job is outside the protocol's grid — its teacher, bit-width or seed is not the protocol's — one reason
+    per axis; empty when inside. The one rule: ``run`` records such a job as off-protocol (with these reasons,
+    so ``leaderboard build`` refuses the record) and ``sweep``, which makes only the protocol's grid, refuses it."""
+    name = protocol["name"]
+    reasons = []
+    if model_key not in protocol["models"]:
+        reasons.append(f"model {model_key} is not in protocol {name}")
+    if [wbits, abits] not in bits_for(protocol, model_key):
+        reasons.append(f"W{wbits}A{abits} is not in protocol {name} for {model_key}")
+    if seed not in protocol["seeds"]:
+        reasons.append(f"seed {seed} is not in protocol {name}'s seeds ({', '.join(map(str, protocol['seeds']))})")
+    return reasons
+
+
 def load_protocol_file(path: Path) -> dict:
     try:
         data = json.loads(Path(path).read_text())

@@ -107,7 +107,8 @@ class GeneratorSynthesizer(Synthesizer):
       its logits (not detached) reach :meth:`generator_loss` (AdaDFQ).
 
     :meth:`prepare` creates ``self.generator``, ``self.optimizer`` (Adam), ``self.scheduler`` and ``self.bns`` (the
-    teacher's BN-statistics hooks: ``self.bns.loss()`` is the BNS term of the last teacher pass). The teacher's
+    teacher's BN-statistics hooks: ``self.bns.loss()`` is the BNS term of the last teacher pass, ``self.bns.stats()``
+    its per-layer statistics). The teacher's
     logits from the generator step are handed on, so the distiller does not run it again (the official GDFQ
     trainer reuses them the same way).
     """

@@ -13,8 +13,9 @@ Synthesis, shared by all of them (the skeleton of ZeroQ's and IntraQ/HAST's ``di
   (:meth:`begin_batch` / :meth:`end_batch`: IntraQ's class centres).
 
 All randomness of synthesis comes from its own generator seeded with the run's seed, so a set depends only on
-(teacher weights, synthesis settings, seed, device type) — that tuple, and nothing else (not the bit-width, not
-the fine-tuning settings), is the key of the on-disk cache (:func:`cache_root`). A cached set is a plain
+(the synthesizer's code and the core's, synthesis settings, teacher weights and input card, seed, device type) —
+that tuple, and nothing else (not the bit-width, not the fine-tuning settings), is the key of the on-disk cache
+(:func:`cache_root`, :meth:`ImageSetSynthesizer.cache_key_fields`). A cached set is a plain
 ``torch.save`` of tensors and JSON-able values, loaded with ``weights_only=True``.
 
 Fine-tuning samples the set without replacement, epoch by epoch, and by default applies RandomResizedCrop(0.5-1)
@@ -44,7 +45,7 @@ from zsqbench.synthesizer.augment import random_resized_crop_flip
 from zsqbench.synthesizer.bns import BNStatHooks
 from zsqbench.synthesizer.preview import class_grid, write_png
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: the key holds the synthesizer's code and the teacher's card
 from zsqbench.cache import ENV_CACHE_DIR, cache_base  # noqa: F401  (ENV_CACHE_DIR: re-exported for callers)
 
 
@@ -100,7 +101,8 @@ class ImageSetSynthesizer(Synthesizer):
                        labels: torch.Tensor, bns: torch.Tensor, features: torch.Tensor | None
                        ) -> tuple[torch.Tensor, dict[str, float]]:
         """The total loss of one synthesis step on the ``images`` the teacher saw (``bns`` is the BNS term of this
-        forward pass, ``features`` its pooled features if :attr:`uses_pooled_features`) and its parts."""
+        forward pass, ``features`` its pooled features if :attr:`uses_pooled_features`) and its parts.
+        ``self.bns.stats()`` holds the pass's per-layer BN statistics, for a BNS variant of one's own."""
 
     def begin_batch(self, ctx: RunContext, labels: torch.Tensor, generator: torch.Generator) -> dict:
         """Per-batch state for :meth:`synthesis_loss` (soft targets, class centres, ...)."""
@@ -113,10 +115,17 @@ class ImageSetSynthesizer(Synthesizer):
     # --- the set -----------------------------------------------------------------------------------------------
 
     def cache_key_fields(self, ctx: RunContext) -> dict[str, Any]:
+        """Everything that made the set: the synthesizer (name, class, its code and the core's computing code, by
+        the fingerprints a record's ``code`` holds), its synthesis settings, the teacher (weights' sha256, model key,
+        input card), the seed and the device type. An edit to the synthesizer's code is a new key: a cache miss."""
+        from zsqbench.provenance import component_code
+        from zsqbench.teacher.card import preprocessing_identity
         synthesis = {k: v for k, v in sorted(self.config.items()) if k not in self.USE_KEYS}
+        card = preprocessing_identity(ctx.teacher_card) if ctx.teacher_card else None
         return {"format": CACHE_FORMAT, "synthesizer": self.name, "class": type(self).__qualname__,
-                "bns_form": self.bns_form, "synthesis": synthesis, "teacher_sha256": ctx.teacher_hash,
-                "model": ctx.model.key, "seed": ctx.seed, "device": ctx.device.type}
+                "code": component_code(type(self)), "bns_form": self.bns_form, "synthesis": synthesis,
+                "teacher_sha256": ctx.teacher_hash, "teacher_card": card, "model": ctx.model.key, "seed": ctx.seed,
+                "device": ctx.device.type}
 
     def cache_path(self, ctx: RunContext) -> Path | None:
         """The set's file, or None when the teacher has no content hash (then nothing is cached)."""
@@ -150,7 +159,7 @@ class ImageSetSynthesizer(Synthesizer):
         n_total, bsz, iters = cfg.num_images, cfg.synthesis_batch_size, cfg.iterations
         n_batches = math.ceil(n_total / bsz)
         try:
-            bns = BNStatHooks(ctx.teacher, self.bns_form)
+            bns = self.bns = BNStatHooks(ctx.teacher, self.bns_form)  # self.bns.stats(): per-layer statistics
         except ValueError as e:
             raise UserError(f"synthesizer {self.name!r}: {e}") from None
         tap = self.pool_tap(ctx) if self.uses_pooled_features else None
@@ -321,7 +330,8 @@ def build_set(spec, force: bool = False) -> dict:
     seed_everything(spec.seed)
     ctx = RunContext(teacher=teacher.to(device), student=None, model=model_spec, dataset=plan.dataset,
                      wbits=spec.wbits, abits=spec.abits, quantizer=None, device=device, seed=spec.seed,
-                     total_steps=0, warmup_steps=0, cache_dir=spec.cache_dir, teacher_hash=info.get("sha256"))
+                     total_steps=0, warmup_steps=0, cache_dir=spec.cache_dir, teacher_hash=info.get("sha256"),
+                     teacher_card=dict(plan.card))
     synth = synth_plan.build(calibration_synthesizer=None)  # only the set is wanted here
     path = synth.cache_path(ctx)
     if path is None:

@@ -14,7 +14,7 @@ A card file is JSON: ``{"mean": [0.2190], "std": [0.3318], "fit": "pad"}``. ``fi
 images reach the 32×32 input — ``pad`` (2 zero pixels each side, before normalising) or ``resize`` (bilinear);
 leave it out for datasets whose images already have the network's size (CIFAR) or a fixed recipe (ImageNet: resize
 256, centre crop 224). Only datasets that declare a ``stored_size`` (images smaller than the network input) take a
-``fit``; theirs defaults to ``pad``.
+``fit``; theirs defaults to the dataset's ``default_fit`` (``pad`` unless the dataset says ``resize``).
 """
 from __future__ import annotations
 
@@ -42,7 +42,8 @@ class TeacherCard(Settings):
 
 def default_card(dataset: str) -> dict:
     info = dataset_info(dataset)
-    return {"mean": list(info.mean), "std": list(info.std), "fit": "pad" if info.stored_size else None}
+    fit = (info.default_fit or "pad") if info.stored_size else None
+    return {"mean": list(info.mean), "std": list(info.std), "fit": fit}
 
 
 def _small_image_datasets() -> list[str]:

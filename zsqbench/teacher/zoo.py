@@ -163,8 +163,12 @@ def _pytorchcv_pretrained(spec: ModelSpec, cache_dir: str | None) -> tuple[nn.Mo
 # --- architectures ----------------------------------------------------------------------------------------
 
 def resnet20(num_classes: int, in_channels: int) -> nn.Module:
-    from pytorchcv.models.resnet_cifar import get_resnet_cifar
-    return get_resnet_cifar(num_classes=num_classes, blocks=20, bottleneck=False, in_channels=in_channels)
+    from pytorchcv.models.resnet_cifar import CIFARResNet, get_resnet_cifar
+    if num_classes in (10, 100):
+        return get_resnet_cifar(num_classes=num_classes, blocks=20, bottleneck=False, in_channels=in_channels)
+    # get_resnet_cifar asserts 10 or 100 classes; the same network for any other count (a user's teacher)
+    return CIFARResNet(channels=[[16] * 3, [32] * 3, [64] * 3], init_block_channels=16, bottleneck=False,
+                       in_channels=in_channels, num_classes=num_classes)
 
 
 # MobileNetV1 for 32x32 inputs: pytorchcv's depthwise-separable stages unchanged, a stride-1 stem (the usual CIFAR
@@ -214,3 +218,25 @@ def builtin_models() -> list[ModelSpec]:
         ModelSpec("mobilenetv2", "imagenet", _pcv("mobilenetv2_w1"), pytorchcv_name="mobilenetv2_w1",
                   notes="pytorchcv mobilenetv2_w1 (paper teacher)", **MBV2_BLOCKS),
     ]
+
+
+# zoo architectures a user's own teacher may have on any registered dataset of their input size (--weights)
+USER_ARCHITECTURES = {"resnet20": (resnet20, RESNET_BLOCKS), "mobilenetv1": (mobilenetv1_32, MBV1_BLOCKS)}
+
+
+def user_model(name: str, info) -> ModelSpec:
+    """``name`` (a zoo architecture: resnet20, mobilenetv1) built for the dataset ``info`` — its channels and
+    classes — with no weights of its own: a user's checkpoint (``--weights``) on a dataset no registered teacher is
+    trained on, e.g. a plugin's. One line when the architecture or the image size does not fit."""
+    if name not in USER_ARCHITECTURES:
+        raise UserError(f"no registered teacher {name}@{info.name}, and {name!r} is not a zoo architecture a "
+                        f"checkpoint can be loaded into (those are: {', '.join(USER_ARCHITECTURES)})")
+    channels, h, w = info.image_shape
+    if (h, w) != (32, 32):
+        raise UserError(f"zoo architecture {name} takes 32x32 images, but {info.name} images are {h}x{w} (a "
+                        "dataset plugin brings smaller images to 32x32 with stored_size and its default_fit)")
+    build, blocks = USER_ARCHITECTURES[name]
+    return ModelSpec(name, info.name, lambda: build(info.num_classes, channels),
+                     notes=f"zsqbench's {name} for {info.name} ({channels} channels, {info.num_classes} classes); "
+                           "the user's weights", provider="your --weights", **blocks)
+
