@@ -52,6 +52,8 @@ class RunSpec:
     quiet: bool = False
     record_file: str | None = None  # write the record exactly here (a sweep's job directory) instead of out/
     sweep_job: str | None = None    # the sweep job's configuration hash, kept in the record (resume check)
+    save_student: bool = False      # write the student beside the record (zsqbench.export)
+    export_dir: str | None = None   # export it to ONNX there and measure it (zsqbench.export)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -95,7 +97,11 @@ def resolve(spec: RunSpec, registry: Registry | None = None) -> dict[str, Any]:
     registry = registry or get_registry()
     method = registry.get("methods", spec.method)
     protocol = registry.get("protocols", spec.protocol)
-    model_key = resolve_model_key(spec, registry, protocol)
+    if ":" in spec.model:  # your own network: package.module:factory
+        from zsqbench.export.factory import register_factory_model
+        model_key = register_factory_model(spec, registry, protocol)
+    else:
+        model_key = resolve_model_key(spec, registry, protocol)
     model_spec = registry.get("models", model_key)
     dataset = registry.dataset(model_spec.dataset, needed_by=f"model {model_key}").info
     for bits, what in ((spec.wbits, "weight"), (spec.abits, "activation")):
@@ -142,9 +148,13 @@ def resolve(spec: RunSpec, registry: Registry | None = None) -> dict[str, Any]:
             raise UserError(f"{kind} {name!r} from {provider} cannot be built: {e}") from None
     for capability in config.get("quantization", {}):
         instances["quantizer"].require(capability, f"protocol {protocol['name']!r}")
-    return {"method": method, "protocol": protocol, "model_key": model_key, "model_spec": model_spec,
-            "components": components, "instances": instances, "config": config,
-            "off_protocol": off_protocol, "registry": registry, "card": card, "dataset": dataset}
+    resolved = {"method": method, "protocol": protocol, "model_key": model_key, "model_spec": model_spec,
+                "components": components, "instances": instances, "config": config,
+                "off_protocol": off_protocol, "registry": registry, "card": card, "dataset": dataset}
+    if ":" in model_spec.name or spec.save_student or spec.export_dir:
+        from zsqbench.export.run import check_before_run
+        check_before_run(spec, resolved)
+    return resolved
 
 
 def check_settings(config: dict, component_classes: dict, source=None) -> None:
@@ -358,8 +368,11 @@ def run(spec: RunSpec) -> tuple[dict, Path]:
     record["code"] = run_code(resolved)
     if spec.sweep_job:
         record["sweep_job"] = spec.sweep_job
-    record_io.validate_record(record)
     path = Path(spec.record_file) if spec.record_file else record_path(Path(spec.out), resolved, spec, config_hash)
+    if (spec.save_student or spec.export_dir) and final is not None:
+        from zsqbench.export.run import keep_student
+        record.update(keep_student(spec, resolved, student, teacher, record, teacher_info, path))
+    record_io.validate_record(record)
     record_io.write_json_atomic(path, record)
     return record, path
 

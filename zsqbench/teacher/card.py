@@ -36,6 +36,9 @@ class TeacherCard(Settings):
     std: Annotated[list[Annotated[float, Field(gt=0)]], Field(min_length=1)] = Field(description="per-channel std")
     fit: Literal["pad", "resize"] | None = Field(
         None, description="28x28 -> 32x32: zero-pad (pad) or bilinear (resize); null: the dataset's standard")
+    num_classes: Annotated[int, Field(gt=0)] | None = Field(None, description="own networks: the number of classes")
+    input_size: Annotated[list[Annotated[int, Field(gt=0)]], Field(min_length=3, max_length=3)] | None = Field(
+        None, description="own networks: the input (C, H, W) after the fit")
 
 
 def default_card(dataset: str) -> dict:
