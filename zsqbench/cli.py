@@ -152,9 +152,10 @@ def synth(method, model, dataset, protocol, seed, device, overrides, weights, ca
 @click.option("--address", default=None, help="The Ray cluster (HOST:PORT of its head; default $RAY_ADDRESS or the "
               "cluster started on this machine). Only with --backend ray.")
 @click.option("--dry-run", is_flag=True, help="List the jobs and whether each is done; run nothing.")
+@click.option("--save-student", is_flag=True, help="Keep each job's quantized student beside its record.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def sweep(protocol, methods, models, bits, seeds, jobs, threads, out, device, retries, data_root, cache_dir,
-          overrides, backend, address, dry_run, quiet):
+          overrides, backend, address, dry_run, save_student, quiet):
     """Run a protocol's grid (methods x teachers x bit-widths x seeds), one directory per job; resumable."""
     from zsqbench.sweep import expand, run_sweep
     from zsqbench.registry import get_registry
@@ -179,7 +180,7 @@ def sweep(protocol, methods, models, bits, seeds, jobs, threads, out, device, re
         from zsqbench.sweep_ray import RayBackend
         runner = RayBackend(get_registry().get("protocols", name), device, address, jobs, threads)
     summary = run_sweep(grid, protocol, jobs or 1, threads, device, cache_dir, data_root, retries, quiet, out,
-                        backend=runner, more=schedule.after if schedule else None)
+                        backend=runner, more=schedule.after if schedule else None, save_student=save_student)
     minutes = summary["wall_s"] / 60
     console.print(f"sweep {name}: {summary['jobs']} jobs — {summary['ok']} ok, {summary['diverged']} diverged, "
                   f"{summary['skipped']} already done, {len(summary['failed'])} failed "

@@ -38,7 +38,11 @@ Made by `zsqbench export` from the student file `{student}` (sha256 `{student_sh
 |---|---|
 | fake-quant student (the record) | {fq} |
 | onnxruntime `student.onnx` | {ort_top1} |
+| onnxruntime `student.onnx`, `session.disable_quant_qdq=1` (weights and BN folded to float) | {folded_top1} |
 | onnxruntime `teacher.onnx` | {teacher_top1} |
+
+Image by image, `student.onnx` predicts the fake-quant student's class on {agree} images (largest logit
+difference {max_diff}); with folding on {folded_agree}.
 
 Sizes: FP state dict {fp_bytes} B; student file {student_bytes} B (packed integer weights {code_bytes} B);
 `student.onnx` {student_onnx} B; `teacher.onnx` {teacher_onnx} B.
@@ -143,7 +147,7 @@ def export_dir(student_path: str | Path, out: str | Path, data_root: str | None 
     figures["sizes"]["student_file_fraction_of_fp"] = round(
         figures["sizes"]["student_file_bytes"] / figures["sizes"]["fp_state_dict_bytes"], 4)
     if measure:
-        figures["measured"] = M.measure(s_bytes, t_bytes, meta, data_root, latency=latency)
+        figures["measured"] = M.measure(s_bytes, t_bytes, meta, data_root, latency=latency, student=student)
         if meta["final_top1"] is not None:
             figures["measured"]["gap_points"] = round(figures["measured"]["student_onnx_top1"] - meta["final_top1"], 4)
     readme = _readme(meta, figures, student_path)
@@ -173,10 +177,12 @@ def _readme(meta: dict, fig: dict, student_path: Path) -> str:
     m = fig.get("measured", {})
     lat = m.get("latency")
     if lat:
+        rows = "\n".join(f"| {label} | {lat[key]['batch1']} | {lat[key]['batch32']} |" for key, label in (
+            ("fp", "`teacher.onnx` (FP)"), ("quantized", "`student.onnx`"),
+            ("quantized_folded", "`student.onnx`, folded")) if key in lat)
         latency = (f"Latency, {lat['unit']}, onnxruntime CPU, {lat['threads']} thread, on {lat['machine']} "
-                   f"({lat['load']} before, {lat['load_after']} after; other processes shared the machine): "
-                   f"FP batch 1 {lat.get('fp', {}).get('batch1')}, batch 32 {lat.get('fp', {}).get('batch32')}; "
-                   f"quantized batch 1 {lat['quantized']['batch1']}, batch 32 {lat['quantized']['batch32']}.")
+                   f"({lat['load']} before, {lat['load_after']} after: other processes shared the machine, so "
+                   f"these are indicative):\n\n| graph | batch 1 | batch 32 |\n|---|---|---|\n{rows}")
     else:
         latency = "Latency: not measured."
     rec = meta["record"]
@@ -189,7 +195,12 @@ def _readme(meta: dict, fig: dict, student_path: Path) -> str:
         dataset=meta["dataset"], seed=rec["seed"], protocol=rec["protocol"], record_hash=rec["config_hash"],
         images=m.get("images", "—"), split=m.get("split", meta["evaluation"]["split"]),
         ort=m.get("onnxruntime", "—"), fq=meta["final_top1"], ort_top1=m.get("student_onnx_top1", "not measured"),
-        teacher_top1=m.get("teacher_onnx_top1", "not measured"), fp_bytes=fig["sizes"]["fp_state_dict_bytes"],
+        teacher_top1=m.get("teacher_onnx_top1", "not measured"),
+        folded_top1=m.get("student_onnx_folded_top1", "not measured"),
+        agree=m.get("vs_fake_quant", {}).get("same_prediction", "—"),
+        max_diff=m.get("vs_fake_quant", {}).get("max_abs_logit_diff", "—"),
+        folded_agree=m.get("folded_vs_fake_quant", {}).get("same_prediction", "—"),
+        fp_bytes=fig["sizes"]["fp_state_dict_bytes"],
         student_bytes=fig["sizes"]["student_file_bytes"], code_bytes=fig["sizes"]["weight_code_bytes"],
         student_onnx=fig["sizes"]["student_onnx_bytes"], teacher_onnx=fig["sizes"]["teacher_onnx_bytes"],
         latency=latency, verdict=m.get("student_graph", {}).get("verdict", "not measured"))

@@ -98,7 +98,8 @@ def check_servable(resolved: dict, card_file: str | None) -> None:
         with torch.no_grad():
             out = net.eval()(torch.zeros(1, *shape))
     except Exception as e:
-        raise UserError(f"{model_spec.name} cannot take a {info.name} input of shape (1, {', '.join(map(str, shape))}): "
+        dims = ", ".join(map(str, shape))
+        raise UserError(f"{model_spec.name} cannot take a {info.name} input of shape (1, {dims}): "
                         f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:160]}") from None
     classes = extra.get("num_classes", info.num_classes)
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (1, classes):
