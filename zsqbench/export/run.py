@@ -20,9 +20,9 @@ def check_before_run(spec, resolved: dict) -> None:
         check_servable(resolved, spec.teacher_card)
     if spec.save_student or spec.export_dir:
         q_name, q_cls = resolved["components"]["quantizer"]
-        if not getattr(q_cls, "keeps_integer_weights", q_name == "minmax-ema"):
+        if not getattr(q_cls, "keeps_integer_weights", False):
             raise UserError(f"--save-student/--export: quantizer {q_name!r} does not make the shared fake quantizer's "
-                            "integer weights (use minmax-ema)")
+                            "integer weights (a quantizer with keeps_integer_weights = True does, e.g. minmax-ema)")
     if spec.export_dir:
         from zsqbench.export.measure import _ort
         from zsqbench.export.onnx import check_out_dir
@@ -42,6 +42,10 @@ def keep_student(spec, resolved: dict, student, teacher, record: dict, teacher_i
                           "weight_code_bytes": saved["weight_code_bytes"],
                           "fp_state_dict_bytes": state_dict_bytes(teacher)}}
     if spec.export_dir:
-        fields["export"] = record_figures(export_dir(path, spec.export_dir, spec.data_root))
+        try:
+            fields["export"] = record_figures(export_dir(path, spec.export_dir, spec.data_root))
+        except BaseException:
+            path.unlink(missing_ok=True)  # no record will name it: leave nothing half-done
+            raise
     return fields
 
