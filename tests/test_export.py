@@ -43,10 +43,10 @@ def test_pack_roundtrip(bits):
     assert np.array_equal(unpack(packed, bits, 1001), codes)
 
 
-def _calibrated_student(key: str, bits: int):
+def _calibrated_student(key: str, bits: int, **quantization):
     teacher, info = load_teacher(get_registry().get("models", key))
     q = MinMaxEMAQuantizer(**MinMaxEMAQuantizer.defaults)
-    student = q.quantize(teacher, bits, bits).eval()
+    student = q.quantize(teacher, bits, bits, **quantization).eval()
     torch.manual_seed(0)
     q.set_calibrating(student, True)
     with torch.no_grad():
@@ -56,9 +56,9 @@ def _calibrated_student(key: str, bits: int):
     return teacher, info, student
 
 
-def _meta(key, bits, card):
+def _meta(key, bits, card, **quantization):
     name, dataset = key.split("@")
-    return {"architecture": {"name": name, "key": key, "factory": None}, "dataset": dataset, "num_classes": 10,
+    return {"quantization": quantization, "architecture": {"name": name, "key": key, "factory": None}, "dataset": dataset, "num_classes": 10,
             "input_shape": [1, 32, 32], "wbits": bits, "abits": bits,
             "quantizer": {"name": "minmax-ema", "config": MinMaxEMAQuantizer.defaults}, "card": card,
             "teacher": {"source": "embedded"}}
@@ -291,3 +291,23 @@ def test_a_student_without_integer_weights_is_refused_before_work():
     from zsqbench.loop import resolve
     with pytest.raises(UserError, match="quantizer 'none' does not make"):
         resolve(RunSpec(method="fp", model="resnet20", wbits=4, abits=4, protocol="smoke", save_student=True))
+
+
+def test_protocol_first_last_bits_survive_save_and_export(tmp_path):
+    """A protocol's quantization block (first/last layers at 8 bits) is rebuilt on reload and exported per layer."""
+    import onnxruntime as ort
+    from zsqbench.export.onnx import export_student
+    from zsqbench.export.student import weight_layers
+    _, _, student = _calibrated_student("resnet20@fmnist", 4, first_last_bits=8)
+    card = {"mean": [0.286], "std": [0.353], "fit": "pad"}
+    save_student(tmp_path / "s.student.pt", student, _meta("resnet20@fmnist", 4, card, first_last_bits=8))
+    again, meta = load_student(tmp_path / "s.student.pt")
+    bits = [int(m.wbits) for _, m in weight_layers(again)]
+    assert bits[0] == bits[-1] == 8 and set(bits[1:-1]) == {4}
+    pixels = torch.rand(8, 1, 32, 32)
+    with torch.no_grad():
+        ref = again((pixels - 0.286) / 0.353)
+        assert torch.equal(ref, student((pixels - 0.286) / 0.353))
+    sess = ort.InferenceSession(export_student(again, meta), providers=["CPUExecutionProvider"])
+    out = sess.run(None, {"pixels": pixels.numpy()})[0]
+    assert np.array_equal(out.argmax(1), ref.numpy().argmax(1))

@@ -26,7 +26,7 @@ README = """# {name} W{wbits}A{abits} — exported by zsqbench
 | `teacher.onnx` | the FP teacher it was distilled from, for comparison |
 | `export.json` | the measured figures below, as JSON |
 
-Input: `pixels`, float32 N×{shape_c}×{shape_h}×{shape_w} in [0, 1] after the teacher card's fit ({fit}); both graphs
+{quant_note}Input: `pixels`, float32 N×{shape_c}×{shape_h}×{shape_w} in [0, 1] after the teacher card's fit ({fit}); both graphs
 normalise inside (mean {mean}, std {std}). Output: `logits`, N×{classes}.
 
 Made by `zsqbench export` from the student file `{student}` (sha256 `{student_sha}`), saved by a
@@ -70,6 +70,7 @@ def student_meta(spec, resolved: dict, record: dict, teacher_info: dict) -> dict
         "input_shape": list(resolved["dataset"].image_shape),
         "wbits": spec.wbits, "abits": spec.abits,
         "quantizer": {"name": q_name, "config": resolved["config"]["quantizer"]},
+        "quantization": dict(resolved["config"].get("quantization") or {}),  # the protocol's first/last-layer bits
         "card": {k: resolved["card"][k] for k in ("mean", "std", "fit")},
         "teacher": {k: v for k, v in teacher_info.items() if k in ("source", "path", "sha256", "name")},
         "evaluation": {"split": evalc.get("split", "test"), "limit": evalc.get("limit"),
@@ -189,6 +190,7 @@ def _readme(meta: dict, fig: dict, student_path: Path) -> str:
     c, h, w = meta["input_shape"]
     return README.format(
         name=meta["architecture"]["name"], wbits=meta["wbits"], abits=meta["abits"], opset=OPSET, shape_c=c,
+        quant_note="".join(f"Protocol convention: {k} = {v}.\n\n" for k, v in meta.get("quantization", {}).items()),
         shape_h=h, shape_w=w, fit=meta["card"].get("fit") or "none", mean=meta["card"]["mean"],
         std=meta["card"]["std"], classes=meta["num_classes"], student=student_path.name,
         student_sha=fig["student_file"]["sha256"], method=rec["method"], model=meta["architecture"]["key"],

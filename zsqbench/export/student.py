@@ -271,7 +271,7 @@ def load_student(path: str | Path) -> tuple[nn.Module, dict]:
     net = build_architecture(meta["architecture"])
     q = meta["quantizer"]
     cls = get_registry().get("quantizers", q["name"])
-    student = cls(**q["config"]).quantize(net, meta["wbits"], meta["abits"])
+    student = cls(**q["config"]).quantize(net, meta["wbits"], meta["abits"], **meta.get("quantization", {}))
     state, layers = state_from(obj)
     freeze(student, layers)
     try:
