@@ -311,3 +311,15 @@ def test_protocol_first_last_bits_survive_save_and_export(tmp_path):
     sess = ort.InferenceSession(export_student(again, meta), providers=["CPUExecutionProvider"])
     out = sess.run(None, {"pixels": pixels.numpy()})[0]
     assert np.array_equal(out.argmax(1), ref.numpy().argmax(1))
+
+
+def test_sweep_save_student(cli, tmp_path):
+    out = tmp_path / "sweep"
+    proc = cli("sweep", "-p", "smoke", "--methods", "noise", "--models", "resnet20@fmnist", "--save-student", "-q",
+               "-o", out)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (student,) = out.glob("*/record.student.pt")
+    rec = json.loads((student.parent / "record.json").read_text())
+    assert rec["student"]["file"] == student.name and rec["student"]["bytes"] == student.stat().st_size
+    proc = cli("evaluate", student)
+    assert proc.returncode == 0 and "reproduces the record exactly" in proc.stdout, proc.stdout + proc.stderr
