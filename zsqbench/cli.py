@@ -55,7 +55,8 @@ def _bits(bits, wbits, abits):
 
 @cli.command()
 @click.option("--method", "-m", required=True, help="Method name (see `zsqbench list`).")
-@click.option("--model", required=True, help="Teacher: an architecture (resnet20) or arch@dataset (resnet20@fmnist).")
+@click.option("--model", required=True, help="Teacher: an architecture (resnet20), arch@dataset (resnet20@fmnist) or "
+              "your own network as package.module:factory (with --weights; docs/export.md).")
 @click.option("--dataset", default=None, help="Dataset of the teacher (default: the protocol's).")
 @click.option("--bits", type=int, default=None, help="Bit-width for weights and activations (W{N}A{N}).")
 @click.option("--wbits", type=int, default=None, help="Weight bit-width (overrides --bits).")
@@ -80,8 +81,12 @@ def _bits(bits, wbits, abits):
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @click.option("--record-file", default=None, hidden=True, help="Write the record to exactly this file (sweeps).")
 @click.option("--sweep-job", default=None, hidden=True, help="The sweep job hash to keep in the record.")
+@click.option("--save-student", is_flag=True, help="Keep the quantized student (integer weights) beside the record.")
+@click.option("--export", "export_dir", default=None, type=click.Path(),
+              help="Also export the student to ONNX in this directory and measure it (implies --save-student).")
 def run(method, model, dataset, bits, wbits, abits, protocol, seed, device, out, overrides, synthesizer,
-        distiller, quantizer, weights, teacher_card, data_root, cache_dir, quiet, record_file, sweep_job):
+        distiller, quantizer, weights, teacher_card, data_root, cache_dir, quiet, record_file, sweep_job,
+        save_student, export_dir):
     """Run one method on one teacher at one bit-width and write its record."""
     from zsqbench.loop import RunSpec, run as run_job
     w, a = _bits(bits, wbits, abits)
@@ -91,7 +96,8 @@ def run(method, model, dataset, bits, wbits, abits, protocol, seed, device, out,
                    device=device, out=out, overrides=list(overrides), synthesizer=synthesizer,
                    distiller=distiller, quantizer=quantizer, weights=weights, teacher_card=teacher_card,
                    data_root=data_root,
-                   cache_dir=cache_dir, quiet=quiet, record_file=record_file, sweep_job=sweep_job)
+                   cache_dir=cache_dir, quiet=quiet, record_file=record_file, sweep_job=sweep_job,
+                   save_student=save_student or bool(export_dir), export_dir=export_dir)
     record, path = run_job(spec)
     _summary(record, path)
     if record["status"] != "ok":
@@ -162,9 +168,10 @@ def synth(method, model, dataset, protocol, seed, device, overrides, weights, ca
               help="How long connecting to the Ray cluster may take (default: $ZSQBENCH_RAY_TIMEOUT or 30). Ray's own "
                    "logging stays out of the terminal unless ZSQBENCH_RAY_LOG=1.")
 @click.option("--dry-run", is_flag=True, help="List the jobs and whether each is done; run nothing.")
+@click.option("--save-student", is_flag=True, help="Keep each job's quantized student beside its record.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def sweep(protocol, methods, models, bits, seeds, jobs, threads, out, device, retries, data_root, cache_dir,
-          overrides, backend, address, ray_timeout, dry_run, quiet):
+          overrides, backend, address, ray_timeout, dry_run, save_student, quiet):
     """Run a protocol's grid (methods x teachers x bit-widths x seeds), one directory per job; resumable."""
     from zsqbench.sweep import expand, run_sweep
     from zsqbench.registry import get_registry
@@ -199,7 +206,7 @@ def sweep(protocol, methods, models, bits, seeds, jobs, threads, out, device, re
         runner = RayBackend(get_registry().get("protocols", name), device, address, jobs, threads,
                             timeout=ray_timeout)
     summary = run_sweep(grid, protocol, jobs or 1, threads, device, cache_dir, data_root, retries, quiet, out,
-                        backend=runner, more=schedule.after if schedule else None)
+                        backend=runner, more=schedule.after if schedule else None, save_student=save_student)
     minutes = summary["wall_s"] / 60
     console.print(f"sweep {name}: {summary['jobs']} jobs — {summary['ok']} ok, {summary['diverged']} diverged, "
                   f"{summary['skipped']} already done, {len(summary['failed'])} failed "
@@ -250,6 +257,10 @@ def _summary(rec: dict, path: Path) -> None:
               + (f", {rec['memory']['peak_cuda_mb']:.0f} MB CUDA" if rec["memory"].get("peak_cuda_mb") else ""))
     if rec["off_protocol"]:
         t.add_row("off-protocol", "[yellow]" + escape("; ".join(rec["off_protocol"])) + "[/]")
+    if rec.get("student"):
+        from zsqbench.export.commands import summary_rows
+        for k, v in summary_rows(rec, path):
+            t.add_row(k, v)
     t.add_row("record", escape(str(Path(path).resolve())))
     console.print(t)
 
@@ -333,8 +344,10 @@ def validate(paths):
 
 
 from zsqbench.leaderboard.commands import register as _register_leaderboard  # noqa: E402
+from zsqbench.export.commands import register as _register_export  # noqa: E402
 
 _register_leaderboard(cli)
+_register_export(cli)
 
 
 def main():

@@ -225,9 +225,12 @@ def run(spec: RunSpec | RunPlan) -> tuple[dict, Path]:
     record["code"] = plan.code
     if spec.sweep_job:
         record["sweep_job"] = spec.sweep_job
+    path = Path(spec.record_file) if spec.record_file else record_path(Path(spec.out), plan)
+    if (spec.save_student or spec.export_dir) and final is not None:
+        from zsqbench.export.run import keep_student
+        record.update(keep_student(spec, plan, student, teacher, record, teacher_info, path))
     seal(record)  # the content digest: a later hand edit fails `zsqbench validate` (zsqbench/record/check.py)
     record_io.validate_record(record)
-    path = Path(spec.record_file) if spec.record_file else record_path(Path(spec.out), plan)
     record_io.write_json_atomic(path, record)
     return record, path
 

@@ -55,6 +55,8 @@ class RunSpec:
     quiet: bool = False
     record_file: str | None = None  # write the record exactly here (a sweep's job directory) instead of out/
     sweep_job: str | None = None    # the sweep job's hash, kept in the record (resume check)
+    save_student: bool = False      # write the student beside the record (zsqbench.export)
+    export_dir: str | None = None   # export it to ONNX there and measure it (zsqbench.export)
 
 
 @dataclass(frozen=True)
@@ -208,7 +210,11 @@ def resolve(spec: RunSpec, registry: Registry | None = None) -> RunPlan:
     registry = registry or get_registry()
     method = registry.get("methods", spec.method)
     protocol = registry.get("protocols", spec.protocol)
-    model_key = resolve_model_key(spec, registry, protocol)
+    if ":" in spec.model:  # your own network: package.module:factory (zsqbench.export.factory)
+        from zsqbench.export.factory import register_factory_model
+        model_key = register_factory_model(spec, registry, protocol)
+    else:
+        model_key = resolve_model_key(spec, registry, protocol)
     model_spec = model_spec_for(model_key, spec, registry)
     dataset = registry.dataset(model_spec.dataset, needed_by=f"model {model_key}").info
     for bits, what in ((spec.wbits, "weight"), (spec.abits, "activation")):
@@ -258,6 +264,9 @@ def resolve(spec: RunSpec, registry: Registry | None = None) -> RunPlan:
     quantizer = plan.build_components()["quantizer"]  # a class that cannot be built: one line now, not mid-run
     for capability in plan.quantization:
         quantizer.require(capability, f"protocol {protocol['name']!r}")
+    if ":" in model_spec.name or spec.save_student or spec.export_dir:
+        from zsqbench.export.run import check_before_run
+        check_before_run(spec, plan)
     return plan
 
 

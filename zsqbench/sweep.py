@@ -162,10 +162,13 @@ def _die_with_parent() -> None:
     os.setpgrp()  # its own group: Ctrl-C in the terminal reaches the sweep, which stops the jobs itself
 
 
-def _command(job: Job, protocol: str, device: str, cache_dir: str | None, data_root: str | None) -> list[str]:
+def _command(job: Job, protocol: str, device: str, cache_dir: str | None, data_root: str | None,
+             save_student: bool = False) -> list[str]:
     cmd = [sys.executable, "-m", "zsqbench.cli", "run", "--method", job.method, "--model", job.model,
            "--wbits", str(job.wbits), "--abits", str(job.abits), "--seed", str(job.seed), "--protocol", protocol,
            "--device", device, "--quiet", "--record-file", str(job.dir / RECORD), "--sweep-job", job.hash]
+    if save_student:  # the student beside the record: <job>/record.student.pt (zsqbench.export)
+        cmd.append("--save-student")
     if cache_dir:
         cmd += ["--cache-dir", cache_dir]
     if data_root:
@@ -254,7 +257,8 @@ def _record_appears(job: Job, within_s: float) -> bool:
 
 def run_sweep(jobs: list[Job], protocol: str, jobs_at_once: int = 1, threads: int | None = None,
               device: str = "cpu", cache_dir: str | None = None, data_root: str | None = None,
-              retries: int = 1, quiet: bool = False, out: Path | None = None, backend=None, more=None) -> dict:
+              retries: int = 1, quiet: bool = False, out: Path | None = None, backend=None, more=None,
+              save_student: bool = False) -> dict:
     """Run the jobs that have no record yet on ``backend`` (default: ``jobs_at_once`` local child processes).
     ``more(job)``, if given, is called when a job has ended for good and returns jobs to add (the protocol's seed
     rule: :class:`zsqbench.seed_rule.SeedSchedule`). Returns a summary dict."""
@@ -293,7 +297,7 @@ def run_sweep(jobs: list[Job], protocol: str, jobs_at_once: int = 1, threads: in
                 progress.update(task, total=summary["jobs"])
 
     def start(job: Job, attempt: int) -> None:
-        cmd = _command(job, protocol, device, cache_dir, data_root)
+        cmd = _command(job, protocol, device, cache_dir, data_root, save_student)
         running[backend.submit(job, attempt, cmd)] = (job, attempt, time.perf_counter())
 
     try:

@@ -21,6 +21,7 @@ class MinMaxEMAQuantizer(Quantizer):
         momentum: float = Field(0.9, gt=0, lt=1, description="EMA momentum of the activation ranges")
 
     capabilities = frozenset({"quantize_inputs", "activation_types", "freeze_ranges", "first_last_bits"})
+    keeps_integer_weights = True  # its students can be saved as integer codes and exported (zsqbench.export)
 
     def quantize(self, model: nn.Module, wbits: int, abits: int, *, quantize_inputs: bool = False,
                  activation_types=None, first_last_bits: int | None = None) -> nn.Module:

@@ -113,6 +113,8 @@ class GeneratorSynthesizer(Synthesizer):
     trainer reuses them the same way).
     """
 
+    uses_bn_statistics = True  # self.bns matches the teacher's BN statistics: an own network needs BatchNorm2d layers
+
     student_feedback: bool = False
 
     class Settings(Synthesizer.Settings):

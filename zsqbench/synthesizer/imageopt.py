@@ -70,6 +70,7 @@ class ImageSetSynthesizer(Synthesizer):
                 "calibration_batch_size")
     bns_form = "batch"             # BNStatHooks form (ZeroQ: "per-sample")
     uses_pooled_features = False   # hand the teacher's pooled features to synthesis_loss (IntraQ's MDC)
+    uses_bn_statistics = True      # matches the teacher's BN statistics: an own network needs BatchNorm2d layers
 
     class Settings(Synthesizer.Settings):
         num_images: int = Field(512, ge=1, le=1_000_000, description="size of the synthetic set")

@@ -38,6 +38,9 @@ class TeacherCard(Settings):
         None, description="28x28 -> 32x32: zero-pad (pad) or bilinear (resize); null: the dataset's standard")
     fp_top1: float | None = Field(None, ge=0, le=100, description="the teacher's FP top-1 (%) on the test split "
                                   "as measured with this card: a run whose FP top-1 is far from it is refused")
+    num_classes: Annotated[int, Field(gt=0)] | None = Field(None, description="own networks: the number of classes")
+    input_size: Annotated[list[Annotated[int, Field(gt=0)]], Field(min_length=3, max_length=3)] | None = Field(
+        None, description="own networks: the input (C, H, W) after the fit")
 
 
 def default_card(dataset: str) -> dict:
