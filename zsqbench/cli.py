@@ -67,11 +67,14 @@ def _bits(bits, wbits, abits):
                    "--weights, the manifest's for embedded teachers, else the dataset's).")
 @click.option("--data-root", default=None, type=click.Path(), help="Where the evaluation data lives.")
 @click.option("--cache-dir", default=None, type=click.Path(), help="pytorchcv weights / synthetic-set cache.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@click.option("--threads", type=click.IntRange(1, 1024), default=None,
+              help="Intra-op threads (default: what OMP_NUM_THREADS/MKL_NUM_THREADS give). The count changes the "
+                   "order of float sums, so it is recorded; `zsqbench reproduce` re-runs with the same count.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 @click.option("--record-file", default=None, hidden=True, help="Write the record to exactly this file (sweeps).")
 @click.option("--sweep-job", default=None, hidden=True, help="The sweep job hash to keep in the record.")
 def run(method, model, dataset, bits, wbits, abits, protocol, seed, device, out, overrides, synthesizer,
-        distiller, quantizer, weights, teacher_card, data_root, cache_dir, quiet, record_file, sweep_job):
+        distiller, quantizer, weights, teacher_card, data_root, cache_dir, threads, quiet, record_file, sweep_job):
     """Run one method on one teacher at one bit-width and write its record."""
     from zsqbench.loop import RunSpec, run as run_job
     w, a = _bits(bits, wbits, abits)
@@ -81,7 +84,7 @@ def run(method, model, dataset, bits, wbits, abits, protocol, seed, device, out,
                    device=device, out=out, overrides=list(overrides), synthesizer=synthesizer,
                    distiller=distiller, quantizer=quantizer, weights=weights, teacher_card=teacher_card,
                    data_root=data_root,
-                   cache_dir=cache_dir, quiet=quiet, record_file=record_file, sweep_job=sweep_job)
+                   cache_dir=cache_dir, quiet=quiet, record_file=record_file, sweep_job=sweep_job, threads=threads)
     record, path = run_job(spec)
     _summary(record, path)
     if record["status"] != "ok":
@@ -228,6 +231,48 @@ def _summary(rec: dict, path: Path) -> None:
     console.print(t)
 
 
+@cli.command()
+@click.argument("target", type=click.Path())
+@click.option("--rows", multiple=True, metavar="METHOD[/MODEL[/WxAy]]",
+              help="Of a leaderboard: only these rows (repeatable; e.g. adadfq/resnet20/W3A3).")
+@click.option("--seeds", multiple=True, type=int, help="Of a leaderboard: only these seeds (repeatable).")
+@click.option("--sample", type=click.IntRange(1, None), default=1, show_default=True,
+              help="Of a leaderboard: re-run this many of the selected runs, drawn with --sample-seed.")
+@click.option("--all", "all_runs", is_flag=True, help="Of a leaderboard: every selected run (instead of --sample).")
+@click.option("--sample-seed", type=int, default=0, show_default=True)
+@click.option("--tolerance", type=click.FloatRange(0, 100), default=0.0, show_default=True,
+              help="Largest |new - original| top-1 (points) that counts as agreeing (docs/reproduce.md).")
+@click.option("--threads", type=click.IntRange(1, 1024), default=None,
+              help="Override the original thread count (the result is then not expected to agree bit for bit).")
+@click.option("--out", "-o", default="results/reproduce", show_default=True, type=click.Path(file_okay=False),
+              help="Where the new records go.")
+@click.option("--data-root", default=None, type=click.Path(), help="Where the evaluation data lives.")
+@click.option("--cache-dir", default=None, type=click.Path(), help="pytorchcv weights / synthetic-set cache.")
+@click.option("--dry-run", is_flag=True, help="Say what would be re-run and how; run nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def reproduce(target, rows, seeds, sample, all_runs, sample_seed, tolerance, threads, out, data_root, cache_dir,
+              dry_run, as_json):
+    """Re-run a run record, or sampled runs of a leaderboard, from their own provenance (method, settings, seed,
+    teacher, protocol, thread count) and report per run the original and new top-1 and whether they agree within
+    --tolerance; a mismatch names what differs (code, library versions, CPU, threads). Exit 1 if any differs."""
+    import json as _json
+
+    from zsqbench.reproduce import reproduce as do_reproduce
+    from zsqbench.reproduce_report import table
+    report = do_reproduce(target, rows, seeds, None if all_runs else sample, sample_seed, out, data_root, cache_dir,
+                          tolerance, threads, dry_run)
+    if as_json:
+        click.echo(_json.dumps(report, indent=2))
+    elif dry_run:
+        for r in report["results"]:
+            click.echo(f"{r['label']}: top-1 {r['original']['final_top1']}, {r['threads']} thread(s) "
+                       f"({r['threads_from']})\n  {r['command']}")
+    else:
+        console.print(table(report))
+    if any(r["verdict"] in ("differs", "failed") for r in report["results"]):
+        sys.exit(1)
+
+
 @cli.command("list")
 @click.argument("what", required=False,
                 type=click.Choice(["methods", "synthesizers", "distillers", "quantizers", "models", "datasets",
@@ -285,8 +330,8 @@ def list_(what, method):
 @cli.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 def validate(paths):
-    """Check run records, leaderboards and published baselines (detected by their content) against their JSON
-    Schemas and rules; a directory is searched for *.json (files of none of these kinds are skipped there)."""
+    """Check run records, leaderboards, leaderboard notes and published baselines (detected by their content) against
+    their JSON Schemas and rules; a directory is searched for *.json (files of none of these kinds are skipped there)."""
     from zsqbench.record.validate import find_files, validate_file
     bad = checked = 0
     for path, explicit in find_files(paths):
@@ -301,7 +346,8 @@ def validate(paths):
         else:
             console.print(f"[green]valid[/] {escape(str(path))} ({kind})", highlight=False, soft_wrap=True)
     if not checked:
-        raise UserError(f"no run record, leaderboard or published baselines file in {', '.join(paths)}")
+        raise UserError(f"no run record, leaderboard, leaderboard notes or published baselines file in "
+                        f"{', '.join(paths)}")
     if bad:
         sys.exit(1)
 

@@ -7,7 +7,6 @@ Methods plug in through their components only; nothing here knows a method by na
 """
 from __future__ import annotations
 
-import random
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -15,12 +14,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
+from zsqbench import numerics
 from zsqbench.cache import cache_base
 from zsqbench.errors import Diverged, UserError
 from zsqbench.interfaces import RunContext
+from zsqbench.progress import make_progress
 from zsqbench.protocols import apply_overrides, bits_for, canonical_hash, check_protocol_requirements, deep_merge
 from zsqbench.provenance import run_code
 from zsqbench.record import io as record_io
@@ -52,6 +52,7 @@ class RunSpec:
     quiet: bool = False
     record_file: str | None = None  # write the record exactly here (a sweep's job directory) instead of out/
     sweep_job: str | None = None    # the sweep job's configuration hash, kept in the record (resume check)
+    threads: int | None = None      # intra-op threads (None: what the environment gives); recorded either way
 
 
 def resolve_device(name: str) -> torch.device:
@@ -174,9 +175,7 @@ def _setting_source(spec: RunSpec, method, protocol: dict, method_settings: dict
 
 
 def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+    numerics.seed_all(seed)
 
 
 class _Timer:
@@ -196,13 +195,7 @@ class _Timer:
 
 
 def _progress(quiet: bool):
-    if quiet:
-        return None
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
-        TimeRemainingColumn
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
-                    transient=False)
+    return make_progress(quiet)  # a bar on a terminal, a plain line every 30 s elsewhere (zsqbench/progress.py)
 
 
 def record_path(out: Path, resolved: dict, spec: RunSpec, config_hash: str) -> Path:
@@ -214,6 +207,7 @@ def record_path(out: Path, resolved: dict, spec: RunSpec, config_hash: str) -> P
 def run(spec: RunSpec) -> tuple[dict, Path]:
     """Run one (method, model, bits, seed) job end to end and write its record. Returns (record, path)."""
     t_start = time.perf_counter()
+    numerics.set_threads(spec.threads)  # before any work: the thread count splits float sums (zsqbench/numerics.py)
     resolved = resolve(spec)
     device = resolve_device(spec.device)
     check_protocol_requirements(resolved["protocol"], device, off_protocol=bool(resolved["off_protocol"]))
@@ -349,7 +343,7 @@ def run(spec: RunSpec) -> tuple[dict, Path]:
         "memory": {"peak_rss_mb": round(record_io.peak_rss_mb(), 1),
                    "peak_cuda_mb": round(torch.cuda.max_memory_allocated(device) / 2 ** 20, 1)
                    if device.type == "cuda" else None},
-        "device": record_io.device_info(device),
+        "device": {**record_io.device_info(device), "numerics": numerics.info()},
         "versions": record_io.versions(),
         "plugins": resolved["registry"].plugins,
         "git": record_io.git_info(),

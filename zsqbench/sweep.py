@@ -232,6 +232,7 @@ class LocalBackend:
         return self.slots
 
     def submit(self, job: Job, attempt: int, cmd: list[str]) -> subprocess.Popen:
+        cmd = [*cmd, "--threads", str(self.threads)]  # set by the run itself and recorded (zsqbench/numerics.py)
         logf = open_job_log(job, attempt, cmd)
         proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=self.env,
                                 preexec_fn=_die_with_parent)
