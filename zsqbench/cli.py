@@ -358,12 +358,14 @@ _register_leaderboard(cli)
 
 
 def main():
-    from zsqbench.registry import get_plugin_manager
-    try:
-        get_plugin_manager().hook.zsqbench_register_commands(cli=cli)
-    except UserError as e:
-        err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+    from zsqbench.lazy import plugins_may_add_commands
+    if plugins_may_add_commands():  # else --help and the commands that need no plugin never import torch
+        from zsqbench.registry import get_plugin_manager
+        try:
+            get_plugin_manager().hook.zsqbench_register_commands(cli=cli)
+        except UserError as e:
+            err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+            sys.exit(2)
     cli()
 
 
