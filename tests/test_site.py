@@ -135,8 +135,8 @@ def test_site_with_records_has_curves_diagnostics_previews_and_provenance(board,
     targets = set(re.findall(r'href="#(prov-[^"]+)"', html))
     anchors = set(re.findall(r'id="(prov-[^"]+)"', html))
     assert targets and targets <= anchors
-    assert html.count('href="../sweep/job') == 20 or html.count("sweep/job") >= 20
-    assert "zsqbench run --method zeroq --model resnet20@fmnist --wbits 3 --abits 3 --protocol smoke --seed 2" in html
+    assert html.count("sweep/job") >= 20 and 'href="../sweep' not in html  # named, never linked (not committed)
+    assert f"zsqbench reproduce {path} --rows zeroq/resnet20@fmnist/W3A3 --seeds 2" in html
     assert "seed 3 diverged" in html
     # every number on the page comes from the inputs: the per-seed finals of the leaderboard are all there
     for row in lb["rows"]:
@@ -179,7 +179,7 @@ def test_records_that_evaluate_once_draw_no_curves(smoke_records, tmp_path):
     m = write_site([str(path)], tmp_path / "site", command="CMD")
     assert m["leaderboards"][0]["records_used"] == 6
     assert not any("curves" in f for f in m["files"])
-    assert "No learning curves: the 6 records of this table on this machine evaluate the final student only" in \
+    assert "No learning curves: the 6 records of this table used to build this page evaluate the final student only" in \
         page(tmp_path / "site")
 
 
