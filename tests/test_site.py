@@ -9,6 +9,7 @@ import copy
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -361,6 +362,23 @@ def test_committed_site_in_headless_chromium(tmp_path, board):
         assert all(len(i["alt"]) > 20 for i in images)
         assert b.eval("document.querySelectorAll('th[scope=col]').length") > 0
         assert b.errors() == []
+        # what the page says is true (#31): every table fits its container, no interval leaves [0, 100], no link
+        # leaves the site (a sweep's records are not committed), no claim about the reader's machine, a table
+        # that ranks something comes first
+        fits = b.eval("Array.from(document.querySelectorAll('table.board')).map(t => "
+                      "[t.id, t.getBoundingClientRect().width, t.parentElement.clientWidth])")
+        assert all(w <= c + 1 for _, w, c in fits), fits
+        cis = b.eval("Array.from(document.querySelectorAll('table.board td.ci')).map(c => c.textContent)")
+        bounds = [float(x) for c in cis for x in re.findall(r"-?\d+\.\d+", c)]
+        assert bounds and all(0 <= x <= 100 for x in bounds)
+        hrefs = b.eval("Array.from(document.querySelectorAll('a[href]')).map(a => a.getAttribute('href'))")
+        assert all(h.startswith("#") or h.startswith("img/") for h in hrefs), sorted(
+            {h for h in hrefs if not h.startswith("#")})
+        text = b.eval("document.body.innerText")
+        assert "this machine" not in text and "this page was built from the leaderboard alone" in text
+        first = b.eval("Array.from(document.querySelectorAll('table.board')[0].querySelectorAll('td.letters'))"
+                       ".map(c => c.dataset.sort).join('')")
+        assert len(set(first)) > 1
         b.screenshot(tmp_path / "site-1280.png")
         # a narrow window: the page does not scroll sideways (wide tables scroll inside their own region)
         b.set_width(400, 900)
