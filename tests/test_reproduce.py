@@ -189,3 +189,19 @@ def test_readme_method_table_matches_the_registry():
     in_docs = next(t for t in tables if t is not None)
     registered = {name for name, e in get_registry().methods.items() if e.distribution == "zsqbench"}
     assert in_docs == registered, (sorted(registered - in_docs), sorted(in_docs - registered))
+
+
+def test_list_answers_from_its_catalog_without_torch(tmp_path):
+    env = {**os.environ, "ZSQBENCH_CACHE_DIR": str(tmp_path), "COLUMNS": "200"}
+    code = ("import sys; sys.argv = ['zsqbench', 'list', 'methods']\nfrom zsqbench.cli import main\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\nprint('TORCH' if 'torch' in sys.modules else 'NOTORCH')")
+    first = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert first.returncode == 0 and first.stdout.strip().endswith("TORCH"), first.stderr  # loads, then caches
+    assert (tmp_path / "catalog.json").is_file()
+    second = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert second.stdout.strip().endswith("NOTORCH"), second.stderr
+    assert second.stdout.replace("NOTORCH", "") == first.stdout.replace("TORCH", "")
+    # a changed environment (here: a disabled plugin) is a new stamp: the plugins load again
+    third = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           env={**env, "ZSQBENCH_DISABLE_PLUGINS": "gdfq"})
+    assert third.stdout.strip().endswith("TORCH") and "│ gdfq " not in third.stdout

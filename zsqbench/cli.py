@@ -278,52 +278,51 @@ def reproduce(target, rows, seeds, sample, all_runs, sample_seed, tolerance, thr
                 type=click.Choice(["methods", "synthesizers", "distillers", "quantizers", "models", "datasets",
                                    "protocols", "plugins", "settings"]))
 @click.argument("method", required=False)
-def list_(what, method):
+@click.option("--refresh", is_flag=True, help="Load the plugins again instead of the cached listing.")
+def list_(what, method, refresh):
     """Show registered methods, components, models, datasets, protocols and plugins, with their providers;
     `list settings METHOD`: every setting of a method with its type, default and value per protocol."""
-    from zsqbench.registry import get_registry
-    reg = get_registry()
     if what == "settings":
         if not method:
             raise UserError("give the method: zsqbench list settings METHOD (see `zsqbench list methods`)")
         from zsqbench.listing import settings_table
-        console.print(settings_table(reg, method))
+        from zsqbench.registry import get_registry
+        console.print(settings_table(get_registry(), method))
         return
     if method:
         raise UserError(f"`zsqbench list {what}` takes no name (only `zsqbench list settings METHOD` does)")
-    kinds = [what] if what else list(reg.KINDS) + ["plugins"]
+    from zsqbench import catalog
+    listing = None if refresh else catalog.load()  # no plugin (and no torch) loaded when it is current
+    if listing is None:
+        from zsqbench.registry import get_registry
+        listing = catalog.from_registry(get_registry())  # a broken plugin warns here
+        catalog.save(listing)
+    else:
+        for p in listing["plugins"]:  # the same warning from the cached listing
+            if p["status"].startswith(("failed", "skipped")):
+                err_console.print(escape(f"warning: plugin '{p['entry_point']}' ({p['distribution']} {p['version']}) "
+                                         f"{p['status']} (cached listing; `zsqbench list --refresh` loads it again)"),
+                                  highlight=False, soft_wrap=True)
+    kinds = [what] if what else list(listing["kinds"]) + ["plugins"]
     for kind in kinds:
         if kind == "plugins":
             t = Table(title="plugins", title_justify="left")
             for c in ("entry point", "distribution", "version", "status"):
                 t.add_column(c)
-            for p in reg.plugins:
-                t.add_row(*(escape(str(p[k])) for k in ("entry_point", "distribution", "version", "status")))
+            for p in listing["plugins"]:
+                t.add_row(*(escape(p[k]) for k in ("entry_point", "distribution", "version", "status")))
             console.print(t)
             continue
         t = Table(title=kind, title_justify="left")
-        t.add_column("name", style="bold")
+        t.add_column("name", style="bold", no_wrap=True)
         t.add_column("provided by")
-        if kind == "protocols":
-            from zsqbench.listing import protocol_budget
-            t.add_column("grid; budget per run (a method may set its own: list settings METHOD); description")
-        else:
-            t.add_column("description")
-        for name, entry in sorted(getattr(reg, kind).items()):
-            obj = entry.obj
-            if kind == "methods":
-                desc = (escape(obj.description)
-                        + f" [dim]{escape(f'({obj.synthesizer} + {obj.distiller} + {obj.quantizer})')}[/]")
-            elif kind == "models":
-                desc = escape(obj.notes)
-            elif kind == "protocols":
-                grid, budget = protocol_budget(obj)
-                t.add_row(escape(name), escape(entry.provider),
-                          f"v{obj['version']}: {escape(grid)}\n{escape(budget)}\n[dim]{escape(obj['description'])}[/]")
-                continue
-            else:
-                desc = escape(obj.description)
-            t.add_row(escape(name), escape(entry.provider), desc)  # plugin-supplied text: never markup
+        t.add_column("grid; budget per run (a method may set its own: list settings METHOD); description"
+                     if kind == "protocols" else "description")
+        for row in listing["kinds"][kind]:  # plugin-supplied text: never markup
+            desc = escape(row["text"])
+            if row.get("dim"):
+                desc += ("\n" if kind == "protocols" else " ") + f"[dim]{escape(row['dim'])}[/]"
+            t.add_row(escape(row["name"]), escape(row["provider"]), desc)
         console.print(t)
 
 
