@@ -39,6 +39,7 @@ class _Task:
     def __init__(self, description: str, total: int | None, info: str):
         self.description, self.total, self.info = description, total, info
         self.completed = 0
+        self.start = 0
         self.t0 = time.monotonic()
         self.last_line = self.t0
         self.finished = False
@@ -58,8 +59,12 @@ class LineProgress:
     def __exit__(self, *exc):
         return False
 
-    def add_task(self, description: str, total: int | None = None, info: str = "", **fields) -> int:
+    def add_task(self, description: str, total: int | None = None, info: str = "", completed: float = 0,
+                 **fields) -> int:
         self.tasks.append(_Task(description, total, info))
+        self.tasks[-1].unit = fields.get("unit", "step")
+        self.tasks[-1].completed = completed
+        self.tasks[-1].start = completed  # the rate counts what this process did, not what was done before
         task_id = len(self.tasks) - 1
         self._line(self.tasks[task_id], "started")
         return task_id
@@ -93,9 +98,10 @@ class LineProgress:
         if what == "started":
             parts.append("started")
         else:
-            rate = task.completed / elapsed if elapsed > 0 else 0.0
+            rate = (task.completed - task.start) / elapsed if elapsed > 0 else 0.0
             if rate > 0:
-                parts.append(f"{rate:.2f} step/s" if rate < 10 else f"{rate:.0f} step/s")
+                unit = getattr(task, "unit", "step")
+                parts.append(f"{rate:.1f} {unit}/s" if rate >= 1 else f"{1 / rate:.1f} s/{unit}")
             parts.append(f"elapsed {_duration(elapsed)}")
             if what == "done":
                 parts.append("done")

@@ -280,7 +280,10 @@ def run_sweep(jobs: list[Job], protocol: str, jobs_at_once: int = 1, threads: in
     summary = {"jobs": len(jobs), "skipped": skipped, "ok": 0, "diverged": 0, "failed": [], "retried": 0}
 
     progress = None
-    if not quiet:
+    if not quiet and not sys.stdout.isatty():  # a log file or a pipe: plain lines every 30 s (zsqbench/progress.py)
+        from zsqbench.progress import LineProgress
+        progress = LineProgress()
+    elif not quiet:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
             TimeRemainingColumn
         progress = Progress(TextColumn("[bold]sweep {task.fields[protocol]}"), BarColumn(), MofNCompleteColumn(),
@@ -311,7 +314,7 @@ def run_sweep(jobs: list[Job], protocol: str, jobs_at_once: int = 1, threads: in
         with progress or nullcontext():
             if progress:
                 task = progress.add_task("sweep", total=len(jobs), completed=skipped, protocol=protocol,
-                                         info=info())
+                                         info=info(), unit="job")
             while queue or running:
                 while queue and len(running) < backend.capacity():
                     start(*queue.pop(0))
