@@ -206,3 +206,9 @@ def test_list_answers_from_its_catalog_without_torch(tmp_path):
     third = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                            env={**env, "ZSQBENCH_DISABLE_PLUGINS": "gdfq"})
     assert third.stdout.strip().endswith("TORCH") and "│ gdfq " not in third.stdout
+
+
+def test_readme_counts_of_published_entries_are_current():
+    entries = json.loads((ROOT / "baselines" / "published.json").read_text())["entries"]
+    for m in re.finditer(r"(\d+) entries\)", (ROOT / "README.md").read_text()):
+        assert int(m.group(1)) == len(entries), f"README says {m.group(0)}, baselines/published.json has {len(entries)}"
