@@ -127,6 +127,7 @@ def test_site_with_records_has_curves_diagnostics_previews_and_provenance(board,
     assert len(previews) == 1 and previews[0].startswith("img/zeroq-resnet20-fmnist-seed0-"), previews
     assert (site / previews[0]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert page(site).count(f'src="{previews[0]}"') >= 2  # W3A3 and W4A4 (and zeroq-kd, same set)
+    assert "<li>T-shirt/top</li>" in html and "<li>ankle boot</li>" in html  # every preview row is labelled
     assert "img/smoke-v{}-resnet20-fmnist-bits.svg".format(lb["protocol"]["version"]) in files
     assert "real test set" in html and "intra-class distance" in html and "BNS error" in html
     # the table statistics: letters and rank intervals per row, the test named in the head

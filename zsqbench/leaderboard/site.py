@@ -366,6 +366,22 @@ class Plotter:
 
 # --- page sections -----------------------------------------------------------------------------------------------
 
+CLASS_NAMES = {
+    "fmnist": ("T-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
+               "ankle boot"),
+    "cifar10": ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
+}
+
+
+NUM_CLASSES = {"fmnist": 10, "cifar10": 10, "cifar100": 100, "imagenet": 1000}
+
+
+def class_names(dataset: str, n: int) -> list[str]:
+    """The preview rows' labels: the dataset's class names where known, else "class k"."""
+    known = CLASS_NAMES.get(dataset, ())
+    return [known[k] if k < len(known) else f"class {k}" for k in range(n)]
+
+
 def zoom_rows(rows: list[dict], within: float = 3.0) -> list[dict]:
     """The methods (not the FP teacher) whose mean is within ``within`` points of the best one: on a 15-97 % axis
     they sit on top of each other, so the final-top-1 plot adds a panel zoomed on them (none when under two)."""
@@ -529,9 +545,13 @@ def diagnostics_section(board: Board, gslug: str, rows: list[tuple[int, dict]], 
                 name = f"{slugify(Path(cache).stem)}-preview.png"  # one file per set: bit-widths share a set
                 if not (plotter.root / "img" / name).exists():
                     shutil.copyfile(png, plotter.root / "img" / name)
+                names = class_names(r["dataset"], NUM_CLASSES.get(r["dataset"], 10))
+                labels = "".join(f"<li>{esc(n)}</li>" for n in names)
                 previews.append(
-                    f'<figure class="preview"><img src="img/{esc(name)}" alt="{esc(r["method"])} synthetic images, '
-                    f'seed {run["seed"]}: one row per class"><figcaption>{esc(r["method"])}, seed '
+                    f'<figure class="preview"><div class="grid-labelled"><ol class="classes" start="0" '
+                    f'aria-label="classes, one per image row">{labels}</ol><img src="img/{esc(name)}" '
+                    f'alt="{esc(r["method"])} synthetic images, seed {run["seed"]}: one row per class, '
+                    f'{esc(", ".join(names))}"></div><figcaption>{esc(r["method"])}, seed '
                     f'{run["seed"]} (<a href="#{ids(gslug, r, run["seed"])}">run</a>; cached set '
                     f"<code>{esc(Path(cache).name)}</code>)</figcaption></figure>")
                 preview_done = True
