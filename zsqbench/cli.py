@@ -345,8 +345,8 @@ def validate(paths):
         else:
             console.print(f"[green]valid[/] {escape(str(path))} ({kind})", highlight=False, soft_wrap=True)
     if not checked:
-        raise UserError(f"no run record, leaderboard, leaderboard notes or published baselines file in "
-                        f"{', '.join(paths)}")
+        raise UserError(f"no run record, leaderboard or published baselines file in {', '.join(paths)} "
+                        "(nor leaderboard notes)")
     if bad:
         sys.exit(1)
 
