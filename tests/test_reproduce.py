@@ -212,3 +212,13 @@ def test_readme_counts_of_published_entries_are_current():
     entries = json.loads((ROOT / "baselines" / "published.json").read_text())["entries"]
     for m in re.finditer(r"(\d+) entries\)", (ROOT / "README.md").read_text()):
         assert int(m.group(1)) == len(entries), f"README says {m.group(0)}, baselines/published.json has {len(entries)}"
+
+
+def test_wide_table_is_never_squeezed_into_narrow_columns():
+    narrow = zsqbench_cli("leaderboard", "show", "leaderboard/cpu.json", cwd=ROOT, env={"COLUMNS": "80"})
+    wide = zsqbench_cli("leaderboard", "show", "leaderboard/cpu.json", "--wide", cwd=ROOT, env={"COLUMNS": "80"})
+    assert narrow.returncode == wide.returncode == 0, wide.stderr
+    rows = [line for line in wide.stdout.splitlines() if "adadfq" in line and "│" in line]
+    assert len(rows) == 3  # one line per row (three tables), not folded into 2-3-character columns
+    assert len(wide.stdout.splitlines()) < 3 * len(narrow.stdout.splitlines())
+    assert all(h in wide.stdout for h in ("95 % CI", "per seed", "step ms"))
