@@ -329,8 +329,9 @@ def list_(what, method, refresh):
 @cli.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 def validate(paths):
-    """Check run records, leaderboards, leaderboard notes and published baselines (detected by their content) against
-    their JSON Schemas and rules; a directory is searched for *.json (files of none of these kinds are skipped there)."""
+    """Check run records, leaderboards, leaderboard notes and published baselines (detected by their content)
+    against their JSON Schemas and rules; a directory is searched for *.json (files of none of these kinds are
+    skipped there)."""
     from zsqbench.record.validate import find_files, validate_file
     bad = checked = 0
     for path, explicit in find_files(paths):
