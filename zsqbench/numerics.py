@@ -11,6 +11,7 @@ with its recorded count and names whichever of these differ when the figures do.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 # environment variables that change which kernels run or how work is split
 ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS", "DNNL_MAX_CPU_ISA",
@@ -31,6 +32,34 @@ def cpu_flags() -> list[str]:
     except OSError:
         pass
     return []
+
+
+def cpu_model() -> dict:
+    """Family/model/stepping and cache sizes: CPUs sold under one name ("AMD EPYC") differ in them, and oneDNN
+    picks its blocking (so its summation order) by the cache sizes."""
+    out: dict = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key in ("cpu family", "model", "stepping") and key.replace(" ", "_") not in out:
+                    out[key.replace(" ", "_")] = value.strip()
+                if not line.strip() and out:
+                    break
+    except OSError:
+        pass
+    caches = {}
+    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        try:
+            level, kind = (index / "level").read_text().strip(), (index / "type").read_text().strip()
+            caches[f"L{level}{'d' if kind == 'Data' else 'i' if kind == 'Instruction' else ''}"] = \
+                (index / "size").read_text().strip()
+        except OSError:
+            continue
+    if caches:
+        out["caches"] = caches
+    return out
 
 
 def set_threads(threads: int | None) -> int:
@@ -56,7 +85,7 @@ def info() -> dict:
     """The run's numerics, for the record: threads, the kernels' instruction set, library versions, environment."""
     import torch
     out = {"threads": torch.get_num_threads(), "interop_threads": torch.get_num_interop_threads(),
-           "cpu_capability": _capability(), "cpu_flags": cpu_flags(),
+           "cpu_capability": _capability(), "cpu_flags": cpu_flags(), "cpu_model": cpu_model(),
            "mkl": _mkl_version(), "onednn": _onednn_version(),
            "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
            "env": {k: os.environ[k] for k in ENV_VARS if k in os.environ}}
@@ -85,7 +114,7 @@ def _config_line(prefix: str) -> str | None:
 
 def _mkl_version() -> str | None:
     line = _config_line("Intel(R) oneAPI Math Kernel Library Version") or _config_line("Intel(R) Math Kernel")
-    return line.split("Version", 1)[1].split()[0] if line and "Version" in line else None
+    return line.split("Version", 1)[1].split()[0].split("-")[0] if line and "Version" in line else None
 
 
 def _onednn_version() -> str | None:
@@ -106,7 +135,7 @@ def differences(original: dict, new: dict) -> list[str]:
             and original["config_hash"] != new["config_hash"]):
         out.append(f"settings hash ({original['config_hash'][:8]} vs {new['config_hash'][:8]})")
     ov, nv = original.get("versions") or {}, new.get("versions") or {}
-    for k in ("torch", "numpy", "python"):
+    for k in ("torch", "numpy", "python", "platform"):
         if k in ov and k in nv and ov[k] != nv[k]:
             out.append(f"{k} {ov[k]} vs {nv[k]}")
     od, nd = original.get("device") or {}, new.get("device") or {}
@@ -120,8 +149,8 @@ def differences(original: dict, new: dict) -> list[str]:
     if not on:
         out.append("the original record has no numerics block (CPU kernels, MKL/oneDNN versions unrecorded)")
     else:
-        for k in ("cpu_capability", "cpu_flags", "mkl", "onednn", "interop_threads", "deterministic_algorithms",
-                  "env"):
+        for k in ("cpu_capability", "cpu_flags", "cpu_model", "mkl", "onednn", "interop_threads",
+                  "deterministic_algorithms", "env"):
             if on.get(k) != nn.get(k):
                 out.append(f"{k.replace('_', ' ')} {on.get(k)} vs {nn.get(k)}")
     if (original.get("teacher") or {}).get("sha256") != (new.get("teacher") or {}).get("sha256"):
