@@ -320,6 +320,8 @@ def run_sweep(jobs: list[Job], protocol: str, jobs_at_once: int = 1, threads: in
                     start(*queue.pop(0))
                     if progress:
                         progress.update(task, info=info())
+                if progress:
+                    progress.update(task)  # a plain-line progress prints its periodic line from here
                 for handle, returncode, error in backend.finished():
                     job, attempt, t_job = running.pop(handle)
                     wall = round(time.perf_counter() - t_job, 1)
