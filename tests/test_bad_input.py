@@ -338,8 +338,8 @@ def test_compare_shows_user_labels_as_written(record, tmp_path):
     """rich markup is escaped: an ablation's label keeps its brackets (it read as plain "gdfq" before)."""
     ablation = _copy(record, tmp_path / "ablation" / "r.json", off_protocol=["overrides: train.steps=200"])
     result = invoke(["compare", record, ablation.parent], env={"COLUMNS": "200"})
-    assert result.exit_code == 2  # nothing shared: the ablation is its own row
-    assert "nothing to compare" in result.stderr
+    assert result.exit_code == 0, result.output  # the one row of each side: the method's A and B (#31)
+    assert "fp → fp [train.steps=200]" in result.stdout
     result = invoke(["compare", "--baseline", "fp", record, ablation.parent, "--wide"], env={"COLUMNS": "250"})
     assert result.exit_code == 0, result.output
     assert "fp [train.steps=200]" in result.stdout

@@ -9,6 +9,7 @@ import copy
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -130,6 +131,7 @@ def test_site_with_records_has_curves_diagnostics_previews_and_provenance(board,
     assert len(previews) == 1 and previews[0].startswith("img/zeroq-resnet20-fmnist-seed0-"), previews
     assert (site / previews[0]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert page(site).count(f'src="{previews[0]}"') >= 2  # W3A3 and W4A4 (and zeroq-kd, same set)
+    assert "<li>T-shirt/top</li>" in html and "<li>ankle boot</li>" in html  # every preview row is labelled
     assert "img/smoke-v{}-resnet20-fmnist-bits.svg".format(lb["protocol"]["version"]) in files
     assert "real test set" in html and "intra-class distance" in html and "BNS error" in html
     # the table statistics: letters and rank intervals per row, the test named in the head
@@ -139,8 +141,8 @@ def test_site_with_records_has_curves_diagnostics_previews_and_provenance(board,
     targets = set(re.findall(r'href="#(prov-[^"]+)"', html))
     anchors = set(re.findall(r'id="(prov-[^"]+)"', html))
     assert targets and targets <= anchors
-    assert html.count('href="../sweep/job') == 20 or html.count("sweep/job") >= 20
-    assert "zsqbench run --method zeroq --model resnet20@fmnist --wbits 3 --abits 3 --protocol smoke --seed 2" in html
+    assert html.count("sweep/job") >= 20 and 'href="../sweep' not in html  # named, never linked (not committed)
+    assert f"zsqbench reproduce {path} --rows zeroq/resnet20@fmnist/W3A3 --seeds 2" in html
     assert "seed 3 diverged" in html
     # every number on the page comes from the inputs: the per-seed finals of the leaderboard are all there
     for row in lb["rows"]:
@@ -183,7 +185,7 @@ def test_records_that_evaluate_once_draw_no_curves(smoke_records, tmp_path):
     m = write_site([str(path)], tmp_path / "site", command="CMD")
     assert m["leaderboards"][0]["records_used"] == 6
     assert not any("curves" in f for f in m["files"])
-    assert "No learning curves: the 6 records of this table on this machine evaluate the final student only" in \
+    assert "No learning curves: the 6 records of this table used to build this page evaluate the final student only" in \
         page(tmp_path / "site")
 
 
@@ -368,6 +370,23 @@ def test_committed_site_in_headless_chromium(tmp_path, board):
         assert all(len(i["alt"]) > 20 for i in images)
         assert b.eval("document.querySelectorAll('th[scope=col]').length") > 0
         assert b.errors() == []
+        # what the page says is true (#31): every table fits its container, no interval leaves [0, 100], no link
+        # leaves the site (a sweep's records are not committed), no claim about the reader's machine, a table
+        # that ranks something comes first
+        fits = b.eval("Array.from(document.querySelectorAll('table.board')).map(t => "
+                      "[t.id, t.getBoundingClientRect().width, t.parentElement.clientWidth])")
+        assert all(w <= c + 1 for _, w, c in fits), fits
+        cis = b.eval("Array.from(document.querySelectorAll('table.board td.ci')).map(c => c.textContent)")
+        bounds = [float(x) for c in cis for x in re.findall(r"-?\d+\.\d+", c)]
+        assert bounds and all(0 <= x <= 100 for x in bounds)
+        hrefs = b.eval("Array.from(document.querySelectorAll('a[href]')).map(a => a.getAttribute('href'))")
+        assert all(h.startswith("#") or h.startswith("img/") for h in hrefs), sorted(
+            {h for h in hrefs if not h.startswith("#")})
+        text = b.eval("document.body.innerText")
+        assert "this machine" not in text and "this page was built from the leaderboard alone" in text
+        first = b.eval("Array.from(document.querySelectorAll('table.board')[0].querySelectorAll('td.letters'))"
+                       ".map(c => c.dataset.sort).join('')")
+        assert len(set(first)) > 1
         b.screenshot(tmp_path / "site-1280.png")
         # a narrow window: the page does not scroll sideways (wide tables scroll inside their own region)
         b.set_width(400, 900)

@@ -78,14 +78,17 @@ def _bits(bits, wbits, abits):
                    "--weights, the manifest's for embedded teachers, else the dataset's).")
 @click.option("--data-root", default=None, type=click.Path(), help="Where the evaluation data lives.")
 @click.option("--cache-dir", default=None, type=click.Path(), help="pytorchcv weights / synthetic-set cache.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@click.option("--threads", type=click.IntRange(1, 1024), default=None,
+              help="Intra-op threads (default: what OMP_NUM_THREADS/MKL_NUM_THREADS give). The count changes the "
+                   "order of float sums, so it is recorded; `zsqbench reproduce` re-runs with the same count.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 @click.option("--record-file", default=None, hidden=True, help="Write the record to exactly this file (sweeps).")
 @click.option("--sweep-job", default=None, hidden=True, help="The sweep job hash to keep in the record.")
 @click.option("--save-student", is_flag=True, help="Keep the quantized student (integer weights) beside the record.")
 @click.option("--export", "export_dir", default=None, type=click.Path(),
               help="Also export the student to ONNX in this directory and measure it (implies --save-student).")
 def run(method, model, dataset, bits, wbits, abits, protocol, seed, device, out, overrides, synthesizer,
-        distiller, quantizer, weights, teacher_card, data_root, cache_dir, quiet, record_file, sweep_job,
+        distiller, quantizer, weights, teacher_card, data_root, cache_dir, threads, quiet, record_file, sweep_job,
         save_student, export_dir):
     """Run one method on one teacher at one bit-width and write its record."""
     from zsqbench.loop import RunSpec, run as run_job
@@ -96,7 +99,7 @@ def run(method, model, dataset, bits, wbits, abits, protocol, seed, device, out,
                    device=device, out=out, overrides=list(overrides), synthesizer=synthesizer,
                    distiller=distiller, quantizer=quantizer, weights=weights, teacher_card=teacher_card,
                    data_root=data_root,
-                   cache_dir=cache_dir, quiet=quiet, record_file=record_file, sweep_job=sweep_job,
+                   cache_dir=cache_dir, quiet=quiet, record_file=record_file, sweep_job=sweep_job, threads=threads,
                    save_student=save_student or bool(export_dir), export_dir=export_dir)
     record, path = run_job(spec)
     _summary(record, path)
@@ -265,65 +268,107 @@ def _summary(rec: dict, path: Path) -> None:
     console.print(t)
 
 
+@cli.command()
+@click.argument("target", type=click.Path())
+@click.option("--rows", multiple=True, metavar="METHOD[/MODEL[/WxAy]]",
+              help="Of a leaderboard: only these rows (repeatable; e.g. adadfq/resnet20/W3A3).")
+@click.option("--seeds", multiple=True, type=int, help="Of a leaderboard: only these seeds (repeatable).")
+@click.option("--sample", type=click.IntRange(1, None), default=1, show_default=True,
+              help="Of a leaderboard: re-run this many of the selected runs, drawn with --sample-seed.")
+@click.option("--all", "all_runs", is_flag=True, help="Of a leaderboard: every selected run (instead of --sample).")
+@click.option("--sample-seed", type=int, default=0, show_default=True)
+@click.option("--tolerance", type=click.FloatRange(0, 100), default=0.0, show_default=True,
+              help="Largest |new - original| top-1 (points) that counts as agreeing (docs/reproduce.md).")
+@click.option("--threads", type=click.IntRange(1, 1024), default=None,
+              help="Override the original thread count (the result is then not expected to agree bit for bit).")
+@click.option("--out", "-o", default="results/reproduce", show_default=True, type=click.Path(file_okay=False),
+              help="Where the new records go.")
+@click.option("--data-root", default=None, type=click.Path(), help="Where the evaluation data lives.")
+@click.option("--cache-dir", default=None, type=click.Path(), help="pytorchcv weights / synthetic-set cache.")
+@click.option("--dry-run", is_flag=True, help="Say what would be re-run and how; run nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def reproduce(target, rows, seeds, sample, all_runs, sample_seed, tolerance, threads, out, data_root, cache_dir,
+              dry_run, as_json):
+    """Re-run a run record, or sampled runs of a leaderboard, from their own provenance (method, settings, seed,
+    teacher, protocol, thread count) and report per run the original and new top-1 and whether they agree within
+    --tolerance; a mismatch names what differs (code, library versions, CPU, threads). Exit 1 if any differs."""
+    import json as _json
+
+    from zsqbench.reproduce import reproduce as do_reproduce
+    from zsqbench.reproduce_report import table
+    report = do_reproduce(target, rows, seeds, None if all_runs else sample, sample_seed, out, data_root, cache_dir,
+                          tolerance, threads, dry_run)
+    if as_json:
+        click.echo(_json.dumps(report, indent=2))
+    elif dry_run:
+        for r in report["results"]:
+            click.echo(f"{r['label']}: top-1 {r['original']['final_top1']}, {r['threads']} thread(s) "
+                       f"({r['threads_from']})\n  {r['command']}")
+    else:
+        console.print(table(report))
+    if any(r["verdict"] in ("differs", "failed") for r in report["results"]):
+        sys.exit(1)
+
+
 @cli.command("list")
 @click.argument("what", required=False,
                 type=click.Choice(["methods", "synthesizers", "distillers", "quantizers", "models", "datasets",
                                    "protocols", "plugins", "settings"]))
 @click.argument("method", required=False)
-def list_(what, method):
+@click.option("--refresh", is_flag=True, help="Load the plugins again instead of the cached listing.")
+def list_(what, method, refresh):
     """Show registered methods, components, models, datasets, protocols and plugins, with their providers;
     `list settings METHOD`: every setting of a method with its type, default and value per protocol."""
-    from zsqbench.registry import get_registry
-    reg = get_registry()
     if what == "settings":
         if not method:
             raise UserError("give the method: zsqbench list settings METHOD (see `zsqbench list methods`)")
         from zsqbench.listing import settings_table
-        console.print(settings_table(reg, method))
+        from zsqbench.registry import get_registry
+        console.print(settings_table(get_registry(), method))
         return
     if method:
         raise UserError(f"`zsqbench list {what}` takes no name (only `zsqbench list settings METHOD` does)")
-    kinds = [what] if what else list(reg.KINDS) + ["plugins"]
+    from zsqbench import catalog
+    listing = None if refresh else catalog.load()  # no plugin (and no torch) loaded when it is current
+    if listing is None:
+        from zsqbench.registry import get_registry
+        listing = catalog.from_registry(get_registry())  # a broken plugin warns here
+        catalog.save(listing)
+    else:
+        for p in listing["plugins"]:  # the same warning from the cached listing
+            if p["status"].startswith(("failed", "skipped")):
+                err_console.print(escape(f"warning: plugin '{p['entry_point']}' ({p['distribution']} {p['version']}) "
+                                         f"{p['status']} (cached listing; `zsqbench list --refresh` loads it again)"),
+                                  highlight=False, soft_wrap=True)
+    kinds = [what] if what else list(listing["kinds"]) + ["plugins"]
     for kind in kinds:
         if kind == "plugins":
             t = Table(title="plugins", title_justify="left")
             for c in ("entry point", "distribution", "version", "status"):
                 t.add_column(c)
-            for p in reg.plugins:
-                t.add_row(*(escape(str(p[k])) for k in ("entry_point", "distribution", "version", "status")))
+            for p in listing["plugins"]:
+                t.add_row(*(escape(p[k]) for k in ("entry_point", "distribution", "version", "status")))
             console.print(t)
             continue
         t = Table(title=kind, title_justify="left")
-        t.add_column("name", style="bold")
+        t.add_column("name", style="bold", no_wrap=True)
         t.add_column("provided by")
-        if kind == "protocols":
-            from zsqbench.listing import protocol_budget
-            t.add_column("grid; budget per run (a method may set its own: list settings METHOD); description")
-        else:
-            t.add_column("description")
-        for name, entry in sorted(getattr(reg, kind).items()):
-            obj = entry.obj
-            if kind == "methods":
-                desc = (escape(obj.description)
-                        + f" [dim]{escape(f'({obj.synthesizer} + {obj.distiller} + {obj.quantizer})')}[/]")
-            elif kind == "models":
-                desc = escape(obj.notes)
-            elif kind == "protocols":
-                grid, budget = protocol_budget(obj)
-                t.add_row(escape(name), escape(entry.provider),
-                          f"v{obj['version']}: {escape(grid)}\n{escape(budget)}\n[dim]{escape(obj['description'])}[/]")
-                continue
-            else:
-                desc = escape(obj.description)
-            t.add_row(escape(name), escape(entry.provider), desc)  # plugin-supplied text: never markup
+        t.add_column("grid; budget per run (a method may set its own: list settings METHOD); description"
+                     if kind == "protocols" else "description")
+        for row in listing["kinds"][kind]:  # plugin-supplied text: never markup
+            desc = escape(row["text"])
+            if row.get("dim"):
+                desc += ("\n" if kind == "protocols" else " ") + f"[dim]{escape(row['dim'])}[/]"
+            t.add_row(escape(row["name"]), escape(row["provider"]), desc)
         console.print(t)
 
 
 @cli.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 def validate(paths):
-    """Check run records, leaderboards and published baselines (detected by their content) against their JSON
-    Schemas and rules; a directory is searched for *.json (files of none of these kinds are skipped there)."""
+    """Check run records, leaderboards, leaderboard notes and published baselines (detected by their content)
+    against their JSON Schemas and rules; a directory is searched for *.json (files of none of these kinds are
+    skipped there)."""
     from zsqbench.record.validate import find_files, unreadable, validate_file
     bad = checked = 0
     for path, explicit in find_files(paths):
@@ -338,7 +383,8 @@ def validate(paths):
         else:
             console.print(f"[green]valid[/] {escape(str(path))} ({kind})", highlight=False, soft_wrap=True)
     if not checked:
-        raise UserError(f"no run record, leaderboard or published baselines file in {', '.join(paths)}")
+        raise UserError(f"no run record, leaderboard or published baselines file in {', '.join(paths)} "
+                        "(nor leaderboard notes)")
     if bad:
         sys.exit(1)
 
@@ -351,12 +397,14 @@ _register_export(cli)
 
 
 def main():
-    from zsqbench.registry import get_plugin_manager
-    try:
-        get_plugin_manager().hook.zsqbench_register_commands(cli=cli)
-    except UserError as e:
-        err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+    from zsqbench.lazy import plugins_may_add_commands
+    if plugins_may_add_commands():  # else --help and the commands that need no plugin never import torch
+        from zsqbench.registry import get_plugin_manager
+        try:
+            get_plugin_manager().hook.zsqbench_register_commands(cli=cli)
+        except UserError as e:
+            err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+            sys.exit(2)
     cli()
 
 

@@ -7,20 +7,20 @@ Methods plug in through their components only; nothing here knows a method by na
 """
 from __future__ import annotations
 
-import random
 import time
 from contextlib import contextmanager, nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from zsqbench import numerics
 from zsqbench.cache import cache_base
 from zsqbench.errors import Diverged, UserError
 from zsqbench.interfaces import RunContext
 from zsqbench.plan import MAX_SEED, RunPlan, RunSpec, check_seed, resolve, resolve_model_key, settings_key  # noqa: F401
 from zsqbench.protocols import check_protocol_requirements
+from zsqbench.progress import make_progress
 from zsqbench.record import io as record_io
 from zsqbench.record.check import seal
 from zsqbench.settings import TrainSettings
@@ -39,9 +39,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+    numerics.seed_all(seed)
 
 
 class _Timer:
@@ -61,13 +59,7 @@ class _Timer:
 
 
 def _progress(quiet: bool):
-    if quiet:
-        return None
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
-        TimeRemainingColumn
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
-                    transient=False)
+    return make_progress(quiet)  # a bar on a terminal, a plain line every 30 s elsewhere (zsqbench/progress.py)
 
 
 def record_path(out: Path, plan: RunPlan) -> Path:
@@ -80,6 +72,8 @@ def record_path(out: Path, plan: RunPlan) -> Path:
 def run(spec: RunSpec | RunPlan) -> tuple[dict, Path]:
     """Run one (method, model, bits, seed) job end to end and write its record. Returns (record, path)."""
     t_start = time.perf_counter()
+    numerics.set_threads(spec.threads if isinstance(spec, RunSpec) else spec.spec.threads)  # before any work:
+    # the thread count splits float sums (zsqbench/numerics.py)
     plan = spec if isinstance(spec, RunPlan) else resolve(spec)
     spec = plan.spec
     from zsqbench.safety import check_output_dir  # where the record goes: checked before any work
@@ -216,7 +210,7 @@ def run(spec: RunSpec | RunPlan) -> tuple[dict, Path]:
         "memory": {"peak_rss_mb": round(record_io.peak_rss_mb(), 1),
                    "peak_cuda_mb": round(torch.cuda.max_memory_allocated(device) / 2 ** 20, 1)
                    if device.type == "cuda" else None},
-        "device": record_io.device_info(device),
+        "device": {**record_io.device_info(device), "numerics": numerics.info()},
         "versions": record_io.versions(),
         "plugins": plan.registry.plugins,
         "git": record_io.git_info(),

@@ -56,6 +56,7 @@ class RunSpec:
     record_file: str | None = None  # write the record exactly here (a sweep's job directory) instead of out/
     sweep_job: str | None = None    # the sweep job's hash, kept in the record (resume check)
     save_student: bool = False      # write the student beside the record (zsqbench.export)
+    threads: int | None = None      # intra-op threads (None: what the environment gives); recorded either way
     export_dir: str | None = None   # export it to ONNX there and measure it (zsqbench.export)
 
 

@@ -225,6 +225,7 @@ class LocalBackend:
         return self.slots
 
     def submit(self, job: Job, attempt: int, cmd: list[str]) -> subprocess.Popen:
+        cmd = [*cmd, "--threads", str(self.threads)]  # set by the run itself and recorded (zsqbench/numerics.py)
         logf = open_job_log(job, attempt, cmd)
         proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=self.env,
                                 preexec_fn=_die_with_parent)
@@ -273,7 +274,10 @@ def run_sweep(jobs: list[Job], protocol: str, jobs_at_once: int = 1, threads: in
     summary = {"jobs": len(jobs), "skipped": skipped, "ok": 0, "diverged": 0, "failed": [], "retried": 0}
 
     progress = None
-    if not quiet:
+    if not quiet and not sys.stdout.isatty():  # a log file or a pipe: plain lines every 30 s (zsqbench/progress.py)
+        from zsqbench.progress import LineProgress
+        progress = LineProgress()
+    elif not quiet:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
             TimeRemainingColumn
         progress = Progress(TextColumn("[bold]sweep {task.fields[protocol]}"), BarColumn(), MofNCompleteColumn(),
@@ -304,12 +308,14 @@ def run_sweep(jobs: list[Job], protocol: str, jobs_at_once: int = 1, threads: in
         with progress or nullcontext():
             if progress:
                 task = progress.add_task("sweep", total=len(jobs), completed=skipped, protocol=protocol,
-                                         info=info())
+                                         info=info(), unit="job")
             while queue or running:
                 while queue and len(running) < backend.capacity():
                     start(*queue.pop(0))
                     if progress:
                         progress.update(task, info=info())
+                if progress:
+                    progress.update(task)  # a plain-line progress prints its periodic line from here
                 for handle, returncode, error in backend.finished():
                     job, attempt, t_job = running.pop(handle)
                     wall = round(time.perf_counter() - t_job, 1)

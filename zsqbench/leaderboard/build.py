@@ -41,7 +41,8 @@ def run_entry(path: str, rec: dict) -> dict:
             "total_s": rec["timing"]["total_s"], "mean_step_s": rec["timing"]["mean_step_s"],
             "protocol_version": rec["protocol"]["version"], "protocol_hash": rec["protocol"]["hash"],
             "git_commit": rec["git"]["commit"], "teacher_sha256": rec["teacher"].get("sha256"), "record": path,
-            **({"code": rec["code"]} if rec.get("code") else {})}
+            **({"code": rec["code"]} if rec.get("code") else {}),
+            **({"threads": rec["device"]["threads"]} if (rec.get("device") or {}).get("threads") else {})}
 
 
 def make_row(key: tuple, items: list[tuple[str, dict]]) -> dict:

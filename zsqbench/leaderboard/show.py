@@ -115,6 +115,9 @@ def leaderboard_table(lb: dict, published: bool = False, console: Console | None
                  f"{'; '.join(pv['devices'])} · runs' wall time {duration(pv['total_wall_s'])} · "
                  f"built {pv['created']}")
     t.caption_justify = "left"
+    if wide:
+        from zsqbench.leaderboard.wide import fit
+        fit(console, t)
     console.print(t)
     for k, r in enumerate(noted, 1):
         console.print(escape(f"[{k}] {r['method']} {r['model']}@{r['dataset']} W{r['wbits']}A{r['abits']}: "
@@ -225,6 +228,9 @@ def comparison_table(result: dict, console: Console | None = None, wide: bool = 
         if wide:
             cells.append(escape(c.get("note") or ""))
         t.add_row(*cells)
+    if wide:
+        from zsqbench.leaderboard.wide import fit
+        fit(console, t)
     console.print(t)
     for note in notes:
         console.print(escape(note), style="dim", highlight=False, soft_wrap=True)
