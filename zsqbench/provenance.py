@@ -98,6 +98,25 @@ def source_digest(modules: tuple[str, ...]) -> tuple[str, int]:
     return _digest(f for module in sorted(modules) for f in module_source_files(module))
 
 
+def with_sibling_imports(modules) -> list[str]:
+    """``modules`` (e.g. ``zsqbench_plugins.bag``) and, transitively, the modules of their own top-level package
+    they import (bag imports ``zsqbench_plugins.gdfq``), found by reading their source."""
+    seen: set[str] = set()
+    todo = [m for m in modules if m and not m.startswith("zsqbench.") and m != "zsqbench"]
+    while todo:
+        module = todo.pop()
+        if module in seen:
+            continue
+        seen.add(module)
+        top = module.split(".")[0]
+        for _, path in module_source_files(module):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = ([node.module] if isinstance(node, ast.ImportFrom) and node.module and node.level == 0
+                         else [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+                todo += [n for n in names if n.split(".")[0] == top and n != top]
+    return sorted(seen)
+
+
 def _module_file(module: str) -> tuple[str, Path] | None:
     """(relative name, file) of one dotted module of an own package, found on disk without importing it."""
     top, *rest = module.split(".")
