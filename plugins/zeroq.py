@@ -32,13 +32,13 @@ class ZeroQSynthesizer(ImageSetSynthesizer):
     class Settings(ImageSetSynthesizer.Settings):
         iterations: int = Field(500, ge=0, le=1_000_000)
         plateau_patience: int = Field(100, ge=0)
-        bns_form: Literal["per-sample", "batch"] = Field("per-sample",
-                                                          description="ZeroQ's per-sample statistic or the batch one")
+        bns_form: Literal["zeroq", "batch"] = Field("zeroq",
+                                                     description="ZeroQ's own (per-sample) statistic or the batch one")
         input_prior: bool = Field(True, description="per-sample N(0, 1) prior on the images")
 
     @property
-    def bns_form(self) -> str:
-        return self.settings.bns_form
+    def bns_form(self) -> str:  # the setting keeps v4's value name, so its jobs keep their identity
+        return "per-sample" if self.settings.bns_form == "zeroq" else self.settings.bns_form
 
     def synthesis_loss(self, ctx, state, images, logits, labels, bns, features):
         parts = {"bns": bns.item()}

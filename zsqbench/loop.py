@@ -89,9 +89,11 @@ def run(spec: RunSpec | RunPlan) -> tuple[dict, Path]:
 
     from zsqbench.evaluation.evaluate import Evaluator  # the only import of real data
     with timer.phase("setup"):
-        teacher, teacher_info = load_teacher(model_spec, spec.weights, spec.cache_dir)  # first: refuses broken weights
+        # the data first (a missing set is one line before any download), then the teacher (broken weights: one
+        # line before the FP evaluation)
         evaluator = Evaluator(model_spec.dataset, spec.data_root, device, evalc.limit, evalc.batch_size, evalc.split,
                               dict(plan.card))
+        teacher, teacher_info = load_teacher(model_spec, spec.weights, spec.cache_dir)
         teacher = teacher.to(device)
     with timer.phase("evaluation"):  # + the real set's diagnostics, same pass; cached per teacher and data
         fp_top1, fp_cache = evaluator.reference(teacher, model_spec.pool_module, teacher_info.get("sha256"),

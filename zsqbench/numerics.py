@@ -150,9 +150,13 @@ def differences(original: dict, new: dict) -> list[str]:
         out.append("the original record has no numerics block (CPU kernels, MKL/oneDNN versions unrecorded)")
     else:
         for k in ("cpu_capability", "cpu_flags", "cpu_model", "mkl", "onednn", "interop_threads",
-                  "deterministic_algorithms", "env"):
+                  "deterministic_algorithms"):
             if on.get(k) != nn.get(k):
                 out.append(f"{k.replace('_', ' ')} {on.get(k)} vs {nn.get(k)}")
+        # the thread variables are compared as the thread count above; the other variables as they are
+        oe, ne = ({k: v for k, v in (d.get("env") or {}).items() if not k.endswith("_NUM_THREADS")} for d in (on, nn))
+        if oe != ne:
+            out.append(f"env {oe} vs {ne}")
     if (original.get("teacher") or {}).get("sha256") != (new.get("teacher") or {}).get("sha256"):
         out.append("teacher weights (sha256)")
     return out
