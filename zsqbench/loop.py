@@ -72,10 +72,9 @@ def record_path(out: Path, plan: RunPlan) -> Path:
 def run(spec: RunSpec | RunPlan) -> tuple[dict, Path]:
     """Run one (method, model, bits, seed) job end to end and write its record. Returns (record, path)."""
     t_start = time.perf_counter()
-    numerics.set_threads(spec.threads if isinstance(spec, RunSpec) else spec.spec.threads)  # before any work:
-    # the thread count splits float sums (zsqbench/numerics.py)
     plan = spec if isinstance(spec, RunPlan) else resolve(spec)
     spec = plan.spec
+    numerics.set_threads(spec.threads)  # before any torch work: the thread count splits float sums (numerics.py)
     from zsqbench.safety import check_output_dir  # where the record goes: checked before any work
     check_output_dir(Path(spec.record_file).parent if spec.record_file else spec.out,
                      "--record-file" if spec.record_file else "--out")

@@ -22,8 +22,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +29,7 @@ import torch
 import torch.nn as nn
 
 from zsqbench.errors import UserError
+from zsqbench.record.io import write_bytes_atomic
 from zsqbench.quantizer.fakequant import _EPS, ActQuantizer, QuantConv2d, QuantLinear, quantize_weight
 
 FORMAT, VERSION = "zsqbench-student", 1
@@ -164,27 +163,13 @@ def student_payload(student: nn.Module, meta: dict) -> dict:
     return obj
 
 
-def write_atomic_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_student(path: Path, student: nn.Module, meta: dict) -> dict:
     """Write the student file atomically; returns {"file", "sha256", "bytes", "weight_code_bytes"}."""
     obj = student_payload(student, meta)
     buf = io.BytesIO()
     torch.save(obj, buf)
     data = buf.getvalue()
-    write_atomic_bytes(Path(path), data)
+    write_bytes_atomic(Path(path), data)
     return {"file": str(path), "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data),
             "weight_code_bytes": int(obj["codes"].numel()), "digest": obj["digest"]}
 

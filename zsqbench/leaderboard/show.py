@@ -134,8 +134,8 @@ def leaderboard_table(lb: dict, published: bool = False, console: Console | None
                   f"family-wise alpha {sig['alpha']}; {sig['comparisons']} pairs in all; — : under 2 finished seeds); "
                   f"rank: the row's {boot['level']:.0%} rank interval over {boot['resamples']} bootstrap resamples of "
                   f"the seeds (docs/statistics.md).", style="dim", highlight=False)
-    for line in validity_lines(sig):
-        console.print(escape(line), style="dim", highlight=False)
+    for table in sig.get("tables", []):
+        console.print(escape(validity_line(table)), style="dim", highlight=False)
     if wide and any("power" in r for r in rows):
         console.print(f"CI ±h > t (flags): the row's 95 % CI half-width h misses the target t its table has in the "
                       f"notes file ({lb['provenance'].get('notes', '?')}); \\[k]: a note on the row, above.",
@@ -145,23 +145,21 @@ def leaderboard_table(lb: dict, published: bool = False, console: Console | None
                       "available)", style="dim", highlight=False)
 
 
-def validity_lines(sig: dict) -> list[str]:
-    """One line per table: what its ranking is worth (reported, never tuned to; docs/statistics.md)."""
-    out = []
-    for t in sig.get("tables", []):
-        v = t.get("validity") or {}
-        parts = []
-        if v.get("rank_stability") is not None:
-            parts.append(f"rank stability τ {v['rank_stability']:.2f} over bootstrap resamples")
-        tau = v.get("kendall_tau_vs_papers")
-        parts.append(f"vs the papers ({tau['against']}, {tau['n']} methods) τ {tau['tau']:+.2f} (p {tau['p']:.2g})"
-                     if tau else "no paper ranking to compare with")
-        gap = v.get("best_on_test_gap")
-        if gap is not None:
-            parts.append(f"best-on-test gap {gap['mean']:.2f} (max {gap['max']:.2f})"
-                         + (": one evaluation per run" if gap["max"] == 0 else ""))
-        out.append(f"validity · {t['table']}: " + "; ".join(parts))
-    return out
+def validity_line(table: dict) -> str:
+    """What one table's ranking is worth (reported, never tuned to; docs/statistics.md), from its entry in the
+    leaderboard's ``significance.tables``."""
+    v = table.get("validity") or {}
+    parts = []
+    if v.get("rank_stability") is not None:
+        parts.append(f"rank stability τ {v['rank_stability']:.2f} over bootstrap resamples")
+    tau = v.get("kendall_tau_vs_papers")
+    parts.append(f"vs the papers ({tau['against']}, {tau['n']} methods) τ {tau['tau']:+.2f} (p {tau['p']:.2g})"
+                 if tau else "no paper ranking to compare with")
+    gap = v.get("best_on_test_gap")
+    if gap is not None:
+        parts.append(f"best-on-test gap {gap['mean']:.2f} (max {gap['max']:.2f})"
+                     + (": one evaluation per run" if gap["max"] == 0 else ""))
+    return f"validity · {table['table']}: " + "; ".join(parts)
 
 
 def _rank_text(interval: list[int] | None) -> str:

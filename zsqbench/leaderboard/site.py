@@ -32,7 +32,7 @@ from pathlib import Path
 import click
 
 from zsqbench.errors import UserError
-from zsqbench.leaderboard.show import validity_lines
+from zsqbench.leaderboard.show import validity_line
 
 SITE_KIND = "zsqbench-site"
 SITE_FORMAT = 1
@@ -633,10 +633,9 @@ def group_section(board: Board, gkey: tuple, rows: list[tuple[int, dict]], plott
     parts = [f'<section id="{gslug}" aria-labelledby="h-{gslug}"><h3 id="h-{gslug}">{esc(title)}</h3>',
              leaderboard_table(board, gslug, f"{title}, protocol {proto['name']} v{proto['version']}: final top-1 "
                                              "over seeds (click a column header to sort)", rows)]
-    validity = [line for line in validity_lines(board.lb.get("significance") or {})
-                if line.startswith(f"validity · {rows[0][1]['model']}@{rows[0][1]['dataset']} "
-                                   f"W{rows[0][1]['wbits']}A{rows[0][1]['abits']}:")]
-    parts += [f'<p class="validity">{esc(line)}</p>' for line in validity]
+    from zsqbench.leaderboard.build import table_name
+    parts += [f'<p class="validity">{esc(validity_line(t))}</p>'
+              for t in (board.lb.get("significance") or {}).get("tables", []) if t["table"] == table_name(rows[0][1])]
     parts.append('<div class="figs">')
     best = sorted(plain, key=row_order)[0]
     src = plotter.final_top1(plain, floor, ceiling, f"{title} · final top-1 per method", f"{gslug}-final.svg")
