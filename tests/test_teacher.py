@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from zsqbench.teacher.train import equalize_cross_layer, relu_chain, relu_peaks
+from zsqbench.teacher.train import main as train_main
 from zsqbench.teacher.zoo import mobilenetv1_32, read_manifest, resnet20
 
 
@@ -60,3 +61,20 @@ def test_embedded_mobilenet_records_its_post_processing():
     eq = entry["cross_layer_equalized"]
     assert eq["peak_spread_after"] < eq["peak_spread_before"]
     assert entry["fp_top1"] == entry["fp_top1_before_post_processing"]  # function-preserving, measured
+
+
+def test_training_resumes_from_its_checkpoint_to_the_same_weights(tmp_path):
+    """A teacher's training saves its state every epoch; stopped and resumed, it ends with the weights an
+    uninterrupted run gives (a session is shorter than the second teachers' trainings)."""
+    common = ["--model", "mobilenetv2", "--train-images", "128", "--test-images", "200", "--batch-size", "64", "--seed", "3",
+              "--threads", "1", "--epochs", "2"]
+    train_main(common + ["--out", str(tmp_path / "straight.pt")])
+    ckpt = tmp_path / "run.ckpt"
+    train_main(common + ["--out", str(tmp_path / "resumed.pt"), "--checkpoint", str(ckpt), "--stop-after-epoch", "1"])
+    assert not (tmp_path / "resumed.pt").exists() and torch.load(ckpt, weights_only=True)["epoch"] == 1
+    train_main(common + ["--out", str(tmp_path / "resumed.pt"), "--checkpoint", str(ckpt)])
+    a = torch.load(tmp_path / "straight.pt", weights_only=True)
+    b = torch.load(tmp_path / "resumed.pt", weights_only=True)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(SystemExit):  # another recipe's checkpoint is refused
+        train_main(common[:-1] + ["3", "--out", str(tmp_path / "x.pt"), "--checkpoint", str(ckpt)])

@@ -1,6 +1,8 @@
 """Train an embedded Fashion-MNIST teacher — the committed, seeded script behind teacher/weights/.
 
     python -m zsqbench.teacher.train --model resnet20 --epochs 15 --seed 0
+    python -m zsqbench.teacher.train --model resnet20 --name resnet20-b --seed 1 --batch-size 64 --lr 0.05 \
+        --wd 1e-4 --epochs 12 --checkpoint /tmp/r20b.ckpt        # another teacher of the same architecture
 
 Plain supervised training on the Fashion-MNIST *train* split (random 32x32 crop of the 4-pixel-padded image,
 horizontal flip), SGD + Nesterov, cosine learning rate. The *final* epoch's network is saved — no model
@@ -21,9 +23,13 @@ import torch.nn.functional as F
 
 from zsqbench.evaluation.data import load_fmnist
 from zsqbench.teacher.card import default_card
-from zsqbench.teacher.zoo import MANIFEST, WEIGHTS_DIR, builtin_models, read_manifest, sha256_file
+from zsqbench.teacher.zoo import (MANIFEST, WEIGHTS_DIR, builtin_models, mobilenetv1_32, mobilenetv2_32,
+                                  read_manifest, resnet20, sha256_file)
 
 EMBEDDED_DATASET = "fmnist"  # the embedded teachers this script trains are Fashion-MNIST ones (its data reader too)
+# the architectures this script trains for Fashion-MNIST (10 classes, 1 channel)
+ARCHITECTURES = {"resnet20": lambda: resnet20(10, 1), "mobilenetv1": lambda: mobilenetv1_32(10, 1),
+                 "mobilenetv2": lambda: mobilenetv2_32(10, 1)}
 EQUALIZE_IMAGES = 20000  # training images whose ReLU peaks set the cross-layer equalisation
 
 
@@ -138,7 +144,13 @@ def evaluate(net, x, y, batch_size=500) -> float:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", required=True, choices=["resnet20", "mobilenetv1"])
+    ap.add_argument("--model", required=True, choices=sorted(ARCHITECTURES))
+    ap.add_argument("--name", default=None, help="the teacher's zoo name (default: the architecture's): its weights "
+                    "file NAME_fmnist.pt and manifest key NAME@fmnist, e.g. resnet20-b for a second ResNet-20")
+    ap.add_argument("--checkpoint", default=None, help="save the training state here after every epoch and resume "
+                    "from it when it exists (same result as an uninterrupted run)")
+    ap.add_argument("--stop-after-epoch", type=int, default=None, help="with --checkpoint: stop after this epoch "
+                    "(to split a training across sessions; run the same command again to go on)")
     ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--lr", type=float, default=0.1)
@@ -146,6 +158,10 @@ def main(argv=None) -> None:
     ap.add_argument("--decay-all", action="store_true", help="weight decay on every parameter, depthwise kernels and "
                     "BN affine included (default: not on those, as usual for MobileNets)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--train-images", type=int, default=None, help="train on the first N training images only "
+                    "(for tests; the manifest records it)")
+    ap.add_argument("--test-images", type=int, default=None, help="measure the final top-1 on the first N test "
+                    "images only (for tests; the manifest records it)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--data-root", default=None)
     ap.add_argument("--out", default=None, help="write the weights here instead of teacher/weights/ (implies "
@@ -158,6 +174,8 @@ def main(argv=None) -> None:
                     help="do not train: apply the post-processing steps (dead BN channels; --equalize) to the "
                          "embedded weights, re-measure, rewrite the weights and the manifest")
     args = ap.parse_args(argv)
+    if args.stop_after_epoch and not args.checkpoint:
+        ap.error("--stop-after-epoch needs --checkpoint (where the training state waits)")
     if args.equalize and args.model != "mobilenetv1":
         ap.error(f"--equalize needs a plain conv chain: mobilenetv1, not {args.model} (skip connections)")
     if args.post_process_only:
@@ -167,10 +185,15 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
-    spec = {s.key: s for s in builtin_models()}[f"{args.model}@{EMBEDDED_DATASET}"]
-    net = spec.build()
+    name = args.name or args.model
+    key = f"{name}@{EMBEDDED_DATASET}"
+    net = ARCHITECTURES[args.model]()
     xtr, ytr = load_fmnist("train", args.data_root)
+    if args.train_images:
+        xtr, ytr = xtr[:args.train_images], ytr[:args.train_images]
     xte, yte = load_fmnist("test", args.data_root)
+    if args.test_images:
+        xte, yte = xte[:args.test_images], yte[:args.test_images]
 
     decay, no_decay = [], []
     for m in net.modules():  # no weight decay on BN affine, biases and depthwise kernels (usual for MobileNets)
@@ -182,8 +205,20 @@ def main(argv=None) -> None:
     steps_per_epoch = len(xtr) // args.batch_size
     total = steps_per_epoch * args.epochs
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / total)))
-    t0 = time.time()
-    for epoch in range(args.epochs):
+    t0, first_epoch, done_s = time.time(), 0, 0.0
+    ckpt = Path(args.checkpoint) if args.checkpoint else None
+    if ckpt and ckpt.is_file():
+        state = torch.load(ckpt, weights_only=True)
+        if state["argv"] != _recipe(args):
+            ap.error(f"{ckpt} is another recipe's checkpoint ({state['argv']}); delete it or pass another path")
+        net.load_state_dict(state["net"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        gen.set_state(state["gen"])
+        torch.set_rng_state(state["torch_rng"])
+        first_epoch, done_s = state["epoch"], state["wall_s"]
+        print(f"resumed from {ckpt} after epoch {first_epoch}", flush=True)
+    for epoch in range(first_epoch, args.epochs):
         net.train()
         perm = torch.randperm(len(xtr), generator=gen)
         loss_sum = 0.0
@@ -196,32 +231,48 @@ def main(argv=None) -> None:
             sched.step()
             loss_sum += loss.item()
         print(f"epoch {epoch + 1}/{args.epochs} train loss {loss_sum / steps_per_epoch:.4f} "
-              f"elapsed {time.time() - t0:.0f}s", flush=True)
-    wall = time.time() - t0
+              f"elapsed {done_s + time.time() - t0:.0f}s", flush=True)
+        if ckpt:
+            tmp = ckpt.with_suffix(ckpt.suffix + ".tmp")
+            torch.save({"argv": _recipe(args), "net": net.state_dict(), "opt": opt.state_dict(),
+                        "sched": sched.state_dict(), "gen": gen.get_state(), "torch_rng": torch.get_rng_state(),
+                        "epoch": epoch + 1, "wall_s": done_s + time.time() - t0}, tmp)
+            tmp.replace(ckpt)
+            if args.stop_after_epoch and epoch + 1 >= args.stop_after_epoch and epoch + 1 < args.epochs:
+                print(f"stopped after epoch {epoch + 1}; the same command resumes from {ckpt}", flush=True)
+                return
+    wall = done_s + time.time() - t0
     dead = neutralize_dead_bn_channels(net)
     equalized = equalize(net, xtr) if args.equalize else None
     top1 = evaluate(net, xte, yte)
     print(f"final test top-1 {top1:.2f}% ({wall:.0f}s)", flush=True)
 
-    fname = f"{spec.name}_fmnist.pt"
+    fname = f"{name}_fmnist.pt"
     path = Path(args.out) if args.out else WEIGHTS_DIR / fname
     torch.save(net.state_dict(), path)
     if not (args.no_manifest or args.out):
         manifest = read_manifest()
-        manifest[spec.key] = {
+        manifest[key] = {
             "file": fname, "sha256": sha256_file(path), "fp_top1": round(top1, 2),
-            "trained_by": f"python -m zsqbench.teacher.train --model {args.model} --epochs {args.epochs} "
-                          f"--batch-size {args.batch_size} --lr {args.lr} --wd {args.wd} --seed {args.seed}"
-                          + (" --decay-all" if args.decay_all else "") + (" --equalize" if args.equalize else ""),
+            "trained_by": f"python -m zsqbench.teacher.train {_recipe(args)}",
             "selection": "final epoch (no selection on the test set)",
             "train_wall_s": round(wall), "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads",
             "torch": torch.__version__, "dead_bn_channels_neutralized": dead,
             "card": {k: v for k, v in default_card("fmnist").items()},  # how it was trained to see its input
         }
         if equalized:
-            manifest[spec.key]["cross_layer_equalized"] = equalized
+            manifest[key]["cross_layer_equalized"] = equalized
         MANIFEST.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     print(f"wrote {path}")
+
+
+def _recipe(args) -> str:
+    """The command-line options that decide the weights (what the manifest and a checkpoint record)."""
+    return (f"--model {args.model}" + (f" --name {args.name}" if args.name else "")
+            + f" --epochs {args.epochs} --batch-size {args.batch_size} --lr {args.lr} --wd {args.wd} --seed {args.seed}"
+            + (f" --train-images {args.train_images}" if args.train_images else "")
+            + (f" --test-images {args.test_images}" if args.test_images else "")
+            + (" --decay-all" if args.decay_all else "") + (" --equalize" if args.equalize else ""))
 
 
 def equalize(net, xtr) -> dict:

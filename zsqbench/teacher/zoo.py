@@ -187,6 +187,20 @@ def mobilenetv1_32(num_classes: int, in_channels: int, width: float = MOBILENETV
     return net
 
 
+MOBILENETV2_32_WIDTH = 0.5  # 51 MFLOP per 32x32 image, MobileNetV1-0.75's cost (52); width 1.0 would be 177
+
+
+def mobilenetv2_32(num_classes: int, in_channels: int, width: float = MOBILENETV2_32_WIDTH) -> nn.Module:
+    """pytorchcv's MobileNetV2 (inverted residuals, ReLU6, linear bottlenecks) for 32x32 inputs, the usual CIFAR
+    adaptation: stride-1 stem and stride-1 second stage (32 -> 32 -> 32 -> 16 -> 8 -> 4), adaptive final pool."""
+    from pytorchcv.models.mobilenetv2 import get_mobilenetv2
+    net = get_mobilenetv2(width_scale=width, in_channels=in_channels, num_classes=num_classes, in_size=(32, 32))
+    net.features.init_block.conv.stride = (1, 1)
+    net.features.stage2.unit1.conv2.conv.stride = (1, 1)
+    net.features.final_pool = nn.AdaptiveAvgPool2d(1)
+    return net
+
+
 def _pcv(name: str) -> Callable[[], nn.Module]:
     def build() -> nn.Module:
         from pytorchcv.model_provider import get_model
