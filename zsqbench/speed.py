@@ -8,8 +8,8 @@ configuration hash: a record made with them off is the same experiment.
 * ``phase_conv``: a generator's nearest x2 upsample followed by a 3x3 convolution is computed as one 2x2
   convolution per output phase on the low-resolution input (the four phases stacked as output channels): 2.25x
   fewer multiply-adds for the same function (:func:`zsqbench.synthesizer.generator.upsample_conv`).
-* ``channels_last``: teacher, student and generator run in the NHWC memory format, which oneDNN's CPU
-  convolutions use natively (no reorder per call). ``"auto"``: on for the CPU, off for CUDA (where fp32 without
+* ``channels_last``: teacher and student run in the NHWC memory format, which oneDNN's CPU convolutions use
+  natively (no reorder per call). A generator stays NCHW: with ``phase_conv`` channels-last made it slower. ``"auto"``: on for the CPU, off for CUDA (where fp32 without
   tensor cores gains nothing from it); ``--speed channels_last=1`` forces it.
 * ``fused_fakequant``: the fake quantizer is one compiled C loop per call on the CPU (a single pass instead of six
   elementwise ops, bit-identical to them); CUDA tensors and machines without a C compiler use the eager ops.

@@ -77,9 +77,7 @@ def upsample_conv(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
     n, _, h1, w1 = y.shape
     h, wd = h1 - 1, w1 - 1
     phases = [y[:, k * o:(k + 1) * o, a:a + h, b:b + wd] for k, (a, b) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1)))]
-    out = torch.stack(phases, 2).view(n, o, 2, 2, h, wd).permute(0, 1, 4, 2, 5, 3).reshape(n, o, 2 * h, 2 * wd)
-    return out.contiguous(memory_format=torch.channels_last) if x.is_contiguous(
-        memory_format=torch.channels_last) and not x.is_contiguous() else out
+    return torch.stack(phases, 2).view(n, o, 2, 2, h, wd).permute(0, 1, 4, 2, 5, 3).reshape(n, o, 2 * h, 2 * wd)
 
 
 class Generator(nn.Module):
@@ -170,7 +168,8 @@ class GeneratorSynthesizer(Synthesizer):
 
     def prepare(self, ctx: RunContext) -> None:
         cfg = self.config
-        self.generator = speed.to_memory_format(self.build_generator(ctx).to(ctx.device).train(), ctx.device)
+        # stays NCHW: with phase_conv, channels-last made its step slower (336 against 288 ms, docs/speed.md)
+        self.generator = self.build_generator(ctx).to(ctx.device).train()
         self.optimizer = torch.optim.Adam(self.generator.parameters(), lr=cfg["lr"], betas=tuple(cfg["betas"]))
         total = max(1, ctx.warmup_steps + ctx.total_steps)  # the official schedule counts warm-up epochs too
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(
