@@ -2,8 +2,8 @@
 
     .venv/bin/python benchmarks/speed.py [--quick] [--baseline 23e17cb] [--device cpu|cuda] [--note "..."]
 
-The baseline's code is checked out into a git worktree (``--baseline-dir``, default ``.speed-baseline/<commit>``,
-created on first use) and imported beside this tree's: each tree's ``zsqbench`` and ``zsqbench_plugins`` modules
+The baseline commit's tracked files are extracted (``git archive``) into ``--baseline-dir`` (default
+``.speed-baseline/<commit>``, created on first use) and imported beside this tree's: each tree's ``zsqbench`` and ``zsqbench_plugins`` modules
 are loaded once and swapped into ``sys.modules`` before each of its iterations (outside the timed region), so
 both run in the same process, on the same thread, on the same teacher weights. Iterations alternate
 baseline/new (ABBA order per round, so a machine whose speed drifts affects both alike). Each phase:
@@ -14,8 +14,8 @@ baseline/new (ABBA order per round, so a machine whose speed drifts affects both
   is a small one built for the benchmark: the step's cost does not depend on the images);
 * ``synthesis:intraq``: image-set synthesis (64 images, the ``cpu`` batch) over ``--synthesis-iterations``
   iterations, per iteration (the call's set-up and final teacher-agreement pass are included, in both trees);
-* ``eval``: the 10 000-image evaluation of the quantized student (``--quick``: 2 000 images), the protocol's
-  batch of 100.
+* ``eval``: the 10 000-image evaluation of the quantized student (gdfq's, else the first method's; ``--quick``:
+  2 000 images), the protocol's batch of 100.
 
 Reported per phase: median thread CPU time and wall time of each tree, the ratio new/baseline of each, and the
 FLOPs of one iteration (torch's FlopCounterMode: convolutions and matrix products, forward and backward) with the
@@ -118,9 +118,11 @@ def baseline_tree(commit: str, where: Path | None) -> Path:
                           capture_output=True, text=True, check=True).stdout.strip()
     path = where or ROOT / ".speed-baseline" / full[:12]
     if not (path / "zsqbench" / "__init__.py").exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(path), full], check=True,
-                       capture_output=True)
+        # the commit's tracked files (git archive: a checkout that registers no worktree in the repository)
+        path.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", full], capture_output=True,
+                                 check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(path)], input=archive, check=True, capture_output=True)
     return path
 
 
@@ -282,8 +284,8 @@ def git_head() -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--baseline", default=DEFAULT_BASELINE, help=f"commit to compare with (default {DEFAULT_BASELINE})")
-    ap.add_argument("--baseline-dir", type=Path, default=None, help="its worktree (created if missing)")
-    ap.add_argument("--quick", action="store_true", help="fewer rounds, 2 000 evaluation images (about 3 minutes)")
+    ap.add_argument("--baseline-dir", type=Path, default=None, help="its checkout (extracted with git archive if missing)")
+    ap.add_argument("--quick", action="store_true", help="5 rounds, 2 000 evaluation images")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--methods", nargs="+", default=GENERATOR_METHODS + IMAGESET_METHODS)
     ap.add_argument("--rounds", type=int, default=None, help="alternations per training phase (default 12, quick 5)")
@@ -330,7 +332,7 @@ def main() -> None:
                 torch.manual_seed(0)
                 fn, info = build_train(tree, method, device)
             fns.append(fn)
-            if method == "gdfq":
+            if method == "gdfq" or tree.label not in trained:  # the evaluated student: gdfq's, else the first
                 trained[tree.label] = info
         flops = {t.label: count_flops(t, f) for t, f in zip(trees, fns)}
         report(f"train:{method}", summarise(interleave(trees, fns, rounds, device), 1, flops, sgemm))
