@@ -18,4 +18,4 @@ if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; 
     echo "setup.sh: could not install chromium; the browser test (tests/test_site.py) will be skipped" >&2
 fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
-.venv/bin/python -m pip install -q -c constraints.txt -e ".[test,ray]"  # ray: the Ray backend's tests
+.venv/bin/python -m pip install -q -c constraints.txt -e ".[test,ray,export]"  # ray: the Ray backend's tests; export: onnx/onnxruntime

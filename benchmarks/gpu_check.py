@@ -231,8 +231,8 @@ class Check:
 def capped_settings(method: str, caps: dict) -> tuple[list[str], int]:
     """``--set`` items that bring each capped setting of the method's paper config down to at most its cap, and
     the method's paper step count."""
-    from zsqbench.loop import RunSpec, resolve
-    config = resolve(RunSpec(method=method, model=PAPER_MODEL, wbits=4, abits=4, protocol="paper"))["config"]
+    from zsqbench.plan import RunSpec, resolve
+    config = resolve(RunSpec(method=method, model=PAPER_MODEL, wbits=4, abits=4, protocol="paper")).config
     sets = []
     for key, cap in caps.items():
         section, name = key.split(".")

@@ -17,7 +17,8 @@ import time
 import torch
 
 from zsqbench.interfaces import RunContext
-from zsqbench.loop import RunSpec, _optimizer, resolve, seed_everything
+from zsqbench.loop import _optimizer, seed_everything
+from zsqbench.plan import RunSpec, resolve
 from zsqbench.teacher.datasets import dataset_info
 from zsqbench.teacher.zoo import load_teacher
 
@@ -28,10 +29,11 @@ def _sync() -> None:
 
 
 def build(method: str, bits: int, batch: int, warmup: int, device: torch.device):
-    resolved = resolve(RunSpec(method=method, model="resnet20", wbits=bits, abits=bits, protocol="cpu",
-                               overrides=[f"train.batch_size={batch}"]))
-    synth, distiller, quantizer = (resolved["instances"][k] for k in ("synthesizer", "distiller", "quantizer"))
-    spec = resolved["model_spec"]
+    plan = resolve(RunSpec(method=method, model="resnet20", wbits=bits, abits=bits, protocol="cpu",
+                           overrides=[f"train.batch_size={batch}"]))
+    components = plan.build_components()
+    synth, distiller, quantizer = (components[k] for k in ("synthesizer", "distiller", "quantizer"))
+    spec = plan.model_spec
     teacher, _ = load_teacher(spec)
     teacher = teacher.to(device)
     seed_everything(0)
@@ -47,7 +49,7 @@ def build(method: str, bits: int, batch: int, warmup: int, device: torch.device)
         with torch.no_grad():
             student(images)
     quantizer.set_calibrating(student, False)
-    opt = _optimizer(resolved["config"]["train"], [p for p in student.parameters() if p.requires_grad])
+    opt = _optimizer(plan.train, [p for p in student.parameters() if p.requires_grad])
 
     def step():
         b = synth.next_batch(ctx, batch)

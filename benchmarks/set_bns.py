@@ -19,7 +19,7 @@ import json
 
 import torch
 
-from zsqbench.synthesizer.bns import BNStatHooks
+from zsqbench.synthesizer.bns import BNStatHooks, bns_loss
 from zsqbench.teacher.zoo import builtin_models, load_teacher
 
 
@@ -30,7 +30,7 @@ def layer_bns(teacher: torch.nn.Module, images: torch.Tensor, batch_size: int = 
         for i in range(0, len(images), batch_size):
             with hooks.recording():
                 teacher(images[i:i + batch_size])
-            per_batch.append(torch.stack(list(hooks._losses)))  # the per-layer terms loss() averages
+            per_batch.append(torch.stack([bns_loss([s]) for s in hooks.stats()]))  # the terms loss() averages
     hooks.remove()
     return torch.stack(per_batch).mean(0)
 

@@ -64,14 +64,14 @@ class AdaDFQSynthesizer(GeneratorSynthesizer):
     student_feedback = True
 
     def generator_loss(self, ctx, images, cond, teacher_logits, student_logits=None):
-        cfg = self.config
+        cfg = self.settings
         labels = cond.labels
         t, q = teacher_logits, student_logits
-        margin = margin_loss(t, q, cfg["lambda_l"], cfg["lambda_u"])
+        margin = margin_loss(t, q, cfg.lambda_l, cfg.lambda_u)
         ds = F.cross_entropy(t - q, labels)   # disagreement: images the student gets wrong
         agree = F.cross_entropy(t + q, labels)  # agreement: images both still classify as y
         bns = self.bns.loss()
-        loss = margin + cfg["beta"] * (cfg["alpha_ds"] * ds + cfg["alpha_as"] * agree) + cfg["bns_weight"] * bns
+        loss = margin + cfg.beta * (cfg.alpha_ds * ds + cfg.alpha_as * agree) + cfg.bns_weight * bns
         return loss, {"g_margin": margin.item(), "g_ds": ds.item(), "g_as": agree.item(), "g_bns": bns.item()}
 
 
@@ -85,7 +85,7 @@ class LogitEntropyDistiller(Distiller):
     def loss(self, ctx, batch):
         t = batch_teacher_logits(ctx, batch).detach()
         q = ctx.student(batch.images)
-        temperature = self.config["temperature"]
+        temperature = self.settings.temperature
         h = entropy(t - q, temperature).mean()
         return -temperature ** 2 * h, {"entropy": h.item()}
 

@@ -57,7 +57,7 @@ class BitwidthAwareSynthesizer(GDFQSynthesizer):
     def next_batch(self, ctx, batch_size):
         batch = super().next_batch(ctx, batch_size)
         self._steps += 1
-        if self.config["g_act_ranges"] == "warmup" and self._steps == ctx.warmup_steps:
+        if self.settings.g_act_ranges == "warmup" and self._steps == ctx.warmup_steps:
             ctx.quantizer.set_calibrating(self.generator, False)
         return batch
 

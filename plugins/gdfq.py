@@ -5,9 +5,8 @@
 * distiller ``kd`` (core): CE + KL*T^2 with T=20, alpha=1 and nn.KLDivLoss's default *element-mean* reduction;
 * warm-up: generator-only steps during which the student runs forward and its activation ranges calibrate.
 Settings per protocol are in gdfq.json beside this file. In the ``cpu`` protocol the generator keeps a constant
-lr 1e-3: GDFQ's first generator decay comes after 20 000 iterations and the whole cpu run is 1 100, and scaling the
-milestones to fractions of that run froze the generator (lr 1e-5 from step 550) in a first measurement, after which
-the student drifted from 86.6 % to 66.0 % top-1 (W3A3, seed 0).
+lr 1e-3: GDFQ's first generator decay comes after 20 000 iterations, far past the whole cpu run (200 warm-up + 1000
+steps), and decaying it within the run froze the generator (measured: docs/findings.md).
 ``paper``: the CIFAR-100 hocon (batch 200, lr 1e-4 x0.1 at epochs 100/200/300 of 400 x 200 iterations, 4 warm-up
 epochs; GDFQ ships no CIFAR-10 config, the lineage runs CIFAR-10 the same way) and, for ImageNet, batch 16, lr 1e-6,
 50 warm-up epochs and the class-conditional-BN generator. The ImageNet lr milestones are not in the reference: the
@@ -33,7 +32,7 @@ class GDFQSynthesizer(GeneratorSynthesizer):
     def generator_loss(self, ctx, images, cond, teacher_logits, student_logits=None):
         ce = cond.cross_entropy(teacher_logits)
         bns = self.bns.loss()
-        return ce + self.config["bns_weight"] * bns, {"g_ce": ce.item(), "g_bns": bns.item()}
+        return ce + self.settings.bns_weight * bns, {"g_ce": ce.item(), "g_bns": bns.item()}
 
 
 @hookimpl

@@ -21,11 +21,9 @@ also CIFAR-10's in both sources.
 
 Activation calibration: as in the official trainer, on a GDFQ generator trained during the warm-up (``cpu`` and
 ``paper``; ``--set synthesizer.calibration_synthesizer=null`` calibrates on the hard samples instead). ``cpu`` gives
-HAST 200 synthesis iterations where IntraQ/ZeroQ get 50: its beta = 10 focal term dominates the first iterations,
-and after 50 the set's BNS error was 1.9-4.9 (IntraQ's 0.8) with values out to [-5.8, 8.4]. Both choices were made
-on the dev split (``eval.split=dev``, ResNet-20 W3A3, cpu, seeds 0-2, mean final top-1): hard-sample calibration and
-50 iterations 51.07 %, GDFQ calibration 83.71 %, 200 iterations 82.82 %, both 87.97 % (the choice used these figures,
-not the test split's; the test figure under the old default is what prompted the comparison).
+HAST 200 synthesis iterations where IntraQ/ZeroQ get 50: its beta = 10 focal term dominates the first iterations.
+Both choices were made on the dev split (``eval.split=dev``), never the test split; the figures are in
+docs/methods.md ("How the image set is made") and docs/protocols.md.
 """
 from __future__ import annotations
 
@@ -66,8 +64,8 @@ class HardSampleSynthesizer(ImageSetSynthesizer):
         synthesis_crop_scale: CropScale = [0.4, 1.0]
 
     def synthesis_loss(self, ctx, state, images, logits, labels, bns, features):
-        hard = focal_ce(logits, labels, self.config["gamma"])
-        return bns + self.config["beta"] * hard, {"bns": bns.item(), "focal_ce": hard.item()}
+        hard = focal_ce(logits, labels, self.settings.gamma)
+        return bns + self.settings.beta * hard, {"bns": bns.item(), "focal_ce": hard.item()}
 
 
 class HASTDistiller(ChannelAttentionKD):
@@ -90,28 +88,26 @@ class HASTDistiller(ChannelAttentionKD):
     def setup(self, ctx):
         super().setup(ctx)
         self.teacher_tap.detach = False  # the promotion gradient goes through the teacher's features too
-        cfg = self.config
-        table = LAMBDA_EPS.get(cfg["lambda_eps"])
-        if table is None:
-            raise UserError(f"distiller.lambda_eps must be one of {', '.join(LAMBDA_EPS)}, got {cfg['lambda_eps']!r}")
+        cfg = self.settings
+        table = LAMBDA_EPS[cfg.lambda_eps]  # its Literal type admits only the table's keys
         preset = table.get(ctx.dataset.name, table.get("*"))
-        if preset is None and (cfg["ca_weight"] is None or cfg["eps"] is None):
+        if preset is None and (cfg.ca_weight is None or cfg.eps is None):
             raise UserError(f"HAST's hocon files give no lambda/eps for {ctx.dataset.name}: use "
                             "distiller.lambda_eps=code or set distiller.ca_weight and distiller.eps")
-        self.lam = float(cfg["ca_weight"] if cfg["ca_weight"] is not None else preset[0])
-        self.eps = float(cfg["eps"] if cfg["eps"] is not None else preset[1])
-        ctx.stats["hast"] = {"lambda": self.lam, "eps": self.eps, "lambda_eps": cfg["lambda_eps"]}
+        self.lam = float(cfg.ca_weight if cfg.ca_weight is not None else preset[0])
+        self.eps = float(cfg.eps if cfg.eps is not None else preset[1])
+        ctx.stats["hast"] = {"lambda": self.lam, "eps": self.eps, "lambda_eps": cfg.lambda_eps}
 
     def objective(self, s, t, t_feats, labels, detach_teacher: bool):
         """L_S on one pass (student logits/features from the latest student forward)."""
-        cfg = self.config
-        kl = kd_kl(s, t, cfg["temperature"], cfg["kl_reduction"], detach_teacher=detach_teacher)
-        fa = attention_loss(self.student_tap.features, t_feats, normalize=cfg["ca_normalize"],
-                            channel_reduction=cfg["ca_channel_reduction"], layer_reduction=cfg["ca_layer_reduction"],
+        cfg = self.settings
+        kl = kd_kl(s, t, cfg.temperature, cfg.kl_reduction, detach_teacher=detach_teacher)
+        fa = attention_loss(self.student_tap.features, t_feats, normalize=cfg.ca_normalize,
+                            channel_reduction=cfg.ca_channel_reduction, layer_reduction=cfg.ca_layer_reduction,
                             detach_teacher=detach_teacher)
-        loss = cfg["alpha"] * cfg["temperature"] ** 2 * kl + self.lam * fa
-        if cfg["ce_weight"]:
-            loss = loss + cfg["ce_weight"] * F.cross_entropy(s, labels)
+        loss = cfg.alpha * cfg.temperature ** 2 * kl + self.lam * fa
+        if cfg.ce_weight:
+            loss = loss + cfg.ce_weight * F.cross_entropy(s, labels)
         return loss, kl, fa
 
     def loss(self, ctx, batch):

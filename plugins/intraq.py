@@ -22,8 +22,8 @@ Choices (see intraq.json for the values per protocol and dataset):
 * Activation calibration: the official trainer calibrates on the images of a GDFQ generator it trains during
   epochs 0-3, not on the IntraQ set. ``cpu`` and ``paper`` do the same (``calibration_synthesizer: gdfq``, batch 16);
   ``--set synthesizer.calibration_synthesizer=null`` calibrates on the method's own set instead (what the paper's
-  text suggests). Chosen on the dev split (``eval.split=dev``, ResNet-20 W3A3, cpu, seeds 0-2): own set 84.14 %,
-  GDFQ generator 87.52 % (the choice used these figures, not the test split's).
+  text suggests). Chosen on the dev split (``eval.split=dev``), not the test split; the figures are in
+  docs/methods.md ("How the image set is made").
 """
 from __future__ import annotations
 
@@ -75,10 +75,10 @@ class IntraQSynthesizer(ImageSetSynthesizer):
         return super().synthesize(ctx)
 
     def begin_batch(self, ctx, labels, generator):
-        cfg = self.config
+        cfg = self.settings
         n = len(labels)
-        soft = torch.rand(n, generator=generator, device=labels.device) < cfg["soft_fraction"]
-        u = torch.empty(n, device=labels.device).uniform_(cfg["target_low"], 1.0, generator=generator)
+        soft = torch.rand(n, generator=generator, device=labels.device) < cfg.soft_fraction
+        u = torch.empty(n, device=labels.device).uniform_(cfg.target_low, 1.0, generator=generator)
         targets = torch.where(soft, u, torch.ones_like(u))
         counts = self.centre_counts[labels]
         if self.centre_sums is None:
@@ -88,12 +88,12 @@ class IntraQSynthesizer(ImageSetSynthesizer):
         return {"targets": targets, "centres": centres, "has_centre": (counts > 0).float()}
 
     def synthesis_loss(self, ctx, state, images, logits, labels, bns, features):
-        cfg = self.config
+        cfg = self.settings
         sil = soft_inception_loss(logits, labels, state["targets"])
         loss, parts = bns + sil, {"bns": bns.item(), "sil": sil.item()}
         if state["centres"] is not None:
             lower, upper = marginal_distance_loss(features, state["centres"], state["has_centre"],
-                                                  cfg["lambda_l"], cfg["lambda_u"])
+                                                  cfg.lambda_l, cfg.lambda_u)
             loss = loss + lower + upper
             parts.update(mdc_lower=lower.item(), mdc_upper=upper.item())
         return loss, parts

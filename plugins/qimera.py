@@ -193,27 +193,27 @@ class QimeraSynthesizer(GDFQSynthesizer):
             "mean", description="class-conditional BN of a mixed image: mean_j (official) or sum_j of w_j*gamma")
 
     def build_generator(self, ctx):
-        cfg = self.config
-        if not cfg["mix_replacement"] and cfg["mix_classes"] > ctx.num_classes:
-            raise UserError(f"qimera: synthesizer.mix_classes={cfg['mix_classes']} distinct classes, but the "
+        cfg = self.settings
+        if not cfg.mix_replacement and cfg.mix_classes > ctx.num_classes:
+            raise UserError(f"qimera: synthesizer.mix_classes={cfg.mix_classes} distinct classes, but the "
                             f"dataset has {ctx.num_classes}; lower it or set synthesizer.mix_replacement=true")
         weight = None
-        if cfg["embed_init"] == "teacher":
+        if cfg.embed_init == "teacher":
             weight = teacher_classifier_weight(ctx.teacher, ctx.num_classes)
-            if weight.shape[1] != cfg["latent_dim"]:
+            if weight.shape[1] != cfg.latent_dim:
                 raise UserError(f"qimera: synthesizer.embed_init='teacher' needs synthesizer.latent_dim equal to the "
-                                f"teacher classifier's input width {weight.shape[1]}, got {cfg['latent_dim']}")
-        return QimeraGenerator(ctx.num_classes, ctx.image_shape, cfg["latent_dim"], cfg["width"],
-                               cfg["conditional_bn"], embed_norm=cfg["embed_norm"], noise_scale=cfg["noise_scale"],
-                               mapping_dim=cfg["mapping_dim"] if cfg["mapping_layer"] else None,
-                               cbn_mix=cfg["cbn_mix"], embed_weight=weight)
+                                f"teacher classifier's input width {weight.shape[1]}, got {cfg.latent_dim}")
+        return QimeraGenerator(ctx.num_classes, ctx.image_shape, cfg.latent_dim, cfg.width,
+                               cfg.conditional_bn, embed_norm=cfg.embed_norm, noise_scale=cfg.noise_scale,
+                               mapping_dim=cfg.mapping_dim if cfg.mapping_layer else None,
+                               cbn_mix=cfg.cbn_mix, embed_weight=weight)
 
     def sample_conditioning(self, ctx, batch_size):
-        cfg = self.config
-        n, k, dev = ctx.num_classes, cfg["mix_classes"], ctx.device
-        coins = torch.rand(1 if cfg["mix_unit"] == "batch" else batch_size, device=dev)
-        mixed = (coins < cfg["mix_prob"]).expand(batch_size).clone()
-        if cfg["mix_replacement"]:
+        cfg = self.settings
+        n, k, dev = ctx.num_classes, cfg.mix_classes, ctx.device
+        coins = torch.rand(1 if cfg.mix_unit == "batch" else batch_size, device=dev)
+        mixed = (coins < cfg.mix_prob).expand(batch_size).clone()
+        if cfg.mix_replacement:
             components = torch.randint(0, n, (batch_size, k), device=dev)
         else:
             components = torch.rand(batch_size, n, device=dev).argsort(1)[:, :k]

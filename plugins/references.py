@@ -19,7 +19,7 @@ class GaussianNoise(Synthesizer):
         std: float = Field(1.0, gt=0)
 
     def next_batch(self, ctx: RunContext, batch_size: int) -> Batch:
-        x = torch.randn(batch_size, *ctx.image_shape, device=ctx.device) * self.config["std"] + self.config["mean"]
+        x = torch.randn(batch_size, *ctx.image_shape, device=ctx.device) * self.settings.std + self.settings.mean
         return Batch(x, ctx.random_labels(batch_size))
 
 
@@ -30,8 +30,8 @@ SETTINGS = Path(__file__).with_name("references.json")
 def zsqbench_register(registry):
     registry.add_synthesizer(GaussianNoise)
     registry.add_method(Method(
-        "fp", synthesizer="noise", distiller="kd", quantizer="none", settings=str(SETTINGS),
+        "fp", synthesizer="noise", distiller="kd", quantizer="none", settings=str(SETTINGS), role="ceiling",
         description="The full-precision teacher, unquantized (upper reference)"))
     registry.add_method(Method(
-        "noise", synthesizer="noise", distiller="kd", quantizer="minmax-ema", settings=str(SETTINGS),
+        "noise", synthesizer="noise", distiller="kd", quantizer="minmax-ema", settings=str(SETTINGS), role="floor",
         description="Activation ranges calibrated on Gaussian noise, no fine-tuning (lower reference)"))

@@ -158,24 +158,24 @@ class SynQSynthesizer(HardSampleSynthesizer):
             "batch", description="filter each sampled batch after its crop + flip (code) or the set once (paper)")
 
     def synthesis_loss(self, ctx, state, images, logits, labels, bns, features):
-        hard = guarded_focal_ce(logits, labels, self.config["gamma"], self.config["focal_floor"])
-        return bns + self.config["beta"] * hard, {"bns": bns.item(), "focal_ce": hard.item()}
+        hard = guarded_focal_ce(logits, labels, self.settings.gamma, self.settings.focal_floor)
+        return bns + self.settings.beta * hard, {"bns": bns.item(), "focal_ce": hard.item()}
 
     def _filtered(self, images: torch.Tensor) -> torch.Tensor:
-        d0 = self.config["lowpass_d0"]
+        d0 = self.settings.lowpass_d0
         if d0 is None:
             return images
         return torch.cat([gaussian_lowpass(x, d0) for x in images.split(256)]) if len(images) else images
 
     def prepare(self, ctx):
         super().prepare(ctx)
-        if self.config["lowpass_at"] == "set":
+        if self.settings.lowpass_at == "set":
             self.images = self._filtered(self.images)
-        ctx.stats["synthesis"]["lowpass"] = {"d0": self.config["lowpass_d0"], "at": self.config["lowpass_at"]}
+        ctx.stats["synthesis"]["lowpass"] = {"d0": self.settings.lowpass_d0, "at": self.settings.lowpass_at}
 
     def next_batch(self, ctx, batch_size):
         batch = super().next_batch(ctx, batch_size)
-        if self.config["lowpass_at"] == "batch":
+        if self.settings.lowpass_at == "batch":
             batch.images = self._filtered(batch.images)
         return batch
 
@@ -184,7 +184,7 @@ class SynQSynthesizer(HardSampleSynthesizer):
         images = getattr(self, "images", None)
         if images is None:
             return None
-        return (images if self.config["lowpass_at"] == "set" else self._filtered(images)), self.labels
+        return (images if self.settings.lowpass_at == "set" else self._filtered(images)), self.labels
 
 
 class SynQDistiller(HASTDistiller):
@@ -207,7 +207,7 @@ class SynQDistiller(HASTDistiller):
 
     def setup(self, ctx):
         super().setup(ctx)
-        name = self.config["cam_layer"]
+        name = self.settings.cam_layer
         taps = {}
         for side, net in (("teacher", ctx.teacher), ("student", ctx.student)):
             if name is None:
@@ -219,7 +219,7 @@ class SynQDistiller(HASTDistiller):
                     raise UserError(f"distiller.cam_layer: the {side} has no module {name!r}") from None
         self.teacher_cam = FeatureTap(ctx.teacher, [taps["teacher"]])
         self.student_cam = FeatureTap(ctx.student, [taps["student"]])
-        where = self.config["promoted_fa"]
+        where = self.settings.promoted_fa
         self.fa_promoted = where == "always" or (where == "imagenet" and ctx.dataset.name == "imagenet")
         ctx.stats["synq"] = {**ctx.stats.pop("hast"), "cam_layer_teacher": taps["teacher"][0],
                              "cam_layer_student": taps["student"][0], "fa_promoted": self.fa_promoted}
@@ -227,36 +227,36 @@ class SynQDistiller(HASTDistiller):
     def synq_objective(self, s, t, t_feats, labels, easy, detach_teacher: bool, with_fa: bool):
         """KL + lambda_CE * CE on easy samples [+ lambda * L_FA] on one pass (student features from its latest
         forward)."""
-        cfg = self.config
-        kl = kd_kl(s, t, cfg["temperature"], cfg["kl_reduction"], detach_teacher=detach_teacher)
+        cfg = self.settings
+        kl = kd_kl(s, t, cfg.temperature, cfg.kl_reduction, detach_teacher=detach_teacher)
         ce = selective_ce(s, labels, easy)
-        loss = cfg["alpha"] * cfg["temperature"] ** 2 * kl + cfg["ce_weight"] * ce
+        loss = cfg.alpha * cfg.temperature ** 2 * kl + cfg.ce_weight * ce
         fa = torch.zeros((), device=s.device)
         if with_fa and self.lam:
-            fa = attention_loss(self.student_tap.features, t_feats, normalize=cfg["ca_normalize"],
-                                channel_reduction=cfg["ca_channel_reduction"],
-                                layer_reduction=cfg["ca_layer_reduction"], detach_teacher=detach_teacher)
+            fa = attention_loss(self.student_tap.features, t_feats, normalize=cfg.ca_normalize,
+                                channel_reduction=cfg.ca_channel_reduction,
+                                layer_reduction=cfg.ca_layer_reduction, detach_teacher=detach_teacher)
             loss = loss + self.lam * fa
         return loss, kl, ce, fa
 
     def loss(self, ctx, batch):
-        cfg, labels = self.config, batch.labels
+        cfg, labels = self.settings, batch.labels
         x = batch.images.detach().requires_grad_(True)
         t = ctx.teacher(x)
         t_feats, t_act = list(self.teacher_tap.features), self.teacher_cam.features[0]
         s = ctx.student(x)
         s_act = self.student_cam.features[0]
-        easy = easy_mask(t, labels, cfg["difficulty_threshold"])
+        easy = easy_mask(t, labels, cfg.difficulty_threshold)
         attached = self.synq_objective(s, t, t_feats, labels, easy, False, True)[0]
         grad, = torch.autograd.grad(attached, x, retain_graph=True)
         clean, kl, ce, fa = self.synq_objective(s, t.detach(), [f.detach() for f in t_feats], labels, easy, True,
                                                 True)
         cam = torch.zeros((), device=s.device)
-        if cfg["cam_weight"]:
+        if cfg.cam_weight:
             size = tuple(x.shape[-2:])
-            by_label = cfg["cam_class"] == "label"
-            t_map = grad_cam(t, t_act, labels if by_label else t.detach().argmax(1), size, cfg["cam_clamp_weights"])
-            s_map = grad_cam(s, s_act, labels if by_label else s.detach().argmax(1), size, cfg["cam_clamp_weights"])
+            by_label = cfg.cam_class == "label"
+            t_map = grad_cam(t, t_act, labels if by_label else t.detach().argmax(1), size, cfg.cam_clamp_weights)
+            s_map = grad_cam(s, s_act, labels if by_label else s.detach().argmax(1), size, cfg.cam_clamp_weights)
             cam = cam_alignment_loss(t_map, s_map)
         hard = (x + self.eps * grad.sign()).detach()
         with torch.no_grad():
@@ -264,7 +264,7 @@ class SynQDistiller(HASTDistiller):
         t_hard_feats = [f.detach() for f in self.teacher_tap.features]
         promoted, kl_p, ce_p, fa_p = self.synq_objective(ctx.student(hard), t_hard, t_hard_feats, labels, easy, True,
                                                          self.fa_promoted)
-        loss = clean + cfg["promoted_weight"] * promoted + cfg["cam_weight"] * cam
+        loss = clean + cfg.promoted_weight * promoted + cfg.cam_weight * cam
         return loss, {"kl": kl.item(), "ce_easy": ce.item(), "fa": fa.item(), "cam": cam.item(),
                       "easy_fraction": easy.mean().item(), "kl_promoted": kl_p.item(), "ce_promoted": ce_p.item(),
                       "fa_promoted": fa_p.item()}

@@ -2,7 +2,7 @@
 
 * synthesizer ``zeroq``: images distilled from N(0, 1) with ZeroQ's statistic loss only — per sample and channel,
   the spatial mean/std of every BN input against running_mean/sqrt(running_var + eps), summed over layers
-  (:class:`zsqbench.synthesizer.bns.BNStatHooks` ``form="zeroq"``), plus ZeroQ's input prior (per-sample channel
+  (:class:`zsqbench.synthesizer.bns.BNStatHooks` ``form="per-sample"``), plus ZeroQ's input prior (per-sample channel
   mean 0, std 1); Adam lr 0.5, plateau patience 100, 500 iterations in ZeroQ. ``bns_form="batch"`` swaps in the
   GDFQ/IntraQ batch statistic instead. ZeroQ images have no class: their label is the teacher's prediction.
 * method ``zeroq``: post-training quantization only — activation ranges calibrated on the distilled set, no
@@ -30,19 +30,20 @@ class ZeroQSynthesizer(ImageSetSynthesizer):
     description = "ZeroQ distilled data: per-sample BN mean/std matching + N(0,1) input prior, no class terms"
 
     class Settings(ImageSetSynthesizer.Settings):
-        iterations: int = Field(500, ge=0)
+        iterations: int = Field(500, ge=0, le=1_000_000)
         plateau_patience: int = Field(100, ge=0)
-        bns_form: Literal["zeroq", "batch"] = Field("zeroq", description="ZeroQ's per-sample statistic or the batch one")
+        bns_form: Literal["zeroq", "batch"] = Field("zeroq",
+                                                     description="ZeroQ's own (per-sample) statistic or the batch one")
         input_prior: bool = Field(True, description="per-sample N(0, 1) prior on the images")
 
     @property
-    def bns_form(self) -> str:
-        return self.config["bns_form"]
+    def bns_form(self) -> str:  # the setting keeps v4's value name, so its jobs keep their identity
+        return "per-sample" if self.settings.bns_form == "zeroq" else self.settings.bns_form
 
     def synthesis_loss(self, ctx, state, images, logits, labels, bns, features):
         parts = {"bns": bns.item()}
         loss = bns
-        if self.config["input_prior"]:
+        if self.settings.input_prior:
             prior = per_sample_moment_loss(images, torch.zeros((), device=images.device),
                                            torch.ones((), device=images.device))
             loss = loss + prior

@@ -95,6 +95,7 @@ def fmnist4(tmp_path_factory):
     return site, top1
 
 
+@pytest.mark.slow
 def test_plugin_dataset_and_teacher_run_end_to_end(cli, fmnist4, tmp_path):
     site, teacher_top1 = fmnist4
     assert teacher_top1 > 93, teacher_top1  # a real teacher: four classes, chance is 25 %
@@ -133,6 +134,7 @@ def test_plugin_dataset_and_teacher_run_end_to_end(cli, fmnist4, tmp_path):
     assert_not_in_venv(DIST, "zsqbench_fmnist4")
 
 
+@pytest.mark.slow
 def test_model_on_an_unregistered_dataset_is_one_line(cli, fmnist4, tmp_path):
     site, _ = fmnist4
     env = {**with_path(site), "ZSQBENCH_DISABLE_PLUGINS": "fmnist4-data"}  # the teacher's dataset is gone

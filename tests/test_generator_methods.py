@@ -228,12 +228,14 @@ def test_settings_merge_per_dataset():
     assert m.settings_for("paper") == {"train": {"lr": 1e-4, "steps": 10}}
     assert m.settings_for("paper", "cifar100") == {"train": {"lr": 1e-4, "steps": 10}}
     assert m.settings_for("paper", "imagenet") == {"train": {"lr": 1e-5, "steps": 10}}
-    reg = get_registry()
-    ada = reg.get("methods", "adadfq")
-    assert ada.settings_for("paper", "imagenet")["distiller"]["temperature"] == 5.0
-    assert ada.settings_for("paper", "cifar100")["distiller"]["temperature"] == 20.0
-    sg = reg.get("methods", "adasg").settings_for("cpu", "fmnist")["synthesizer"]
-    assert (sg["lambda_l"], sg["lambda_u"], sg["alpha_ds"], sg["alpha_as"], sg["bns_weight"]) == (0.3, 0.8, .1, .1, 1)
+    from zsqbench.plan import RunSpec, resolve
+
+    def settings(method, model, protocol):
+        return resolve(RunSpec(method=method, model=model, wbits=4, abits=4, protocol=protocol)).components
+    assert settings("adadfq", "resnet18@imagenet", "paper")["distiller"].settings.temperature == 5.0
+    assert settings("adadfq", "resnet20@cifar100", "paper")["distiller"].settings.temperature == 20.0
+    sg = settings("adasg", "resnet20@fmnist", "cpu")["synthesizer"].settings
+    assert (sg.lambda_l, sg.lambda_u, sg.alpha_ds, sg.alpha_as, sg.bns_weight) == (0.3, 0.8, .1, .1, 1)
 
 
 def test_dead_bn_channels_neutralized():

@@ -4,9 +4,12 @@ import json
 import os
 import subprocess
 
+import pytest
+
 from conftest import ONE_THREAD, ROOT
 
 
+@pytest.mark.slow
 def test_gpu_check_dry_mode_runs_every_stage(tmp_path):
     summary_path = tmp_path / "out" / "gpu_check.json"
     env = {**os.environ, **ONE_THREAD, "OUT": str(tmp_path / "unused")}

@@ -119,7 +119,7 @@ def test_bns_zeroq_form_by_hand():
                 total += (s - math.sqrt(float(bn.running_var[c]) + 1e-6)) ** 2
             per_sample.append(total)
         expected += sum(per_sample) / len(per_sample)
-    hooks = BNStatHooks(net, form="zeroq")
+    hooks = BNStatHooks(net, form="per-sample")
     with hooks.recording():
         net(x)
     assert float(hooks.loss().detach()) == pytest.approx(expected, rel=1e-5)
@@ -156,7 +156,7 @@ def test_crop_flip_identity_flip_independence_and_gradient():
 
 @pytest.fixture(scope="module")
 def teacher_ctx():
-    spec = resolve(RunSpec(method="intraq", model="resnet20", wbits=4, abits=4, protocol="smoke"))["model_spec"]
+    spec = resolve(RunSpec(method="intraq", model="resnet20", wbits=4, abits=4, protocol="smoke")).model_spec
     teacher, info = load_teacher(spec)
     return RunContext(teacher=teacher, student=None, model=spec, dataset=dataset_info("fmnist"), wbits=4, abits=4,
                       quantizer=None, device=torch.device("cpu"), seed=0, total_steps=0, warmup_steps=0,
@@ -343,8 +343,8 @@ def test_cache_is_hit_on_the_second_run_and_shared_across_bits(tmp_path, monkeyp
 def test_zeroq_and_zeroq_kd_share_one_set(teacher_ctx):
     paths = set()
     for method in ("zeroq", "zeroq-kd"):
-        synth = resolve(RunSpec(method=method, model="resnet20", wbits=4, abits=4, protocol="cpu"))[
-            "instances"]["synthesizer"]
+        synth = resolve(RunSpec(method=method, model="resnet20", wbits=4, abits=4, protocol="cpu")).components[
+            "synthesizer"].build()
         paths.add(synth.cache_path(teacher_ctx))
     assert len(paths) == 1
 
@@ -382,14 +382,13 @@ def test_tampered_cache_is_one_line_error(cli, tmp_path):
 
 def test_cpu_settings_calibrate_on_a_gdfq_generator_like_the_official_code():
     for method, iterations in (("intraq", 50), ("hast", 200)):
-        cfg = resolve(RunSpec(method=method, model="resnet20", wbits=3, abits=3, protocol="cpu"))["config"]
-        syn = cfg["synthesizer"]
-        assert (syn["calibration_synthesizer"], syn["calibration_batch_size"], syn["iterations"]) == \
-            ("gdfq", 16, iterations)
+        syn = resolve(RunSpec(method=method, model="resnet20", wbits=3, abits=3, protocol="cpu")).components[
+            "synthesizer"].settings
+        assert (syn.calibration_synthesizer, syn.calibration_batch_size, syn.iterations) == ("gdfq", 16, iterations)
     # and null switches it off (calibration on the method's own set), off-protocol
     res = resolve(RunSpec(method="hast", model="resnet20", wbits=3, abits=3, protocol="cpu",
                           overrides=["synthesizer.calibration_synthesizer=null"]))
-    assert res["config"]["synthesizer"]["calibration_synthesizer"] is None and res["off_protocol"]
+    assert res.components["synthesizer"].settings.calibration_synthesizer is None and res.off_protocol
 
 
 def test_calibration_batches_come_from_the_generator_then_training_from_the_set(teacher_ctx, tmp_path):

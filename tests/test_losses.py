@@ -201,7 +201,7 @@ def test_bns_mean_over_layers_and_gradient_to_input():
     bn1_in = net[1](net[0](bn0_in)).detach()
     l0 = _bns_by_hand(bn0_in.tolist(), [0.0, 0.0], [1.0, 1.0])
     l1 = _bns_by_hand(bn1_in.tolist(), [1.0, 1.0], [1.0, 1.0])
-    assert len(hooks._losses) == 2
+    assert len(hooks.stats()) == 2
     loss = hooks.loss()
     assert loss.item() == pytest.approx((l0 + l1) / 2, rel=1e-5)
     loss.backward()
@@ -220,11 +220,11 @@ def test_bns_records_nothing_outside_recording():
         net(x)
     first = hooks.loss().item()
     net(x * 10)  # outside: must not add to (or change) what was recorded
-    assert len(hooks._losses) == 1 and hooks.loss().item() == first
+    assert len(hooks.stats()) == 1 and hooks.loss().item() == first
     with hooks.recording():  # a new recording starts afresh
         net(x * 10)
         net(x * 10)
-    assert len(hooks._losses) == 2 and hooks.loss().item() != first
+    assert len(hooks.stats()) == 2 and hooks.loss().item() != first
 
 
 def test_bns_recording_off_after_exception_and_remove():
@@ -234,7 +234,7 @@ def test_bns_recording_off_after_exception_and_remove():
         with hooks.recording():
             raise KeyError("x")
     net(torch.randn(2, 2, 3, 3))
-    assert hooks._losses == []
+    assert hooks._stats == []
     hooks.remove()
     with hooks.recording():
         net(torch.randn(2, 2, 3, 3))

@@ -66,7 +66,7 @@ def test_every_method_has_paper_settings(paper, method, dataset):
     assert settings is not None, f"{method} has no settings for protocol 'paper'"
     model = next(m for m in paper["models"] if m.endswith("@" + dataset))
     resolved = resolve(RunSpec(method=method, model=model, wbits=4, abits=4, protocol="paper"), registry)
-    assert resolved["off_protocol"] == []  # builds every component from the paper settings, on protocol
+    assert resolved.off_protocol == ()  # builds every component from the paper settings, on protocol
 
 
 # --- what this machine cannot do ----------------------------------------------------------------------------

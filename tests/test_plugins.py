@@ -366,15 +366,24 @@ def test_plugin_failing_half_way_registers_nothing(cli, tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_plugin_upgrade_reruns_sweep_jobs_and_mixed_rows_are_refused(cli, tmp_path):
     """0.1.0 -> 0.1.1 of a third-party plugin (same settings, other code): its sweep job is no longer done, and a
     row with one seed of each version cannot be built; a row of one version can."""
+    # a row needs two seeds of one protocol: the plugin adds "smoke-2", smoke with seeds 0 and 1 (smoke has seed 0
+    # only, and a seed outside a protocol is off it)
+    proto = json.loads((Path(__file__).resolve().parents[1] / "zsqbench" / "protocols" / "smoke.json").read_text())
+    (tmp_path / "smoke-2.json").write_text(json.dumps({**proto, "name": "smoke-2", "seeds": [0, 1]}))
+    code = TOYQ.replace("    registry.add_synthesizer(ToyUniform)\n",
+                        f"    registry.add_protocol({str(tmp_path / 'smoke-2.json')!r})\n"
+                        "    registry.add_synthesizer(ToyUniform)\n").replace('settings={"smoke":', 'settings={"*":')
     old = pip_install(tmp_path / "a", dist="zsqbench-toyq", version="0.1.0", ep="toyq", module="zsqbench_toyq",
-                      code=TOYQ)
+                      code=code)
     new = pip_install(tmp_path / "b", dist="zsqbench-toyq", version="0.1.1", ep="toyq", module="zsqbench_toyq",
-                      code=TOYQ.replace("torch.rand(", "2 * torch.rand("))
+                      code=code.replace("torch.rand(", "2 * torch.rand("))
     sweep_dir = tmp_path / "sweep"
-    grid = ["sweep", "--protocol", "smoke", "--methods", "toyq", "--models", "resnet20@fmnist", "-o", sweep_dir, "-q"]
+    grid = ["sweep", "--protocol", "smoke-2", "--methods", "toyq", "--models", "resnet20@fmnist", "-o", sweep_dir,
+            "-q"]
     proc = cli(*grid, "--seeds", "0", env=with_path(old))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert cli(*grid, "--seeds", "0", "--dry-run", env=with_path(old)).stdout.startswith("done")
@@ -387,7 +396,7 @@ def test_plugin_upgrade_reruns_sweep_jobs_and_mixed_rows_are_refused(cli, tmp_pa
     proc = cli(*grid, "--seeds", "1", env=with_path(new))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     board = tmp_path / "board.json"
-    proc = cli("leaderboard", "build", "--protocol", "smoke", sweep_dir, "-o", board, env=with_path(new))
+    proc = cli("leaderboard", "build", "--protocol", "smoke-2", sweep_dir, "-o", board, env=with_path(new))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert len(stderr_lines(proc)) == 1 and "mixes code versions" in proc.stderr and "0.1.0" in proc.stderr
     assert not board.exists()
@@ -399,5 +408,5 @@ def test_plugin_upgrade_reruns_sweep_jobs_and_mixed_rows_are_refused(cli, tmp_pa
     # re-run seed 0 with the new code: one version again, the row builds
     proc = cli(*grid, "--seeds", "0", env=with_path(new))
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    proc = cli("leaderboard", "build", "--protocol", "smoke", sweep_dir, "-o", board, env=with_path(new))
+    proc = cli("leaderboard", "build", "--protocol", "smoke-2", sweep_dir, "-o", board, env=with_path(new))
     assert proc.returncode == 0, proc.stderr

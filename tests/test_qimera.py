@@ -66,10 +66,11 @@ class _Fixed(nn.Module):
 def test_student_loss_soft_ce_plus_kl_element_mean_by_hand():
     """Qimera's loss_fn_kd (trainer.py L109-130): KLDivLoss() (element mean) * alpha*T^2 + CE against the soft target;
     the method reuses the core kd distiller with those settings."""
-    method = get_registry().get("methods", "qimera")
-    assert method.distiller == "kd"
-    for proto in ("cpu", "paper"):
-        assert method.settings_for(proto)["distiller"] == {"temperature": 20.0, "alpha": 1.0, "kl_reduction": "mean"}
+    from zsqbench.plan import RunSpec, resolve
+    assert get_registry().get("methods", "qimera").distiller == "kd"
+    for proto, model in (("cpu", "resnet20@fmnist"), ("paper", "resnet20@cifar10")):
+        kd = resolve(RunSpec("qimera", model, 4, 4, proto)).components["distiller"].settings
+        assert (kd.temperature, kd.alpha, kd.kl_reduction) == (20.0, 1.0, "mean")
     s = [[1.0, 0.0, 0.5], [0.0, 2.0, 1.0]]
     temp = 2.0  # a small T so that the KL term is not negligible
     ctx = SimpleNamespace(student=_Fixed(s))

@@ -119,7 +119,8 @@ def test_top1_bounds_inclusive(key, value):
 
 
 @pytest.mark.parametrize("mutate,fragment", [
-    (lambda r: r.update(schema_version=2), "schema_version"),
+    (lambda r: r.update(schema_version=3), "schema_version"),
+    (lambda r: r.update(schema_version=2), "'digest' is a required property"),  # version 2 carries its digest
     (lambda r: r.update(status="crashed"), "status"),
     (lambda r: r.update(extra_field=1), "Additional properties are not allowed"),
     (lambda r: r.update(wbits=0), "wbits"),
@@ -255,7 +256,7 @@ def test_override_errors(item, match):
 def test_unknown_train_key_lists_known_ones():
     with pytest.raises(UserError) as e:
         apply_overrides(BASE, ["train.stepz=5"])
-    assert "lr, milestones, optimizer, steps" in str(e.value)
+    assert "train has: steps, warmup_steps, batch_size, optimizer, lr, momentum" in str(e.value)
 
 
 def test_parse_value():
@@ -318,3 +319,10 @@ def test_protocol_file_hash_ignores_key_order_and_stored_hash(tmp_path):
     a.write_text(json.dumps(proto))
     with pytest.raises(UserError, match="lacks seeds"):
         load_protocol_file(a)
+
+
+def test_override_of_a_setting_the_protocol_leaves_out():
+    """A protocol may leave out a setting that has a default (momentum, average_from, eval.split); --set still names
+    it, because the keys are checked against the settings models, not against the protocol file."""
+    out = apply_overrides(BASE, ["train.momentum=0.5", "train.average_from=0.5", "eval.split=dev"])
+    assert (out["train"]["momentum"], out["train"]["average_from"], out["eval"]["split"]) == (0.5, 0.5, "dev")

@@ -1,6 +1,7 @@
 """The protocol's seed rule: a row gets seeds until its own 95 % CI half-width meets the table's target or it reaches
 the cap, decided from its own seeds only; `zsqbench sweep` applies it and resumes it; a protocol file by its path."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -58,8 +59,7 @@ def sweep(proto: Path, out: Path, cache: Path, *extra):
     cmd = [sys.executable, "-m", "zsqbench.cli", "sweep", "-p", str(proto), "--methods", "noise",
            "--models", "resnet20@fmnist", "-o", str(out), "--cache-dir", str(cache), "-j", "1", "--threads", "1",
            "-q", *extra]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=900, env={**__import__("os").environ,
-                                                                                  "OMP_NUM_THREADS": "1"})
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
 def seeds_run(out: Path) -> list[int]:

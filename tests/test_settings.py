@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -35,9 +36,9 @@ def test_list_settings_shows_types_defaults_and_protocol_values():
             for line in result.stdout.splitlines() if line.startswith("│") and line.split("│")[1].strip()}
     header = next(line for line in result.stdout.splitlines() if "setting" in line and "default" in line)
     assert "cpu" in header and "smoke" in header and "paper" in header
-    assert rows["train.steps"][:2] == ["int ≥ 0", "—"]
+    assert rows["train.steps"][:2] == ["int ≥ 0, ≤ 1000000", "—"]  # a sane maximum (issue #27)
     assert rows["distiller.lambda_eps"][:2] == ["'code' | 'hocon'", '"code"']
-    assert rows["synthesizer.iterations"][0] == "int ≥ 0"
+    assert rows["synthesizer.iterations"][0] == "int ≥ 0, ≤ 1000000"
     assert "200" in rows["synthesizer.iterations"]  # HAST's cpu value (README: 200 synthesis iterations)
     missing = CliRunner().invoke(zsqbench, ["list", "settings"])
     assert missing.exit_code == 2 and "give the method" in missing.stderr
@@ -53,7 +54,10 @@ def test_plain_defaults_get_types_inferred_from_their_values():
         def next_batch(self, ctx, batch_size):
             raise NotImplementedError
 
-    assert Plain(low=2, steps=4, on=False, anything="x").config["low"] == 2
+    plain = Plain(low=2, steps=4, on=False, anything="x")
+    assert plain.config["low"] == 2 and plain.settings.low == 2 and plain.settings.steps == 4  # dict view, typed
+    with pytest.raises(TypeError):
+        plain.config["low"] = 3  # read-only: the settings were checked once, nothing may change them after
     with pytest.raises(UserError, match=r'synthesizer.low="a"'):
         Plain(low="a")
     with pytest.raises(UserError, match="synthesizer.on=1"):
@@ -98,16 +102,17 @@ def test_run_record_and_sweep_job_carry_code(tmp_path):
     assert changed.hash != job.hash and changed.dir == job.dir
 
 
-def test_core_fingerprint_covers_the_data_path_not_the_presentation():
-    """Editing the CLI, the leaderboard or the sweep driver must not re-run a sweep; the loop, the quantizer and the
-    method plugins are fingerprinted."""
+def test_core_fingerprint_covers_what_the_run_imports_not_the_front_ends():
+    """Editing the CLI, the leaderboard, the sweep driver or zsqbench.testing must not re-run a sweep: the run never
+    imports them. The loop, the quantizer, the evaluation and the method's plugin modules are fingerprinted."""
     from zsqbench import provenance
-    names = {name for name, _ in provenance.module_source_files("zsqbench")}
+    names = {name for name, _ in provenance.imported_files((provenance.ENGINE, "zsqbench.builtin",
+                                                             "zsqbench_plugins.gdfq"))}
     assert {"zsqbench/loop.py", "zsqbench/quantizer/fakequant.py", "zsqbench/evaluation/evaluate.py",
-            "zsqbench/synthesizer/generator.py", "zsqbench/distiller/kd.py"} <= names
-    assert not names & {"zsqbench/cli.py", "zsqbench/sweep.py", "zsqbench/leaderboard/show.py",
-                        "zsqbench/record/io.py"}
-    assert "zsqbench_plugins/gdfq.py" in {name for name, _ in provenance.module_source_files("zsqbench_plugins")}
+            "zsqbench/synthesizer/generator.py", "zsqbench/distiller/kd.py", "zsqbench_plugins/gdfq.py"} <= names
+    assert not names & {"zsqbench/cli.py", "zsqbench/sweep.py", "zsqbench/sweep_ray.py", "zsqbench/listing.py",
+                        "zsqbench/testing.py", "zsqbench/leaderboard/show.py", "zsqbench/record/validate.py",
+                        "zsqbench_plugins/hast.py"}
 
 
 def test_builtin_method_fingerprint_covers_its_own_plugin_modules_only(tmp_path):
@@ -115,20 +120,89 @@ def test_builtin_method_fingerprint_covers_its_own_plugin_modules_only(tmp_path)
     built-in methods, so adding or fixing one method (qimera, synq, ...) leaves every other method's sweep jobs
     done. Editing a module the run uses changes its fingerprint."""
     from zsqbench import provenance
-    assert provenance.with_sibling_imports(["zsqbench_plugins.bag"]) == ["zsqbench_plugins.bag",
-                                                                         "zsqbench_plugins.gdfq"]
     reg = get_registry()
     assert reg._lookup("methods", "bag").module == "zsqbench_plugins.bag"
     assert reg._lookup("distillers", "kd").module == "zsqbench.builtin"
-    core = provenance.source_digest(("zsqbench",))
-    bag = provenance.fingerprint(reg, "zsqbench", ("zsqbench_plugins.bag",))
-    with_other = provenance.fingerprint(reg, "zsqbench", ("zsqbench_plugins.bag", "zsqbench.builtin"))
-    assert bag == with_other  # core modules are always in; naming one changes nothing
-    assert bag["files"] == core[1] + 2 and bag["sha256"] != core[0]
-    hast = provenance.fingerprint(reg, "zsqbench", ("zsqbench_plugins.hast",))
-    assert hast["sha256"] != bag["sha256"] and hast["files"] == core[1] + 1
+    def files(*plugins):
+        return {name for name, _ in provenance.imported_files((provenance.ENGINE, "zsqbench.builtin", *plugins))}
+    plugin_files = {"zsqbench_plugins/__init__.py", "zsqbench_plugins/bag.py", "zsqbench_plugins/gdfq.py"}
+    assert {n for n in files("zsqbench_plugins.bag") if n.startswith("zsqbench_plugins/")} == plugin_files
+    assert files("zsqbench_plugins.hast") - files("zsqbench_plugins.bag") == {"zsqbench_plugins/hast.py"}
+    bag = provenance.fingerprint(reg, "zsqbench", ("zsqbench.builtin", "zsqbench_plugins.bag"))
+    hast = provenance.fingerprint(reg, "zsqbench", ("zsqbench.builtin", "zsqbench_plugins.hast"))
+    assert bag["files"] == len(files("zsqbench_plugins.bag")) and hast["sha256"] != bag["sha256"]
     from zsqbench.sweep import expand
     jobs = {j.identity["method"]: j for j in expand("smoke", methods=("gdfq", "bag"), models=("resnet20@fmnist",),
                                                    out=tmp_path, registry=reg)}
-    assert jobs["gdfq"].identity["code"]["zsqbench"]["files"] == core[1] + 1
+    assert jobs["gdfq"].identity["code"]["zsqbench"]["files"] == bag["files"] - 1
     assert jobs["bag"].identity["code"]["zsqbench"] == bag
+
+
+def _code_version_after(edits: dict[str, tuple[str, str]], root, monkeypatch) -> str:
+    """The code version a smoke gdfq run's record would carry if zsqbench's own sources were a copy under ``root``
+    with ``edits`` ({relative file: (old, new)}) applied."""
+    from zsqbench import provenance
+    files = {}
+    for top in provenance.OWN_PACKAGES:
+        files[top] = []
+        for name, path in provenance.module_source_files(top):
+            text = path.read_text()
+            old, new = edits.get(name, ("", ""))
+            assert old in text
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            (root / name).write_text(text.replace(old, new, 1))
+            files[top].append((name, root / name))
+    monkeypatch.setattr(provenance, "module_source_files", lambda module: tuple(files.get(module, ())))
+    provenance.imported_files.cache_clear()
+    try:
+        return provenance.code_version(provenance.run_code(resolve(RunSpec("gdfq", "resnet20", 3, 3, "smoke"))))
+    finally:
+        provenance.imported_files.cache_clear()
+
+
+def test_code_version_ignores_docstrings_and_comments_not_expressions(tmp_path, monkeypatch):
+    """A docstring or comment edit in the loop or a plugin is the same code version (a grid is not re-run for
+    prose); an edited expression is another."""
+    loop, plugin = "zsqbench/loop.py", "zsqbench_plugins/gdfq.py"
+    version = {what: _code_version_after(edits, tmp_path / what, monkeypatch) for what, edits in {
+        "as is": {},
+        "prose": {loop: ('"""The one training loop', '# why: a comment\n"""The one and only training loop'),
+                  plugin: ("Settings per protocol are in", "The settings per protocol are in")},
+        "loop code": {loop: ('round(evaluator.top1(student), 4)', 'round(evaluator.top1(student), 3)')},
+        "plugin code": {plugin: ("from pathlib import Path", "from pathlib import Path\nX = 1")},
+    }.items()}
+    assert version["prose"] == version["as is"]
+    assert len({version["as is"], version["loop code"], version["plugin code"]}) == 3
+
+
+def test_plugin_settings_files_hold_only_what_differs():
+    """One source of truth per value: a built-in method's settings for a protocol give no train/eval value equal to
+    the protocol's and no component value equal to the component's default (a dataset entry: none equal to what it
+    is merged over). Otherwise changing a default or a protocol would leave stale copies behind."""
+    import json
+    from zsqbench.protocols import deep_merge
+    reg = get_registry()
+    same = lambda a, b: json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)  # noqa: E731  (20 != 20.0)
+
+    def restated(entry, base, where):
+        return [f"{where}: {section}.{key}" for section, values in entry.items() if section in base
+                for key, value in values.items() if key in base[section] and same(value, base[section][key])]
+
+    found = []
+    for name, entry in reg.methods.items():
+        method = entry.obj
+        if entry.distribution != "zsqbench" or not isinstance(method.settings, str):
+            continue
+        for pname, proto in reg.protocols.items():
+            own = method.settings_for(pname)
+            if own is None:
+                continue
+            base = {"train": proto.obj["train"], "eval": proto.obj["eval"],
+                    **{kind: reg.get(kind + "s", getattr(method, kind)).defaults
+                       for kind in ("synthesizer", "distiller", "quantizer")}}
+            found += restated(own, base, f"{name} {pname}")
+            raw = json.loads(Path(method.settings).read_text())
+            raw = raw["methods"][name] if "methods" in raw else raw
+            for dataset, over in (raw.get(pname) or {}).get("datasets", {}).items():
+                found += restated(over, deep_merge(base, own), f"{name} {pname} {dataset}")
+    assert not found, "settings that restate a default or the protocol: " + ", ".join(found)

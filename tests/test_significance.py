@@ -155,3 +155,26 @@ def test_show_prints_letters_rank_intervals_and_the_rule():
     assert "grp" in result.output and "rank" in result.output and "Games-Howell" in result.output
     synq = next(line for line in result.output.splitlines() if " synq " in line and "91.98" in line)
     assert " b " in synq  # resnet20 W3A3: synq's letters as the committed file holds them
+
+
+def test_validity_per_table_is_reported_and_recomputed():
+    from scipy.stats import kendalltau
+    from zsqbench.leaderboard.published import published_rows
+    import statistics
+    lb = json.loads(CPU.read_text())
+    tables = {t["table"]: t["validity"] for t in lb["significance"]["tables"]}
+    w3 = tables["resnet20@fmnist W3A3"]["kendall_tau_vs_papers"]
+    assert w3["against"] == "resnet20@cifar100 W3A3" and w3["n"] == len(w3["methods"]) >= 3
+    rows = {r["method"]: r for r in lb["rows"] if (r["model"], r["wbits"]) == ("resnet20", 3)}
+    ours = [rows[m]["mean"] for m in w3["methods"]]
+    theirs = [statistics.median(e["top1"] for e in published_rows(m, "resnet20", "cifar100", 3, 3))
+              for m in w3["methods"]]
+    assert w3["tau"] == pytest.approx(kendalltau(ours, theirs).statistic)
+    assert tables["mobilenetv1@fmnist W4A4"]["kendall_tau_vs_papers"] is None  # no published MobileNetV1 table
+    assert all(0 < v["rank_stability"] <= 1 for v in tables.values())
+    assert all(v["best_on_test_gap"] == {"mean": 0.0, "max": 0.0} for v in tables.values())  # one evaluation a run
+    bad = copy.deepcopy(lb)
+    bad["significance"]["tables"][1]["validity"]["kendall_tau_vs_papers"]["tau"] = 0.9
+    assert any("pairwise tests" in e for e in validate_leaderboard(bad))
+    shown = CliRunner().invoke(cli, ["leaderboard", "show", str(CPU)], env={"COLUMNS": "250"})
+    assert "validity · resnet20@fmnist W3A3" in shown.output and "vs the papers" in shown.output

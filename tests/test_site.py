@@ -9,6 +9,7 @@ import copy
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from zsqbench.cli import Group
 from zsqbench.leaderboard.build import build_leaderboard, validate_leaderboard
 from zsqbench.leaderboard.commands import leaderboard
 from zsqbench.leaderboard.site import MANIFEST, write_site
+from zsqbench.record.check import seal
 from zsqbench.record.io import validation_errors
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,6 +76,9 @@ def variant(base, seed, final, history, wbits=4, total_s=20.0, status="ok", meth
         r["eval_history"] = [{"step": s, "top1": v} for s, v in history]
         r["final_top1"], r["best_top1_selected_on_test"] = final, max(v for _, v in history)
     r["timing"].update(total_s=total_s)
+    if history:  # a consistent record: the run's steps end at its last evaluation
+        r["config"]["train"]["steps"] = r["timing"]["steps"] = history[-1][0]
+    seal(r)  # a made-up record carries its own digest, as a real run's does
     assert validation_errors(r) == []
     return r
 
@@ -126,6 +131,7 @@ def test_site_with_records_has_curves_diagnostics_previews_and_provenance(board,
     assert len(previews) == 1 and previews[0].startswith("img/zeroq-resnet20-fmnist-seed0-"), previews
     assert (site / previews[0]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert page(site).count(f'src="{previews[0]}"') >= 2  # W3A3 and W4A4 (and zeroq-kd, same set)
+    assert "<li>T-shirt/top</li>" in html and "<li>ankle boot</li>" in html  # every preview row is labelled
     assert "img/smoke-v{}-resnet20-fmnist-bits.svg".format(lb["protocol"]["version"]) in files
     assert "real test set" in html and "intra-class distance" in html and "BNS error" in html
     # the table statistics: letters and rank intervals per row, the test named in the head
@@ -135,8 +141,8 @@ def test_site_with_records_has_curves_diagnostics_previews_and_provenance(board,
     targets = set(re.findall(r'href="#(prov-[^"]+)"', html))
     anchors = set(re.findall(r'id="(prov-[^"]+)"', html))
     assert targets and targets <= anchors
-    assert html.count('href="../sweep/job') == 20 or html.count("sweep/job") >= 20
-    assert "zsqbench run --method zeroq --model resnet20@fmnist --wbits 3 --abits 3 --protocol smoke --seed 2" in html
+    assert html.count("sweep/job") >= 20 and 'href="../sweep' not in html  # named, never linked (not committed)
+    assert f"zsqbench reproduce {path} --rows zeroq/resnet20@fmnist/W3A3 --seeds 2" in html
     assert "seed 3 diverged" in html
     # every number on the page comes from the inputs: the per-seed finals of the leaderboard are all there
     for row in lb["rows"]:
@@ -179,7 +185,7 @@ def test_records_that_evaluate_once_draw_no_curves(smoke_records, tmp_path):
     m = write_site([str(path)], tmp_path / "site", command="CMD")
     assert m["leaderboards"][0]["records_used"] == 6
     assert not any("curves" in f for f in m["files"])
-    assert "No learning curves: the 6 records of this table on this machine evaluate the final student only" in \
+    assert "No learning curves: the 6 records of this table used to build this page evaluate the final student only" in \
         page(tmp_path / "site")
 
 
@@ -189,7 +195,9 @@ def test_records_that_do_not_match_their_run_are_not_used(board, tmp_path):
     moved = tmp_path / "elsewhere.json"
     rec_path = Path(lb["rows"][0]["runs"][0]["record"])
     rec = json.loads(rec_path.read_text())
-    rec["final_top1"] = 1.0  # a re-run over the same path: not the run the leaderboard holds
+    rec["final_top1"] = rec["eval_history"][-1]["top1"] = 1.0  # a re-run over the same path: not the run the
+    rec["best_top1_selected_on_test"] = max(h["top1"] for h in rec["eval_history"])  # leaderboard holds
+    seal(rec)
     fake = tmp_path / "fake" / "record.json"
     fake.parent.mkdir()
     fake.write_text(json.dumps(rec))
@@ -317,6 +325,7 @@ def click_header(table_id: str, header: str) -> str:
         th.querySelector('button').click(); return th.getAttribute('aria-sort'); }})()"""
 
 
+@pytest.mark.slow
 def test_committed_site_in_headless_chromium(tmp_path, board):
     binary = chromium_or_skip()
     from chromium_cdp import Browser
@@ -361,6 +370,23 @@ def test_committed_site_in_headless_chromium(tmp_path, board):
         assert all(len(i["alt"]) > 20 for i in images)
         assert b.eval("document.querySelectorAll('th[scope=col]').length") > 0
         assert b.errors() == []
+        # what the page says is true (#31): every table fits its container, no interval leaves [0, 100], no link
+        # leaves the site (a sweep's records are not committed), no claim about the reader's machine, a table
+        # that ranks something comes first
+        fits = b.eval("Array.from(document.querySelectorAll('table.board')).map(t => "
+                      "[t.id, t.getBoundingClientRect().width, t.parentElement.clientWidth])")
+        assert all(w <= c + 1 for _, w, c in fits), fits
+        cis = b.eval("Array.from(document.querySelectorAll('table.board td.ci')).map(c => c.textContent)")
+        bounds = [float(x) for c in cis for x in re.findall(r"-?\d+\.\d+", c)]
+        assert bounds and all(0 <= x <= 100 for x in bounds)
+        hrefs = b.eval("Array.from(document.querySelectorAll('a[href]')).map(a => a.getAttribute('href'))")
+        assert all(h.startswith("#") or h.startswith("img/") for h in hrefs), sorted(
+            {h for h in hrefs if not h.startswith("#")})
+        text = b.eval("document.body.innerText")
+        assert "this machine" not in text and "this page was built from the leaderboard alone" in text
+        first = b.eval("Array.from(document.querySelectorAll('table.board')[0].querySelectorAll('td.letters'))"
+                       ".map(c => c.dataset.sort).join('')")
+        assert len(set(first)) > 1
         b.screenshot(tmp_path / "site-1280.png")
         # a narrow window: the page does not scroll sideways (wide tables scroll inside their own region)
         b.set_width(400, 900)
@@ -407,3 +433,16 @@ def test_published_vs_reproduced_where_both_exist(smoke_records, tmp_path):
     row = next(tr for tr in section.split("<tr>") if tr.startswith('<th scope="row">gdfq</th><td>resnet20@cifar10'))
     for value in (f"{pub['top1']:.2f}", f"{pub['fp_top1']:.2f}", "86.50", "85.50", f"{lb['rows'][0]['fp_top1']:.2f}"):
         assert f"<td>{value}</td>" in row, (value, row)
+
+
+def test_floor_and_ceiling_come_from_the_roles_methods_declare(monkeypatch):
+    """The page's floor and ceiling lines are the rows of the methods declaring role floor / ceiling, not names."""
+    from zsqbench.leaderboard.site import floor_and_ceiling
+    from zsqbench.registry import get_registry
+    methods = get_registry().methods
+    rows = [{"method": m, "mean": mean, "fp_top1": 94.0} for m, mean in (("noise", 20.0), ("fp", 93.5), ("gdfq", 80.0))]
+    assert floor_and_ceiling(rows) == (20.0, 93.5)
+    monkeypatch.setattr(methods["noise"].obj, "role", "")
+    monkeypatch.setattr(methods["gdfq"].obj, "role", "floor")
+    monkeypatch.setattr(methods["fp"].obj, "role", "")
+    assert floor_and_ceiling(rows) == (80.0, 94.0)  # no ceiling row: the teacher's FP top-1

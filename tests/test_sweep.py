@@ -40,8 +40,8 @@ def test_expand_grid_and_hashes():
     assert len(one) == 1 and one[0].dir.name.startswith(one[0].settings_hash[:16]) and \
         "gdfq-resnet20-fmnist-w4a4-s0" in one[0].dir.name
     assert one[0].hash == expand("smoke", ["gdfq"], ["resnet20@fmnist"], ["4"], ["0"], out="/tmp/x")[0].hash
-    other_seed = expand("smoke", ["gdfq"], ["resnet20@fmnist"], ["4"], ["1"], out="/tmp/x")[0]
-    assert other_seed.hash != one[0].hash
+    seeds = expand("cpu", ["gdfq"], ["resnet20@fmnist"], ["4"], ["0,1"], out="/tmp/x")  # smoke has seed 0 only
+    assert seeds[0].hash != seeds[1].hash and seeds[0].settings_hash != seeds[1].settings_hash
 
 
 def test_jobs_run_method_by_method_in_the_order_asked():
@@ -58,12 +58,16 @@ def test_jobs_run_method_by_method_in_the_order_asked():
     ({"methods": ["nosuch"]}, "nosuch"),
     ({"bits": ["W3A"]}, "--bits"),
     ({"bits": ["3"]}, "off protocol"),  # smoke has W4A4 only: a sweep runs the protocol's grid, nothing else
+    ({"seeds": ["0,1"]}, "seed 1 is not in protocol smoke's seeds"),  # smoke has seed 0 only (#28)
+    ({"seeds": ["x"]}, "--seeds 'x'"),
+    ({"models": ["resnet20@cifar10"]}, "model resnet20@cifar10 is not in protocol smoke"),
 ])
 def test_expand_refuses_bad_input(kwargs, message):
     with pytest.raises(UserError, match=message):
         expand("smoke", out="/tmp/x", **kwargs)
 
 
+@pytest.mark.slow
 def test_sweep_resumes_after_kill9_with_the_same_records(tmp_path):
     env = {**os.environ, **ONE_THREAD, "COLUMNS": "200"}
     whole, cut = tmp_path / "whole", tmp_path / "cut"
@@ -154,8 +158,8 @@ def test_protocol_narrows_bit_widths_per_teacher(tmp_path):
     jobs = expand("cpu", ["noise"], out=tmp_path)
     assert sorted((j.model, j.wbits) for j in jobs if j.seed == 0) == [
         ("mobilenetv1@fmnist", 4), ("resnet20@fmnist", 3), ("resnet20@fmnist", 4)]
-    off = resolve(RunSpec(method="noise", model="mobilenetv1", wbits=3, abits=3, protocol="cpu"))["off_protocol"]
-    assert off == ["W3A3 is not in protocol cpu for mobilenetv1@fmnist"]
+    off = resolve(RunSpec(method="noise", model="mobilenetv1", wbits=3, abits=3, protocol="cpu")).off_protocol
+    assert off == ("W3A3 is not in protocol cpu for mobilenetv1@fmnist",)
     with pytest.raises(UserError, match="off protocol"):
         expand("cpu", ["noise"], ["mobilenetv1@fmnist"], ["3"], out=tmp_path)
     bad = json.loads(Path(cpu["path"]).read_text())

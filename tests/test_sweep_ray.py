@@ -18,6 +18,7 @@ from test_sweep import COMPARED, records
 from zsqbench.sweep import RECORD
 
 pytest.importorskip("ray", reason="the Ray backend's tests need the extra: pip install -e '.[ray]'")
+pytestmark = pytest.mark.slow  # each module starts a local Ray cluster
 
 RAY = str(Path(sys.executable).with_name("ray"))
 METHODS = "noise,gdfq"

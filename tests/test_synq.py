@@ -167,7 +167,7 @@ def test_easy_mask_and_selective_ce_by_hand():
 
 @pytest.fixture(scope="module")
 def nets():
-    spec = resolve(RunSpec(method="synq", model="resnet20", wbits=4, abits=4, protocol="smoke"))["model_spec"]
+    spec = resolve(RunSpec(method="synq", model="resnet20", wbits=4, abits=4, protocol="smoke")).model_spec
     teacher, _ = load_teacher(spec)
     student = copy.deepcopy(teacher)
     with torch.no_grad():  # a student that differs from its teacher
@@ -243,11 +243,11 @@ def test_lowpass_at_set_filters_the_set_once(nets):
                                                         ("resnet18@imagenet", 0.5, 0.5, 50.0, 16)])
 def test_paper_settings_per_dataset(model, tau, ce, cam, batch):
     res = resolve(RunSpec(method="synq", model=model, wbits=3, abits=3, protocol="paper"))
-    assert res["off_protocol"] == []
-    dist, synth = res["instances"]["distiller"].config, res["instances"]["synthesizer"].config
-    assert (dist["difficulty_threshold"], dist["ce_weight"], dist["cam_weight"]) == (tau, ce, cam)
-    assert (synth["beta"], synth["gamma"], synth["lowpass_d0"], synth["num_images"]) == (0.1, 0.5, 80.0, 5120)
-    assert res["config"]["train"]["batch_size"] == batch and res["config"]["train"]["steps"] == 97 * 200
+    assert res.off_protocol == ()
+    dist, synth = res.components["distiller"].settings, res.components["synthesizer"].settings
+    assert (dist.difficulty_threshold, dist.ce_weight, dist.cam_weight) == (tau, ce, cam)
+    assert (synth.beta, synth.gamma, synth.lowpass_d0, synth.num_images) == (0.1, 0.5, 80.0, 5120)
+    assert res.train.batch_size == batch and res.train.steps == 97 * 200
 
 
 def test_cli_smoke_run_writes_a_valid_record(cli, tmp_path):

@@ -90,7 +90,8 @@ def test_run_method_writes_and_returns_a_valid_record(noise_run, tmp_path):
     check_record(trained)
     assert (trained["wbits"], trained["abits"], trained["seed"], trained["timing"]["steps"]) == (3, 3, 1, 2)
     assert trained["off_protocol"] == ["overrides: train.steps=2, synthesizer.width=8",
-                                       "W3A3 is not in protocol smoke for resnet20@fmnist"]
+                                       "W3A3 is not in protocol smoke for resnet20@fmnist",
+                                       "seed 1 is not in protocol smoke's seeds (0)"]
     assert {"loss", "ce", "kl", "loss_g", "g_ce", "g_bns"} <= set(trained["train_metrics"])
     with pytest.raises(UserError, match="bad setting train.steps=-1"):
         run_method("gdfq", out_dir=tmp_path / "bad", overrides={"train.steps": -1})

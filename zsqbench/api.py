@@ -26,6 +26,10 @@ The pieces, along the data path:
   - :class:`ImageSetSynthesizer` (ZeroQ, IntraQ, HAST, SynQ): optimise a fixed image set once, then sample it.
     Override ``synthesis_loss`` (required), and ``begin_batch``/``end_batch`` for state across batches.
 
+  Both see the teacher's BN statistics through :class:`BNStatHooks` (``self.bns``): ``self.bns.loss()`` is the
+  built-in BNS term, ``self.bns.stats()`` the per-layer :class:`BNLayerStats` (name, batch and per-sample moments,
+  running statistics) of the last teacher pass, for a BNS variant of one's own (``bns_loss``, ``per_sample_bns_loss``).
+
 * :class:`Distiller` — the student's loss on a :class:`Batch`; ``batch.label_loss(logits)`` scores against the
   batch's targets (hard labels, or ``batch.soft_labels``). :class:`KDDistiller` and :class:`ChannelAttentionKD` are
   the shared ones, to subclass or reuse by name (``"kd"``, ``"kd-ca"``).
@@ -55,7 +59,7 @@ from zsqbench.interfaces import (Batch, Component, Distiller, Method, Quantizer,
                                  soft_cross_entropy)
 from zsqbench.registry import Registry
 from zsqbench.settings import CropScale, Fraction, ScheduleFraction, Settings
-from zsqbench.synthesizer.bns import BNStatHooks, per_sample_moment_loss
+from zsqbench.synthesizer.bns import BNLayerStats, BNStatHooks, bns_loss, per_sample_moment_loss, per_sample_bns_loss
 from zsqbench.synthesizer.generator import Conditioning, Generator, GeneratorSynthesizer, upsample_conv
 from zsqbench.synthesizer.imageopt import ImageSetSynthesizer
 from zsqbench.teacher.datasets import DatasetInfo
@@ -73,6 +77,8 @@ __all__ = [
     # shared losses and helpers
     "KDDistiller", "ChannelAttentionKD", "kd_kl", "teacher_logits", "soft_cross_entropy", "attention_loss",
     "channel_attention", "FeatureTap", "BNStatHooks", "per_sample_moment_loss",
+    # BN statistics (per layer, per sample) and the built-in BNS losses written on them
+    "BNLayerStats", "bns_loss", "per_sample_bns_loss",
     # settings
     "Settings", "Field", "Fraction", "ScheduleFraction", "CropScale",
     # teachers and datasets (a dataset plugin's loader: DatasetLoader; methods never see real images)

@@ -1,6 +1,7 @@
 """The ``zsqbench`` command line."""
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -23,6 +24,15 @@ class Group(click.Group):
             return super().invoke(ctx)
         except UserError as e:
             err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+            if getattr(e, "exit_now", False):  # a stuck library thread (Ray's connect) would hold a normal exit
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(2)
+            sys.exit(2)
+        except click.UsageError as e:  # a bad option or value: one line too, not click's usage block
+            where = e.ctx.command_path if e.ctx else "zsqbench"
+            err_console.print(f"[bold red]error:[/] {escape(e.format_message())} (see `{escape(where)} --help`)",
+                              highlight=False, soft_wrap=True)
             sys.exit(2)
         except KeyboardInterrupt:
             err_console.print("[bold red]interrupted[/] (no record written)")
@@ -45,7 +55,8 @@ def _bits(bits, wbits, abits):
 
 @cli.command()
 @click.option("--method", "-m", required=True, help="Method name (see `zsqbench list`).")
-@click.option("--model", required=True, help="Teacher: an architecture (resnet20) or arch@dataset (resnet20@fmnist).")
+@click.option("--model", required=True, help="Teacher: an architecture (resnet20), arch@dataset (resnet20@fmnist) or "
+              "your own network as package.module:factory (with --weights; docs/export.md).")
 @click.option("--dataset", default=None, help="Dataset of the teacher (default: the protocol's).")
 @click.option("--bits", type=int, default=None, help="Bit-width for weights and activations (W{N}A{N}).")
 @click.option("--wbits", type=int, default=None, help="Weight bit-width (overrides --bits).")
@@ -67,11 +78,18 @@ def _bits(bits, wbits, abits):
                    "--weights, the manifest's for embedded teachers, else the dataset's).")
 @click.option("--data-root", default=None, type=click.Path(), help="Where the evaluation data lives.")
 @click.option("--cache-dir", default=None, type=click.Path(), help="pytorchcv weights / synthetic-set cache.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@click.option("--threads", type=click.IntRange(1, 1024), default=None,
+              help="Intra-op threads (default: what OMP_NUM_THREADS/MKL_NUM_THREADS give). The count changes the "
+                   "order of float sums, so it is recorded; `zsqbench reproduce` re-runs with the same count.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 @click.option("--record-file", default=None, hidden=True, help="Write the record to exactly this file (sweeps).")
 @click.option("--sweep-job", default=None, hidden=True, help="The sweep job hash to keep in the record.")
+@click.option("--save-student", is_flag=True, help="Keep the quantized student (integer weights) beside the record.")
+@click.option("--export", "export_dir", default=None, type=click.Path(),
+              help="Also export the student to ONNX in this directory and measure it (implies --save-student).")
 def run(method, model, dataset, bits, wbits, abits, protocol, seed, device, out, overrides, synthesizer,
-        distiller, quantizer, weights, teacher_card, data_root, cache_dir, quiet, record_file, sweep_job):
+        distiller, quantizer, weights, teacher_card, data_root, cache_dir, threads, quiet, record_file, sweep_job,
+        save_student, export_dir):
     """Run one method on one teacher at one bit-width and write its record."""
     from zsqbench.loop import RunSpec, run as run_job
     w, a = _bits(bits, wbits, abits)
@@ -81,7 +99,8 @@ def run(method, model, dataset, bits, wbits, abits, protocol, seed, device, out,
                    device=device, out=out, overrides=list(overrides), synthesizer=synthesizer,
                    distiller=distiller, quantizer=quantizer, weights=weights, teacher_card=teacher_card,
                    data_root=data_root,
-                   cache_dir=cache_dir, quiet=quiet, record_file=record_file, sweep_job=sweep_job)
+                   cache_dir=cache_dir, quiet=quiet, record_file=record_file, sweep_job=sweep_job, threads=threads,
+                   save_student=save_student or bool(export_dir), export_dir=export_dir)
     record, path = run_job(spec)
     _summary(record, path)
     if record["status"] != "ok":
@@ -108,6 +127,9 @@ def synth(method, model, dataset, protocol, seed, device, overrides, weights, ca
     from zsqbench.loop import RunSpec
     from zsqbench.registry import get_registry
     from zsqbench.synthesizer.imageopt import build_set
+    from zsqbench.cache import cache_base
+    from zsqbench.safety import check_output_dir
+    check_output_dir(cache_base(cache_dir), "--cache-dir")  # where the set and its grid go: before any work
     bits = get_registry().get("protocols", protocol)["bits"][0]  # the set does not depend on the bit-width
     spec = RunSpec(method=method, model=model, dataset=dataset, wbits=bits[0], abits=bits[1], protocol=protocol,
                    seed=seed, device=device, overrides=list(overrides), weights=weights, cache_dir=cache_dir,
@@ -145,10 +167,14 @@ def synth(method, model, dataset, protocol, seed, device, overrides, weights, ca
               help="local: child processes here; ray: tasks on an existing Ray cluster (docs/clusters.md).")
 @click.option("--address", default=None, help="The Ray cluster (HOST:PORT of its head; default $RAY_ADDRESS or the "
               "cluster started on this machine). Only with --backend ray.")
+@click.option("--ray-timeout", type=float, default=None, metavar="SECONDS",
+              help="How long connecting to the Ray cluster may take (default: $ZSQBENCH_RAY_TIMEOUT or 30). Ray's own "
+                   "logging stays out of the terminal unless ZSQBENCH_RAY_LOG=1.")
 @click.option("--dry-run", is_flag=True, help="List the jobs and whether each is done; run nothing.")
+@click.option("--save-student", is_flag=True, help="Keep each job's quantized student beside its record.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def sweep(protocol, methods, models, bits, seeds, jobs, threads, out, device, retries, data_root, cache_dir,
-          overrides, backend, address, dry_run, quiet):
+          overrides, backend, address, ray_timeout, dry_run, save_student, quiet):
     """Run a protocol's grid (methods x teachers x bit-widths x seeds), one directory per job; resumable."""
     from zsqbench.sweep import expand, run_sweep
     from zsqbench.registry import get_registry
@@ -156,6 +182,15 @@ def sweep(protocol, methods, models, bits, seeds, jobs, threads, out, device, re
     out = Path(out or Path("sweeps") / name)
     if address and backend != "ray":
         raise UserError("--address names a Ray cluster: use it with --backend ray")
+    if ray_timeout is not None and backend != "ray":
+        raise UserError("--ray-timeout bounds connecting to a Ray cluster: use it with --backend ray")
+    if backend == "ray":  # a bad timeout, an address where no Ray answers: one line before any work
+        from zsqbench.sweep_ray import check_cluster
+        check_cluster(address, ray_timeout)
+    from zsqbench.cache import cache_base
+    from zsqbench.safety import check_output_dir
+    check_output_dir(out, "--out")
+    check_output_dir(cache_base(cache_dir), "--cache-dir")
     if backend == "ray":  # every node must find the same files: no path relative to this shell
         from zsqbench.sweep_ray import absolute
         out, cache_dir, data_root = Path(absolute(out)), absolute(cache_dir), absolute(data_root)
@@ -171,9 +206,10 @@ def sweep(protocol, methods, models, bits, seeds, jobs, threads, out, device, re
     if backend == "ray":
         from zsqbench.registry import get_registry
         from zsqbench.sweep_ray import RayBackend
-        runner = RayBackend(get_registry().get("protocols", name), device, address, jobs, threads)
+        runner = RayBackend(get_registry().get("protocols", name), device, address, jobs, threads,
+                            timeout=ray_timeout)
     summary = run_sweep(grid, protocol, jobs or 1, threads, device, cache_dir, data_root, retries, quiet, out,
-                        backend=runner, more=schedule.after if schedule else None)
+                        backend=runner, more=schedule.after if schedule else None, save_student=save_student)
     minutes = summary["wall_s"] / 60
     console.print(f"sweep {name}: {summary['jobs']} jobs — {summary['ok']} ok, {summary['diverged']} diverged, "
                   f"{summary['skipped']} already done, {len(summary['failed'])} failed "
@@ -224,8 +260,54 @@ def _summary(rec: dict, path: Path) -> None:
               + (f", {rec['memory']['peak_cuda_mb']:.0f} MB CUDA" if rec["memory"].get("peak_cuda_mb") else ""))
     if rec["off_protocol"]:
         t.add_row("off-protocol", "[yellow]" + escape("; ".join(rec["off_protocol"])) + "[/]")
+    if rec.get("student"):
+        from zsqbench.export.commands import summary_rows
+        for k, v in summary_rows(rec, path):
+            t.add_row(k, v)
     t.add_row("record", escape(str(Path(path).resolve())))
     console.print(t)
+
+
+@cli.command()
+@click.argument("target", type=click.Path())
+@click.option("--rows", multiple=True, metavar="METHOD[/MODEL[/WxAy]]",
+              help="Of a leaderboard: only these rows (repeatable; e.g. adadfq/resnet20/W3A3).")
+@click.option("--seeds", multiple=True, type=int, help="Of a leaderboard: only these seeds (repeatable).")
+@click.option("--sample", type=click.IntRange(1, None), default=1, show_default=True,
+              help="Of a leaderboard: re-run this many of the selected runs, drawn with --sample-seed.")
+@click.option("--all", "all_runs", is_flag=True, help="Of a leaderboard: every selected run (instead of --sample).")
+@click.option("--sample-seed", type=int, default=0, show_default=True)
+@click.option("--tolerance", type=click.FloatRange(0, 100), default=0.0, show_default=True,
+              help="Largest |new - original| top-1 (points) that counts as agreeing (docs/reproduce.md).")
+@click.option("--threads", type=click.IntRange(1, 1024), default=None,
+              help="Override the original thread count (the result is then not expected to agree bit for bit).")
+@click.option("--out", "-o", default="results/reproduce", show_default=True, type=click.Path(file_okay=False),
+              help="Where the new records go.")
+@click.option("--data-root", default=None, type=click.Path(), help="Where the evaluation data lives.")
+@click.option("--cache-dir", default=None, type=click.Path(), help="pytorchcv weights / synthetic-set cache.")
+@click.option("--dry-run", is_flag=True, help="Say what would be re-run and how; run nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def reproduce(target, rows, seeds, sample, all_runs, sample_seed, tolerance, threads, out, data_root, cache_dir,
+              dry_run, as_json):
+    """Re-run a run record, or sampled runs of a leaderboard, from their own provenance (method, settings, seed,
+    teacher, protocol, thread count) and report per run the original and new top-1 and whether they agree within
+    --tolerance; a mismatch names what differs (code, library versions, CPU, threads). Exit 1 if any differs."""
+    import json as _json
+
+    from zsqbench.reproduce import reproduce as do_reproduce
+    from zsqbench.reproduce_report import table
+    report = do_reproduce(target, rows, seeds, None if all_runs else sample, sample_seed, out, data_root, cache_dir,
+                          tolerance, threads, dry_run)
+    if as_json:
+        click.echo(_json.dumps(report, indent=2))
+    elif dry_run:
+        for r in report["results"]:
+            click.echo(f"{r['label']}: top-1 {r['original']['final_top1']}, {r['threads']} thread(s) "
+                       f"({r['threads_from']})\n  {r['command']}")
+    else:
+        console.print(table(report))
+    if any(r["verdict"] in ("differs", "failed") for r in report["results"]):
+        sys.exit(1)
 
 
 @cli.command("list")
@@ -233,66 +315,66 @@ def _summary(rec: dict, path: Path) -> None:
                 type=click.Choice(["methods", "synthesizers", "distillers", "quantizers", "models", "datasets",
                                    "protocols", "plugins", "settings"]))
 @click.argument("method", required=False)
-def list_(what, method):
+@click.option("--refresh", is_flag=True, help="Load the plugins again instead of the cached listing.")
+def list_(what, method, refresh):
     """Show registered methods, components, models, datasets, protocols and plugins, with their providers;
     `list settings METHOD`: every setting of a method with its type, default and value per protocol."""
-    from zsqbench.registry import get_registry
-    reg = get_registry()
     if what == "settings":
         if not method:
             raise UserError("give the method: zsqbench list settings METHOD (see `zsqbench list methods`)")
         from zsqbench.listing import settings_table
-        console.print(settings_table(reg, method))
+        from zsqbench.registry import get_registry
+        console.print(settings_table(get_registry(), method))
         return
     if method:
         raise UserError(f"`zsqbench list {what}` takes no name (only `zsqbench list settings METHOD` does)")
-    kinds = [what] if what else list(reg.KINDS) + ["plugins"]
+    from zsqbench import catalog
+    listing = None if refresh else catalog.load()  # no plugin (and no torch) loaded when it is current
+    if listing is None:
+        from zsqbench.registry import get_registry
+        listing = catalog.from_registry(get_registry())  # a broken plugin warns here
+        catalog.save(listing)
+    else:
+        for p in listing["plugins"]:  # the same warning from the cached listing
+            if p["status"].startswith(("failed", "skipped")):
+                err_console.print(escape(f"warning: plugin '{p['entry_point']}' ({p['distribution']} {p['version']}) "
+                                         f"{p['status']} (cached listing; `zsqbench list --refresh` loads it again)"),
+                                  highlight=False, soft_wrap=True)
+    kinds = [what] if what else list(listing["kinds"]) + ["plugins"]
     for kind in kinds:
         if kind == "plugins":
             t = Table(title="plugins", title_justify="left")
             for c in ("entry point", "distribution", "version", "status"):
                 t.add_column(c)
-            for p in reg.plugins:
-                t.add_row(*(escape(str(p[k])) for k in ("entry_point", "distribution", "version", "status")))
+            for p in listing["plugins"]:
+                t.add_row(*(escape(p[k]) for k in ("entry_point", "distribution", "version", "status")))
             console.print(t)
             continue
         t = Table(title=kind, title_justify="left")
-        t.add_column("name", style="bold")
+        t.add_column("name", style="bold", no_wrap=True)
         t.add_column("provided by")
-        if kind == "protocols":
-            from zsqbench.listing import protocol_budget
-            t.add_column("grid; budget per run (a method may set its own: list settings METHOD); description")
-        else:
-            t.add_column("description")
-        for name, entry in sorted(getattr(reg, kind).items()):
-            obj = entry.obj
-            if kind == "methods":
-                desc = (escape(obj.description)
-                        + f" [dim]{escape(f'({obj.synthesizer} + {obj.distiller} + {obj.quantizer})')}[/]")
-            elif kind == "models":
-                desc = escape(obj.notes)
-            elif kind == "protocols":
-                grid, budget = protocol_budget(obj)
-                t.add_row(escape(name), escape(entry.provider),
-                          f"v{obj['version']}: {escape(grid)}\n{escape(budget)}\n[dim]{escape(obj['description'])}[/]")
-                continue
-            else:
-                desc = escape(obj.description)
-            t.add_row(escape(name), escape(entry.provider), desc)  # plugin-supplied text: never markup
+        t.add_column("grid; budget per run (a method may set its own: list settings METHOD); description"
+                     if kind == "protocols" else "description")
+        for row in listing["kinds"][kind]:  # plugin-supplied text: never markup
+            desc = escape(row["text"])
+            if row.get("dim"):
+                desc += ("\n" if kind == "protocols" else " ") + f"[dim]{escape(row['dim'])}[/]"
+            t.add_row(escape(row["name"]), escape(row["provider"]), desc)
         console.print(t)
 
 
 @cli.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 def validate(paths):
-    """Check run records, leaderboards and published baselines (detected by their content) against their JSON
-    Schemas and rules; a directory is searched for *.json (files of none of these kinds are skipped there)."""
-    from zsqbench.record.validate import find_files, validate_file
+    """Check run records, leaderboards, leaderboard notes and published baselines (detected by their content)
+    against their JSON Schemas and rules; a directory is searched for *.json (files of none of these kinds are
+    skipped there)."""
+    from zsqbench.record.validate import find_files, unreadable, validate_file
     bad = checked = 0
     for path, explicit in find_files(paths):
         kind, errors = validate_file(path)
-        if kind is None and not explicit:
-            continue  # a sweep's job.json, a cache entry, ...: not something validate knows
+        if kind is None and not explicit and not unreadable(errors):
+            continue  # a sweep's job.json, a cache entry, ...: not something validate knows (not JSON: invalid)
         checked += 1
         if errors:
             bad += 1
@@ -301,23 +383,28 @@ def validate(paths):
         else:
             console.print(f"[green]valid[/] {escape(str(path))} ({kind})", highlight=False, soft_wrap=True)
     if not checked:
-        raise UserError(f"no run record, leaderboard or published baselines file in {', '.join(paths)}")
+        raise UserError(f"no run record, leaderboard or published baselines file in {', '.join(paths)} "
+                        "(nor leaderboard notes)")
     if bad:
         sys.exit(1)
 
 
 from zsqbench.leaderboard.commands import register as _register_leaderboard  # noqa: E402
+from zsqbench.export.commands import register as _register_export  # noqa: E402
 
 _register_leaderboard(cli)
+_register_export(cli)
 
 
 def main():
-    from zsqbench.registry import get_plugin_manager
-    try:
-        get_plugin_manager().hook.zsqbench_register_commands(cli=cli)
-    except UserError as e:
-        err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+    from zsqbench.lazy import plugins_may_add_commands
+    if plugins_may_add_commands():  # else --help and the commands that need no plugin never import torch
+        from zsqbench.registry import get_plugin_manager
+        try:
+            get_plugin_manager().hook.zsqbench_register_commands(cli=cli)
+        except UserError as e:
+            err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+            sys.exit(2)
     cli()
 
 

@@ -3,25 +3,29 @@
 The engine (:mod:`zsqbench.loop`) only ever calls these methods, so both synthesizer families fit without a
 special case:
 
-* image-optimisation synthesizers (IntraQ, HAST, ZeroQ) build a fixed set in :meth:`Synthesizer.prepare` and
-  sample from it in :meth:`Synthesizer.next_batch`;
-* generator synthesizers (GDFQ, AdaDFQ, BAG) build their generator in ``prepare`` and, in ``next_batch``, take
-  one generator step from teacher (and student) feedback before handing the detached batch to the distiller.
+* image-optimisation synthesizers (ZeroQ, IntraQ, HAST, SynQ) build a fixed set in :meth:`Synthesizer.prepare`
+  and sample from it in :meth:`Synthesizer.next_batch`;
+* generator synthesizers (GDFQ, AdaDFQ/AdaSG, BAG, Qimera) build their generator in ``prepare`` and, in
+  ``next_batch``, take one generator step from teacher (and student) feedback before handing the detached batch to
+  the distiller.
 """
 from __future__ import annotations
 
 import abc
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterator
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Literal
 
 import torch
 import torch.nn as nn
 
 from zsqbench import settings as settings_mod
 from zsqbench.errors import Diverged, UserError
-from zsqbench.teacher.datasets import DatasetInfo
-from zsqbench.teacher.zoo import ModelSpec
+
+if TYPE_CHECKING:  # annotations only: the interfaces import no stage and nothing that imports the registry
+    from zsqbench.teacher.datasets import DatasetInfo
+    from zsqbench.teacher.zoo import ModelSpec
 
 
 @dataclass
@@ -59,13 +63,14 @@ class RunContext:
     def __init__(self, *, teacher: nn.Module, student: nn.Module | None, model: ModelSpec, dataset: DatasetInfo,
                  wbits: int, abits: int, quantizer: "Quantizer", device: torch.device, seed: int,
                  total_steps: int, warmup_steps: int, progress: Any = None,
-                 cache_dir: str | None = None, teacher_hash: str | None = None):
+                 cache_dir: str | None = None, teacher_hash: str | None = None, teacher_card: dict | None = None):
         self.teacher, self.student, self.model, self.dataset = teacher, student, model, dataset
         self.wbits, self.abits, self.quantizer, self.device = wbits, abits, quantizer, device
         self.seed = seed
         self.total_steps, self.warmup_steps = total_steps, warmup_steps
         self.progress = progress
         self.cache_dir, self.teacher_hash = cache_dir, teacher_hash
+        self.teacher_card = teacher_card  # the teacher's input preprocessing (mean, std, fit), when the run knows it
         self.phase = "setup"
         self.step = 0
         self.stats: dict[str, Any] = {}  # components put timings/diagnostics here; they go into the record
@@ -88,11 +93,16 @@ class RunContext:
 
 
 class Component(abc.ABC):
-    """Base for synthesizers, distillers and quantizers: a name, typed settings, and a config dict.
+    """Base for synthesizers, distillers and quantizers: a name and typed settings.
 
     A component declares its settings as a nested ``class Settings(<parent>.Settings)`` pydantic model (type,
     range, choices, default per field; :mod:`zsqbench.settings`); ``defaults`` is derived from it. A component that
-    gives only a plain ``defaults`` dict gets a model with types inferred from those values."""
+    gives only a plain ``defaults`` dict gets a model with types inferred from those values.
+
+    ``self.settings`` is the validated instance (read ``self.settings.lr``: typed, and a misspelt name fails at
+    once); ``self.config`` is a read-only dict view of the same values as given (``self.config["lr"]``), kept for
+    plugins written against it. The engine builds components from the run plan with ``cls(settings, **values)``;
+    ``cls(**values)`` (a test, a helper) validates the values itself."""
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
@@ -106,9 +116,10 @@ class Component(abc.ABC):
         elif "defaults" in cls.__dict__:
             cls.Settings = settings_mod.model_from_defaults(f"{cls.__name__}Settings", cls.Settings, cls.defaults)
 
-    def __init__(self, **config: Any):
-        self.config = {**self.defaults, **config}
-        settings_mod.check(self.Settings, self.config, self.kind)
+    def __init__(self, settings: settings_mod.Settings | None = None, /, **config: Any):
+        values = {**self.defaults, **config}
+        self.settings = settings_mod.check(self.Settings, values, self.kind) if settings is None else settings
+        self.config = MappingProxyType(values)
 
     kind: ClassVar[str] = "component"
 
@@ -200,6 +211,9 @@ class Method:
     settings: dict[str, dict[str, Any]] | str | None = None  # {protocol: {...}} or a path to such a JSON file
     description: str = ""
     paper: str = ""
+    # "floor" / "ceiling": a reference point every method is read against (the page draws it as a line), not a
+    # method to rank; "" for a method
+    role: Literal["", "floor", "ceiling"] = ""
     provider: str = field(default="", compare=False)
 
     def settings_for(self, protocol: str, dataset: str | None = None) -> dict[str, Any] | None:

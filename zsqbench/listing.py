@@ -47,7 +47,7 @@ def settings_table(registry, method_name: str) -> Table:
     columns = _columns(registry, method)
     t = Table(title=escape(f"settings of {method_name} ({method.synthesizer} + {method.distiller} + "
                            f"{method.quantizer}); override any with --set KEY=VALUE"), title_justify="left")
-    t.add_column("setting", style="bold", overflow="fold")
+    t.add_column("setting", style="bold", no_wrap=True)  # a name is never broken mid-word; values fold
     t.add_column("type", overflow="fold")
     t.add_column("default", overflow="fold")
     for label, *_ in columns:

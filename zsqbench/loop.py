@@ -7,52 +7,25 @@ Methods plug in through their components only; nothing here knows a method by na
 """
 from __future__ import annotations
 
-import random
 import time
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import torch
 
-from zsqbench import speed
+from zsqbench import numerics, speed
 from zsqbench.cache import cache_base
 from zsqbench.errors import Diverged, UserError
 from zsqbench.interfaces import RunContext
-from zsqbench.protocols import apply_overrides, bits_for, canonical_hash, check_protocol_requirements, deep_merge
-from zsqbench.provenance import run_code
+from zsqbench.plan import MAX_SEED, RunPlan, RunSpec, check_seed, resolve, resolve_model_key, settings_key  # noqa: F401
+from zsqbench.protocols import check_protocol_requirements
+from zsqbench.progress import make_progress
 from zsqbench.record import io as record_io
-from zsqbench.registry import Registry, get_registry
-from zsqbench.settings import SECTION_MODELS, check as settings_check
-from zsqbench.teacher.card import preprocessing_identity, resolve_card
+from zsqbench.record.check import seal
+from zsqbench.settings import TrainSettings
+from zsqbench.teacher.card import check_fp_claim
 from zsqbench.teacher.zoo import load_teacher
-
-
-@dataclass
-class RunSpec:
-    method: str
-    model: str                      # "resnet20" or "resnet20@fmnist"
-    wbits: int
-    abits: int
-    protocol: str = "cpu"
-    seed: int = 0
-    dataset: str | None = None      # default: the protocol's dataset for this model name
-    device: str = "auto"
-    out: str = "results"
-    overrides: list[str] = field(default_factory=list)
-    synthesizer: str | None = None  # component overrides (ablations)
-    distiller: str | None = None
-    quantizer: str | None = None
-    weights: str | None = None
-    teacher_card: str | None = None  # JSON: the teacher's input normalisation (default: beside --weights, manifest)
-    data_root: str | None = None
-    cache_dir: str | None = None
-    quiet: bool = False
-    record_file: str | None = None  # write the record exactly here (a sweep's job directory) instead of out/
-    sweep_job: str | None = None    # the sweep job's configuration hash, kept in the record (resume check)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -65,119 +38,8 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def settings_key(protocol: dict) -> str:
-    """Which protocol's entry of a method's settings a protocol uses: its own, or the one it names in
-    ``method_settings`` (a variant of a protocol — other seeds, a seed rule, another teacher — that keeps its
-    methods' settings)."""
-    return protocol.get("method_settings", protocol["name"])
-
-
-def resolve_model_key(spec: RunSpec, registry: Registry, protocol: dict) -> str:
-    if "@" in spec.model:
-        key = spec.model
-    else:
-        dataset = spec.dataset
-        if dataset is None:  # the protocol's teacher with this architecture name
-            matches = [m for m in protocol["models"] if m.split("@")[0] == spec.model]
-            dataset = matches[0].split("@")[1] if matches else None
-        if dataset is None:
-            archs = sorted({k.split("@")[0] for k in registry.models})
-            if spec.model not in archs:
-                raise UserError(f"unknown model {spec.model!r}; valid: {', '.join(archs)}")
-            raise UserError(f"protocol {protocol['name']!r} has no {spec.model} teacher: pass --dataset "
-                            f"(models: {', '.join(k for k in sorted(registry.models) if k.startswith(spec.model + '@'))})")
-        key = f"{spec.model}@{dataset}"
-    registry.get("models", key)
-    return key
-
-
-def resolve(spec: RunSpec, registry: Registry | None = None) -> dict[str, Any]:
-    """Everything a run needs, resolved and checked before any work starts."""
-    registry = registry or get_registry()
-    method = registry.get("methods", spec.method)
-    protocol = registry.get("protocols", spec.protocol)
-    model_key = resolve_model_key(spec, registry, protocol)
-    model_spec = registry.get("models", model_key)
-    dataset = registry.dataset(model_spec.dataset, needed_by=f"model {model_key}").info
-    for bits, what in ((spec.wbits, "weight"), (spec.abits, "activation")):
-        if not 1 <= bits <= 16:
-            raise UserError(f"{what} bit-width {bits} out of range: use 1..16")
-
-    off_protocol: list[str] = []
-    settings = method.settings_for(settings_key(protocol), model_spec.dataset)
-    if settings is None:
-        raise UserError(f"method {spec.method!r} has no settings for protocol {spec.protocol!r}")
-    components = {}
-    for kind in ("synthesizer", "distiller", "quantizer"):
-        name = getattr(spec, kind) or getattr(method, kind)
-        if getattr(spec, kind) and name != getattr(method, kind):
-            off_protocol.append(f"{kind} {name} instead of {getattr(method, kind)}")
-        components[kind] = (name, registry.get(kind + "s", name))
-
-    config = deep_merge({"train": protocol["train"], "eval": protocol["eval"]}, settings)
-    if protocol.get("quantization"):  # the protocol's bit-width convention (first/last layers): in the identity
-        config["quantization"] = dict(protocol["quantization"])
-    for kind, (name, cls) in components.items():
-        own = config.get(kind, {}) if name == getattr(method, kind) else {}
-        config[kind] = {**cls.defaults, **own}
-    if spec.overrides:
-        config = apply_overrides(config, spec.overrides)
-        off_protocol.append("overrides: " + ", ".join(spec.overrides))
-    check_settings(config, {kind: cls for kind, (_, cls) in components.items()},
-                   _setting_source(spec, method, protocol, settings))
-    if spec.weights and model_spec.embedded_weights:
-        off_protocol.append(f"teacher weights from {spec.weights} instead of the embedded ones")
-    card = resolve_card(model_spec, spec.weights, spec.teacher_card)
-    if spec.teacher_card and model_spec.embedded_weights and not spec.weights:
-        off_protocol.append(f"teacher card {spec.teacher_card} instead of the manifest's")
-    if model_key not in protocol["models"]:
-        off_protocol.append(f"model {model_key} is not in protocol {spec.protocol}")
-    if [spec.wbits, spec.abits] not in bits_for(protocol, model_key):
-        off_protocol.append(f"W{spec.wbits}A{spec.abits} is not in protocol {spec.protocol} for {model_key}")
-    instances = {}
-    for kind, (name, cls) in components.items():
-        try:
-            instances[kind] = cls(**config[kind])
-        except TypeError as e:  # e.g. a plugin class that leaves an abstract method out
-            provider = getattr(registry, kind + "s")[name].provider
-            raise UserError(f"{kind} {name!r} from {provider} cannot be built: {e}") from None
-    for capability in config.get("quantization", {}):
-        instances["quantizer"].require(capability, f"protocol {protocol['name']!r}")
-    return {"method": method, "protocol": protocol, "model_key": model_key, "model_spec": model_spec,
-            "components": components, "instances": instances, "config": config,
-            "off_protocol": off_protocol, "registry": registry, "card": card, "dataset": dataset}
-
-
-def check_settings(config: dict, component_classes: dict, source=None) -> None:
-    """Every value of a merged run configuration against its declared type, range and choices (train/eval: the
-    protocol models; each component: its Settings) — one line for the first bad value, before any work."""
-    for section, model in SECTION_MODELS.items():
-        settings_check(model, config[section], section, source)
-    for kind, cls in component_classes.items():
-        settings_check(cls.Settings, config[kind], kind, source)
-
-
-def _setting_source(spec: RunSpec, method, protocol: dict, method_settings: dict):
-    """Where a setting's value came from, for the error message: --set, the method's settings, the protocol."""
-    given = {item.split("=", 1)[0].strip() for item in spec.overrides}
-
-    def source(key: str) -> str:
-        if key in given:
-            return "--set"
-        section, _, name = key.partition(".")
-        if name in (method_settings.get(section) or {}):
-            where = method.settings if isinstance(method.settings, str) else method.provider
-            return f"method {method.name}'s {spec.protocol} settings, {where}"
-        if section in SECTION_MODELS:
-            return f"protocol {protocol['name']}, {protocol.get('path', '?')}"
-        return "the component's default"
-    return source
-
-
 def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+    numerics.seed_all(seed)
 
 
 class _Timer:
@@ -197,63 +59,62 @@ class _Timer:
 
 
 def _progress(quiet: bool):
-    if quiet:
-        return None
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
-        TimeRemainingColumn
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
-                    transient=False)
+    return make_progress(quiet)  # a bar on a terminal, a plain line every 30 s elsewhere (zsqbench/progress.py)
 
 
-def record_path(out: Path, resolved: dict, spec: RunSpec, config_hash: str) -> Path:
-    name = (f"{spec.method}_{resolved['model_key'].replace('@', '-')}_w{spec.wbits}a{spec.abits}_"
-            f"{spec.protocol}_seed{spec.seed}_{config_hash[:8]}.json")
+def record_path(out: Path, plan: RunPlan) -> Path:
+    spec = plan.spec
+    name = (f"{spec.method}_{plan.model_key.replace('@', '-')}_w{spec.wbits}a{spec.abits}_"
+            f"{spec.protocol}_seed{spec.seed}_{plan.job_hash[:8]}.json")
     return out / name
 
 
-def run(spec: RunSpec) -> tuple[dict, Path]:
+def run(spec: RunSpec | RunPlan) -> tuple[dict, Path]:
     """Run one (method, model, bits, seed) job end to end and write its record. Returns (record, path)."""
     t_start = time.perf_counter()
-    resolved = resolve(spec)
+    plan = spec if isinstance(spec, RunPlan) else resolve(spec)
+    spec = plan.spec
+    numerics.set_threads(spec.threads)  # before any torch work: the thread count splits float sums (numerics.py)
+    from zsqbench.safety import check_output_dir  # where the record goes: checked before any work
+    check_output_dir(Path(spec.record_file).parent if spec.record_file else spec.out,
+                     "--record-file" if spec.record_file else "--out")
+    check_output_dir(cache_base(spec.cache_dir), "--cache-dir")  # the FP reference and synthetic sets go there
     device = resolve_device(spec.device)
-    check_protocol_requirements(resolved["protocol"], device, off_protocol=bool(resolved["off_protocol"]))
-    config, protocol, model_spec = resolved["config"], resolved["protocol"], resolved["model_spec"]
-    synth, distiller, quantizer = (resolved["instances"][k] for k in ("synthesizer", "distiller", "quantizer"))
-    dataset = resolved["dataset"]
-    train, evalc = config["train"], config["eval"]
+    check_protocol_requirements(plan.protocol, device, off_protocol=bool(plan.off_protocol))
+    model_spec, train, evalc = plan.model_spec, plan.train, plan.eval
+    components = plan.build_components()
+    synth, distiller, quantizer = (components[k] for k in ("synthesizer", "distiller", "quantizer"))
     timer = _Timer()
 
     from zsqbench.evaluation.evaluate import Evaluator  # the only import of real data
     with timer.phase("setup"):
-        evaluator = Evaluator(model_spec.dataset, spec.data_root, device, evalc.get("limit"),
-                              evalc.get("batch_size", 100), evalc.get("split", "test"), resolved["card"])
+        # the data first (a missing set is one line before any download), then the teacher (broken weights: one
+        # line before the FP evaluation)
+        evaluator = Evaluator(model_spec.dataset, spec.data_root, device, evalc.limit, evalc.batch_size, evalc.split,
+                              dict(plan.card))
         teacher, teacher_info = load_teacher(model_spec, spec.weights, spec.cache_dir)
         teacher = speed.to_memory_format(teacher.to(device), device)  # channels-last where it pays (speed.py)
     with timer.phase("evaluation"):  # + the real set's diagnostics, same pass; cached per teacher and data
         fp_top1, fp_cache = evaluator.reference(teacher, model_spec.pool_module, teacher_info.get("sha256"),
                                                 cache_base(spec.cache_dir) / "eval")
+    check_fp_claim(fp_top1, dict(plan.card), teacher_info, evaluator.n, evalc.split)
 
     seed_everything(spec.seed)
     student = speed.to_memory_format(
-        quantizer.quantize(teacher, spec.wbits, spec.abits, **config.get("quantization", {})).to(device).eval(), device)
-    steps, warmup = int(train["steps"]), int(train["warmup_steps"])
-    ctx = RunContext(teacher=teacher, student=student, model=model_spec, dataset=dataset, wbits=spec.wbits,
+        quantizer.quantize(teacher, spec.wbits, spec.abits, **plan.quantization).to(device).eval(), device)
+    steps, warmup = train.steps, train.warmup_steps
+    ctx = RunContext(teacher=teacher, student=student, model=model_spec, dataset=plan.dataset, wbits=spec.wbits,
                      abits=spec.abits, quantizer=quantizer, device=device, seed=spec.seed, total_steps=steps,
-                     warmup_steps=warmup, cache_dir=spec.cache_dir, teacher_hash=teacher_info.get("sha256"))
-    full_config = {"method": spec.method, "model": resolved["model_key"], "wbits": spec.wbits, "abits": spec.abits,
-                   "seed": spec.seed, "protocol_hash": protocol["hash"], "teacher_sha256": teacher_info.get("sha256"),
-                   "components": {k: v[0] for k, v in resolved["components"].items()}, "config": config,
-                   "teacher_preprocessing": preprocessing_identity(resolved["card"])}
-    config_hash = canonical_hash(full_config)
+                     warmup_steps=warmup, cache_dir=spec.cache_dir, teacher_hash=teacher_info.get("sha256"),
+                     teacher_card=dict(plan.card))
 
     ctx.stats["fp_reference"] = {"cache": fp_cache}
     history: list[dict] = []
     metrics_sum: dict[str, float] = {}
     step_times: list[float] = []
     diverged = None
-    bs = int(train["batch_size"])
-    eval_every = int(evalc.get("every") or 0)
+    bs = train.batch_size
+    eval_every = evalc.every or 0
     progress = _progress(spec.quiet)
     ctx.progress = progress
     try:
@@ -284,9 +145,9 @@ def run(spec: RunSpec) -> tuple[dict, Path]:
             if steps > 0:
                 opt = _optimizer(train, params)
                 sched = torch.optim.lr_scheduler.MultiStepLR(
-                    opt, sorted({max(1, round(f * steps)) for f in train["milestones"]}), train["gamma"])
+                    opt, sorted({max(1, round(f * steps)) for f in train.milestones}), train.gamma)
             task = progress.add_task("distill", total=steps, info="") if progress and steps else None
-            averager = WeightAverage(params, train.get("average_from"), steps)
+            averager = WeightAverage(params, train.average_from, steps)
             for ctx.step in range(steps):
                 t0 = time.perf_counter()
                 with timer.phase("distill"):
@@ -323,20 +184,20 @@ def run(spec: RunSpec) -> tuple[dict, Path]:
     best = max((h["top1"] for h in history), default=None)
     n_steps = len(step_times)
     record = {
-        "schema_version": 1,
+        "schema_version": 2,
         "status": "diverged" if diverged else "ok",
         "diverged": diverged,
-        "method": {"name": spec.method, "provider": resolved["method"].provider,
-                   **{k: {"name": name, "provider": getattr(resolved["registry"], k + "s")[name].provider,
-                          "config": config[k]} for k, (name, _) in resolved["components"].items()}},
+        "method": {"name": spec.method, "provider": plan.method.provider,
+                   **{k: {"name": c.name, "provider": c.provider, "config": dict(c.config)}
+                      for k, c in plan.components.items()}},
         "model": model_spec.name, "dataset": model_spec.dataset, "wbits": spec.wbits, "abits": spec.abits,
         "seed": spec.seed,
-        "protocol": {"name": protocol["name"], "version": protocol["version"], "hash": protocol["hash"]},
-        "off_protocol": resolved["off_protocol"],
-        "config": {"train": train, "eval": evalc,
-                   **({"quantization": config["quantization"]} if "quantization" in config else {})},
-        "config_hash": config_hash,
-        "teacher": {**{k: v for k, v in teacher_info.items() if v is not None}, "preprocessing": resolved["card"]},
+        "protocol": plan.identity["protocol"],
+        "off_protocol": list(plan.off_protocol),
+        "config": {section: plan.config[section] for section in ("train", "eval", "quantization")
+                   if section in plan.config},
+        "config_hash": plan.job_hash,
+        "teacher": {**{k: v for k, v in teacher_info.items() if v is not None}, "preprocessing": dict(plan.card)},
         "fp_top1": round(fp_top1, 4),
         "final_top1": final,
         "best_top1_selected_on_test": best,
@@ -351,18 +212,22 @@ def run(spec: RunSpec) -> tuple[dict, Path]:
         "memory": {"peak_rss_mb": round(record_io.peak_rss_mb(), 1),
                    "peak_cuda_mb": round(torch.cuda.max_memory_allocated(device) / 2 ** 20, 1)
                    if device.type == "cuda" else None},
-        "device": record_io.device_info(device),
+        "device": {**record_io.device_info(device), "numerics": numerics.info()},
         "speed": speed.current().resolved(device),
         "versions": record_io.versions(),
-        "plugins": resolved["registry"].plugins,
+        "plugins": plan.registry.plugins,
         "git": record_io.git_info(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    record["code"] = run_code(resolved)
+    record["code"] = plan.code
     if spec.sweep_job:
         record["sweep_job"] = spec.sweep_job
+    path = Path(spec.record_file) if spec.record_file else record_path(Path(spec.out), plan)
+    if (spec.save_student or spec.export_dir) and final is not None:
+        from zsqbench.export.run import keep_student
+        record.update(keep_student(spec, plan, student, teacher, record, teacher_info, path))
+    seal(record)  # the content digest: a later hand edit fails `zsqbench validate` (zsqbench/record/check.py)
     record_io.validate_record(record)
-    path = Path(spec.record_file) if spec.record_file else record_path(Path(spec.out), resolved, spec, config_hash)
     record_io.write_json_atomic(path, record)
     return record, path
 
@@ -421,11 +286,8 @@ class WeightAverage:
                     p.copy_(a)
 
 
-def _optimizer(train: dict, params) -> torch.optim.Optimizer:
-    kind = train.get("optimizer", "sgd")
-    if kind == "sgd":
-        return torch.optim.SGD(params, lr=train["lr"], momentum=train.get("momentum", 0.9),
-                               nesterov=train.get("nesterov", True), weight_decay=train.get("weight_decay", 0.0))
-    if kind == "adam":
-        return torch.optim.Adam(params, lr=train["lr"], weight_decay=train.get("weight_decay", 0.0))
-    raise UserError(f"unknown optimizer {kind!r} in train.optimizer; use sgd or adam")
+def _optimizer(train: TrainSettings, params) -> torch.optim.Optimizer:
+    if train.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=train.lr, momentum=train.momentum, nesterov=train.nesterov,
+                               weight_decay=train.weight_decay)
+    return torch.optim.Adam(params, lr=train.lr, weight_decay=train.weight_decay)

@@ -117,8 +117,3 @@ class SeedSchedule:
     def _more(self, key, n: int) -> bool:
         jobs = self.rows[key]
         return self.rule.wants_more([self.final(j) for j in jobs[:n]], table_of(jobs[0]))
-
-    def summary(self) -> dict:
-        """Seeds started per row, for the sweep's log."""
-        return {f"{m} {table_of(jobs[0])}": self.started.get((m, *rest), 0)
-                for (m, *rest), jobs in self.rows.items()}

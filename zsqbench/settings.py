@@ -2,8 +2,9 @@
 checked (never converted) before a run does any work, so a bad value is one line naming the key, the value and
 what is allowed.
 
-Validation is strict — ``"3"`` is not an integer, ``1`` is not ``true``, NaN/inf are not numbers — and only
-*checks*: the configuration a record keeps (and a sweep job's hash) is the data as given, not a re-serialised copy.
+Validation is strict — ``"3"`` is not an integer, ``1`` is not ``true``, NaN/inf are not numbers — and runs once per
+run, in :func:`zsqbench.plan.resolve`: components and the loop read the validated instances, while the configuration a
+record keeps (and a job's hash) is the data as given, not a re-serialised copy.
 
 A component declares its settings as a nested ``Settings`` model (its field defaults are the component's
 ``defaults``); a plugin that gives only a plain ``defaults`` dict gets a model whose types are inferred from those
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import types
 import typing
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Mapping
 
 import annotated_types
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
@@ -34,12 +35,19 @@ ScheduleFraction = Annotated[float, Field(gt=0, le=1)]  # a milestone: a fractio
 CropScale = Annotated[list[Annotated[float, Field(gt=0, le=1)]], Field(min_length=2, max_length=2)]
 
 
+# Sane maxima (a typo such as train.steps=10000000000 would start a run of years): 12x the paper protocol's
+# 79 200 steps; a batch far above any protocol's (200) and any method's official one.
+MAX_STEPS = 1_000_000
+MAX_BATCH = 8192
+
+
 class TrainSettings(Settings):
     """The protocol's ``train`` section (a method's settings may override any of it)."""
 
-    steps: int = Field(ge=0, description="student (distillation) steps")
-    warmup_steps: int = Field(ge=0, description="calibration / generator warm-up steps before distillation")
-    batch_size: int = Field(ge=1)
+    steps: int = Field(ge=0, le=MAX_STEPS, description="student (distillation) steps")
+    warmup_steps: int = Field(ge=0, le=MAX_STEPS,
+                              description="calibration / generator warm-up steps before distillation")
+    batch_size: int = Field(ge=1, le=MAX_BATCH)
     optimizer: Literal["sgd", "adam"] = "sgd"
     lr: Positive = Field(description="student learning rate")
     momentum: float = Field(0.9, ge=0, lt=1)
@@ -63,7 +71,7 @@ class EvalSettings(Settings):
 
     every: int | None = Field(None, ge=0, description="evaluate every N steps (0/null: at the end only)")
     limit: int | None = Field(None, ge=1, description="the first N evaluation images (null: all)")
-    batch_size: int = Field(100, ge=1)
+    batch_size: int = Field(100, ge=1, le=MAX_BATCH)
     split: Literal["test", "dev"] = Field("test", description="dev: held-out train images, to choose settings")
 
 
@@ -118,13 +126,13 @@ def defaults_of(model: type[Settings]) -> dict[str, Any]:
 
 # --- checking ---------------------------------------------------------------------------------------------------
 
-def check(model: type[Settings], values: dict, prefix: str, source=None) -> None:
-    """Raise a one-line UserError for the first bad value of ``values`` (a ``prefix`` section), naming the key, the
-    value, what is allowed and — through ``source(key)`` — where the value came from."""
-    if not isinstance(values, dict):
+def check(model: type[Settings], values: dict, prefix: str, source=None) -> Settings:
+    """``values`` (a ``prefix`` section) as a validated ``model`` instance, or a one-line UserError for the first bad
+    value, naming the key, the value, what is allowed and — through ``source(key)`` — where the value came from."""
+    if not isinstance(values, Mapping):
         raise UserError(f"setting {prefix} must be a section of KEY: VALUE settings, got {_short(values)}")
     try:
-        model.model_validate(values)
+        return model.model_validate(dict(values))
     except ValidationError as e:
         err = e.errors()[0]
         loc = [str(p) for p in err["loc"]]

@@ -30,10 +30,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from zsqbench.errors import UserError
-from zsqbench.protocols import bits_for, canonical_hash
-from zsqbench.provenance import run_code
+from zsqbench.protocols import bits_for
 from zsqbench.registry import Registry, get_registry
-from zsqbench.teacher.card import preprocessing_identity
 
 RECORD = "record.json"
 
@@ -72,13 +70,6 @@ def final_top1(job: Job) -> float | None:
     return rec.get("final_top1") if rec.get("status") == "ok" and rec.get("sweep_job") == job.hash else None
 
 
-def _teacher_digest(model_spec) -> str | None:
-    from zsqbench.teacher.zoo import read_manifest
-    if model_spec.embedded_weights:
-        return (read_manifest().get(model_spec.embedded_weights) or {}).get("sha256")
-    return None
-
-
 def _pick(requested: tuple[str, ...] | None, available: list, parse=str) -> list:
     if not requested:
         return list(available)
@@ -101,6 +92,17 @@ def _parse_bits(text: str) -> tuple[int, int]:
         raise UserError(f"--bits {text!r}: use N (WNAN) or WxAy, e.g. --bits 3,4 or --bits W2A4") from None
 
 
+def _parse_seed(text: str) -> int:
+    from zsqbench.loop import MAX_SEED
+    try:
+        seed = int(text)
+    except ValueError:
+        raise UserError(f"--seeds {text!r}: give integers in 0..{MAX_SEED}, e.g. --seeds 0,1,2") from None
+    if not 0 <= seed <= MAX_SEED:
+        raise UserError(f"--seeds {text!r} out of range: give integers in 0..{MAX_SEED}")
+    return seed
+
+
 def expand(protocol: str, methods=None, models=None, bits=None, seeds=None, out: str | Path = "sweeps",
            registry: Registry | None = None, overrides=()) -> list[Job]:
     """The sweep's jobs, in run order: method by method, so that a long grid completes whole leaderboard rows one
@@ -110,7 +112,7 @@ def expand(protocol: str, methods=None, models=None, bits=None, seeds=None, out:
 
     ``overrides`` (``KEY=VALUE`` strings, as ``run --set``) apply to every job: the records are off-protocol and
     never enter a leaderboard, but keep the sweep's resume and retry (learning curves, ablations)."""
-    from zsqbench.loop import RunSpec, resolve, settings_key
+    from zsqbench.plan import RunSpec, resolve, settings_key
     registry = registry or get_registry()
     protocol = registry.protocol_name(protocol)
     proto = registry.get("protocols", protocol)
@@ -124,38 +126,26 @@ def expand(protocol: str, methods=None, models=None, bits=None, seeds=None, out:
     for per_model in proto.get("bits_by_model", {}).values():
         all_bits += [tuple(b) for b in per_model if tuple(b) not in all_bits]
     bit_pairs = _pick(bits, all_bits, _parse_bits)
-    seed_list = _pick(seeds, proto["seeds"], int)
+    seed_list = _pick(seeds, proto["seeds"], _parse_seed)
     jobs = []
     root = Path(out)
     for method in method_names:
         for w, a in bit_pairs:
             for model in model_names:
                 for seed in seed_list:
-                    spec = RunSpec(method=method, model=model, wbits=w, abits=a, protocol=protocol, seed=seed,
-                                   overrides=list(overrides))
-                    r = resolve(spec, registry)
-                    if not bits and [w, a] not in bits_for(proto, r["model_key"]):
+                    plan = resolve(RunSpec(method=method, model=model, wbits=w, abits=a, protocol=protocol,
+                                           seed=seed, overrides=list(overrides)), registry)
+                    if not bits and [w, a] not in bits_for(proto, plan.model_key):
                         break  # the protocol narrows this teacher's bit-widths
-                    reasons = [x for x in r["off_protocol"] if not x.startswith("overrides:")]
+                    reasons = [x for x in plan.off_protocol if not x.startswith("overrides:")]
                     if reasons:
-                        raise UserError(f"{method} on {r['model_key']} W{w}A{a} would be off protocol {protocol} "
+                        raise UserError(f"{method} on {plan.model_key} W{w}A{a} would be off protocol {protocol} "
                                         f"({'; '.join(reasons)}): a sweep runs only the protocol's grid")
-                    identity = {"method": method, "model": r["model_key"], "wbits": w, "abits": a, "seed": seed,
-                                "protocol": {"name": protocol, "version": proto["version"], "hash": proto["hash"]},
-                                "teacher_sha256": _teacher_digest(r["model_spec"]),
-                                "components": {k: v[0] for k, v in r["components"].items()},
-                                "config": r["config"]}
-                    if overrides:
-                        identity["overrides"] = list(overrides)
                     # the directory is named by what was asked for; the job's hash adds the code that runs it and
                     # the teacher's input preprocessing, so changed code re-runs the job (into the same directory)
-                    settings_hash = canonical_hash(identity)
-                    identity = {**identity, "code": run_code(r),
-                                "teacher_preprocessing": preprocessing_identity(r["card"])}
-                    h = canonical_hash(identity)
-                    name = f"{settings_hash[:16]}-{method}-{r['model_key'].replace('@', '-')}-w{w}a{a}-s{seed}"
-                    jobs.append(Job(method, r["model_key"], w, a, seed, identity, h, root / name, tuple(overrides),
-                                    settings_hash))
+                    name = f"{plan.settings_hash[:16]}-{method}-{plan.model_key.replace('@', '-')}-w{w}a{a}-s{seed}"
+                    jobs.append(Job(method, plan.model_key, w, a, seed, plan.job_identity, plan.job_hash, root / name,
+                                    tuple(overrides), plan.settings_hash))
     if not jobs:
         raise UserError(f"the sweep is empty: protocol {protocol} has no job for these choices")
     return jobs
@@ -172,10 +162,13 @@ def _die_with_parent() -> None:
     os.setpgrp()  # its own group: Ctrl-C in the terminal reaches the sweep, which stops the jobs itself
 
 
-def _command(job: Job, protocol: str, device: str, cache_dir: str | None, data_root: str | None) -> list[str]:
+def _command(job: Job, protocol: str, device: str, cache_dir: str | None, data_root: str | None,
+             save_student: bool = False) -> list[str]:
     cmd = [sys.executable, "-m", "zsqbench.cli", "run", "--method", job.method, "--model", job.model,
            "--wbits", str(job.wbits), "--abits", str(job.abits), "--seed", str(job.seed), "--protocol", protocol,
            "--device", device, "--quiet", "--record-file", str(job.dir / RECORD), "--sweep-job", job.hash]
+    if save_student:  # the student beside the record: <job>/record.student.pt (zsqbench.export)
+        cmd.append("--save-student")
     if cache_dir:
         cmd += ["--cache-dir", cache_dir]
     if data_root:
@@ -232,6 +225,7 @@ class LocalBackend:
         return self.slots
 
     def submit(self, job: Job, attempt: int, cmd: list[str]) -> subprocess.Popen:
+        cmd = [*cmd, "--threads", str(self.threads)]  # set by the run itself and recorded (zsqbench/numerics.py)
         logf = open_job_log(job, attempt, cmd)
         proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=self.env,
                                 preexec_fn=_die_with_parent)
@@ -264,7 +258,8 @@ def _record_appears(job: Job, within_s: float) -> bool:
 
 def run_sweep(jobs: list[Job], protocol: str, jobs_at_once: int = 1, threads: int | None = None,
               device: str = "cpu", cache_dir: str | None = None, data_root: str | None = None,
-              retries: int = 1, quiet: bool = False, out: Path | None = None, backend=None, more=None) -> dict:
+              retries: int = 1, quiet: bool = False, out: Path | None = None, backend=None, more=None,
+              save_student: bool = False) -> dict:
     """Run the jobs that have no record yet on ``backend`` (default: ``jobs_at_once`` local child processes).
     ``more(job)``, if given, is called when a job has ended for good and returns jobs to add (the protocol's seed
     rule: :class:`zsqbench.seed_rule.SeedSchedule`). Returns a summary dict."""
@@ -279,7 +274,10 @@ def run_sweep(jobs: list[Job], protocol: str, jobs_at_once: int = 1, threads: in
     summary = {"jobs": len(jobs), "skipped": skipped, "ok": 0, "diverged": 0, "failed": [], "retried": 0}
 
     progress = None
-    if not quiet:
+    if not quiet and not sys.stdout.isatty():  # a log file or a pipe: plain lines every 30 s (zsqbench/progress.py)
+        from zsqbench.progress import LineProgress
+        progress = LineProgress()
+    elif not quiet:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
             TimeRemainingColumn
         progress = Progress(TextColumn("[bold]sweep {task.fields[protocol]}"), BarColumn(), MofNCompleteColumn(),
@@ -303,19 +301,21 @@ def run_sweep(jobs: list[Job], protocol: str, jobs_at_once: int = 1, threads: in
                 progress.update(task, total=summary["jobs"])
 
     def start(job: Job, attempt: int) -> None:
-        cmd = _command(job, protocol, device, cache_dir, data_root)
+        cmd = _command(job, protocol, device, cache_dir, data_root, save_student)
         running[backend.submit(job, attempt, cmd)] = (job, attempt, time.perf_counter())
 
     try:
         with progress or nullcontext():
             if progress:
                 task = progress.add_task("sweep", total=len(jobs), completed=skipped, protocol=protocol,
-                                         info=info())
+                                         info=info(), unit="job")
             while queue or running:
                 while queue and len(running) < backend.capacity():
                     start(*queue.pop(0))
                     if progress:
                         progress.update(task, info=info())
+                if progress:
+                    progress.update(task)  # a plain-line progress prints its periodic line from here
                 for handle, returncode, error in backend.finished():
                     job, attempt, t_job = running.pop(handle)
                     wall = round(time.perf_counter() - t_job, 1)

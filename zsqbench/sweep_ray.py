@@ -38,20 +38,116 @@ def job_resources(protocol: dict, device: str) -> dict:
     return wanted
 
 
-def _check_reachable(address: str) -> None:
-    """Ray waits minutes for a cluster that is not there; a plain TCP connect says so in seconds."""
+DEFAULT_CONNECT_TIMEOUT_S = 30.0  # --ray-timeout / $ZSQBENCH_RAY_TIMEOUT
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # + empty SETTINGS
+
+
+def _check_reachable(address: str, timeout: float = DEFAULT_CONNECT_TIMEOUT_S) -> None:
+    """Ray waits minutes for a cluster that is not there, and prints its own logging meanwhile; a plain TCP connect
+    and an HTTP/2 greeting (a Ray head, GCS or Ray client server, speaks gRPC) say so in seconds, in one line."""
     if address == "auto":
         return
     host_port = address.split("://", 1)[-1]
     host, _, port = host_port.rpartition(":")
-    if not host or not port.isdigit():
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise UserError(f"--address {address!r}: give HOST:PORT of the Ray head (e.g. 10.0.0.5:6379), "
                         "ray://HOST:10001, or leave it out to use $RAY_ADDRESS or the cluster started on this machine")
+    wait = max(0.1, min(5.0, timeout))
     try:
-        socket.create_connection((host, int(port)), timeout=5).close()
+        conn = socket.create_connection((host.strip("[]"), int(port)), timeout=wait)
     except OSError as e:
-        raise UserError(f"no Ray cluster answers at {address} ({e.strerror or e}): start one with `ray start --head` "
+        why = "no answer" if isinstance(e, socket.timeout) else (e.strerror or str(e) or type(e).__name__)
+        raise UserError(f"no Ray cluster answers at {address} ({why}): start one with `ray start --head` "
                         "(docs/clusters.md) or check --address") from None
+    try:
+        conn.settimeout(wait)
+        conn.sendall(HTTP2_PREFACE)
+        head = b""
+        while len(head) < 9:
+            chunk = conn.recv(9 - len(head))
+            if not chunk:
+                break
+            head += chunk
+    except OSError:
+        head = b""
+    finally:
+        conn.close()
+    if len(head) < 9 or head[3] != 0x04:  # a gRPC server opens with a SETTINGS frame
+        raise UserError(f"the service at {address} is not a Ray cluster (it does not answer as a gRPC server): "
+                        "check --address (the head's port, 6379 by default; ray://HOST:10001 for Ray client)")
+
+
+def resolve_address(address: str | None) -> str:
+    return address or os.environ.get("RAY_ADDRESS") or "auto"
+
+
+def check_cluster(address: str | None, timeout=None) -> None:
+    """The cheap checks of ``--address`` and ``--ray-timeout`` (no Ray import): the sweep makes them before any
+    work."""
+    _check_reachable(resolve_address(address), connect_timeout(timeout))
+
+
+def connect_timeout(value=None) -> float:
+    """Seconds a connection to a Ray cluster may take: ``value`` (--ray-timeout), else $ZSQBENCH_RAY_TIMEOUT, else
+    30."""
+    raw = value if value is not None else os.environ.get("ZSQBENCH_RAY_TIMEOUT")
+    if raw is None:
+        return DEFAULT_CONNECT_TIMEOUT_S
+    try:
+        seconds = float(raw)
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise UserError(f"Ray connection timeout {raw!r} (--ray-timeout or $ZSQBENCH_RAY_TIMEOUT): give seconds > 0")
+    return seconds
+
+
+def _init_bounded(ray, address: str, timeout: float, left: float) -> None:
+    """``ray.init`` that answers within ``timeout`` seconds, with Ray's own logging (its C++ core prints to the
+    terminal while it retries) kept in a temporary file unless $ZSQBENCH_RAY_LOG=1 asks for it."""
+    import logging
+    import tempfile
+    import threading
+    show = os.environ.get("ZSQBENCH_RAY_LOG", "") not in ("", "0")
+    outcome: dict = {}
+
+    def target():
+        try:
+            ray.init(address=address, logging_level=logging.INFO if show else logging.ERROR,
+                     log_to_driver=show, configure_logging=True)
+            outcome["ok"] = True
+        except BaseException as e:  # ConnectionError, a version mismatch, ...: Ray's first line says which
+            outcome["error"] = e
+
+    saved = log = None
+    if not show:
+        sys.stderr.flush()
+        log = tempfile.TemporaryFile()
+        saved = os.dup(2)
+        os.dup2(log.fileno(), 2)
+    try:
+        worker = threading.Thread(target=target, name="ray-init", daemon=True)
+        worker.start()
+        worker.join(left)
+    finally:
+        if saved is not None:
+            os.dup2(saved, 2)
+            os.close(saved)
+        if log is not None:
+            log.close()
+    if worker.is_alive():
+        raise RayConnectTimeout(f"the Ray cluster at {address} did not answer within {timeout:g} s: check that it "
+                                "runs (`ray status`) and --address, or allow longer with --ray-timeout SECONDS")
+    if "error" in outcome:
+        e = outcome["error"]
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(f"cannot connect to the Ray cluster at {address}: {first[:300]}")
+
+
+class RayConnectTimeout(UserError):
+    """``ray.init`` still waits after the timeout: the CLI prints the line and leaves at once (``os._exit``), since a
+    normal exit would run Ray's shutdown hooks, which wait for the stuck connection."""
+    exit_now = True
 
 
 def run_attempt(job: Job, attempt: int, cmd: list[str], threads: int, forwarded_env: dict) -> int:
@@ -71,22 +167,18 @@ class RayBackend:
     settle_s = 10.0  # a record written on another node may take a moment to show on network storage
 
     def __init__(self, protocol: dict, device: str, address: str | None = None, limit: int | None = None,
-                 threads: int | None = None):
+                 threads: int | None = None, timeout: float | None = None):
+        timeout = connect_timeout(timeout)
+        t0 = time.monotonic()
+        self.address = resolve_address(address)
+        _check_reachable(self.address, timeout)  # before importing Ray (seconds): a bad address costs no more
         try:
             import ray
         except ImportError:
             raise UserError("--backend ray needs Ray on this machine and on every node: "
                             "pip install 'zsqbench[ray]'") from None
-        import logging
         self.ray = ray
-        self.address = address or os.environ.get("RAY_ADDRESS") or "auto"
-        _check_reachable(self.address)
-        try:
-            ray.init(address=self.address, logging_level=logging.ERROR, log_to_driver=False,
-                     configure_logging=True)
-        except Exception as e:  # ConnectionError, a version mismatch, ...: Ray's first line says which
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise UserError(f"cannot connect to the Ray cluster at {self.address}: {first}") from None
+        _init_bounded(ray, self.address, timeout, max(1.0, timeout - (time.monotonic() - t0)))
         self.request = job_resources(protocol, device)
         self.limit = limit
         self.threads = threads or max(1, math.ceil(self.request["cpus"]))

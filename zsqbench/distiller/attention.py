@@ -119,17 +119,17 @@ class ChannelAttentionKD(KDDistiller):
         return logits, list(self.teacher_tap.features)
 
     def ca_loss(self, teacher_feats: list[torch.Tensor]) -> torch.Tensor:
-        cfg = self.config
-        return attention_loss(self.student_tap.features, teacher_feats, normalize=cfg["ca_normalize"],
-                              channel_reduction=cfg["ca_channel_reduction"],
-                              layer_reduction=cfg["ca_layer_reduction"])
+        cfg = self.settings
+        return attention_loss(self.student_tap.features, teacher_feats, normalize=cfg.ca_normalize,
+                              channel_reduction=cfg.ca_channel_reduction,
+                              layer_reduction=cfg.ca_layer_reduction)
 
     def loss(self, ctx: RunContext, batch: Batch):
-        cfg = self.config
+        cfg = self.settings
         t, t_feats = self.teacher_outputs(ctx, batch)
         s = ctx.student(batch.images)
         ce = batch.label_loss(s)
-        kl = kd_kl(s, t, cfg["temperature"], cfg["kl_reduction"])
+        kl = kd_kl(s, t, cfg.temperature, cfg.kl_reduction)
         ca = self.ca_loss(t_feats)
-        loss = cfg["ce_weight"] * ce + cfg["alpha"] * cfg["temperature"] ** 2 * kl + cfg["ca_weight"] * ca
+        loss = cfg.ce_weight * ce + cfg.alpha * cfg.temperature ** 2 * kl + cfg.ca_weight * ca
         return loss, {"ce": ce.item(), "kl": kl.item(), "ca": ca.item()}

@@ -46,10 +46,10 @@ class KDDistiller(Distiller):
         ce_weight: float = Field(1.0, ge=0, description="weight of CE(student, label)")
 
     def loss(self, ctx: RunContext, batch: Batch):
-        cfg = self.config
+        cfg = self.settings
         s = ctx.student(batch.images)
         t = teacher_logits(ctx, batch)
         ce = batch.label_loss(s)
-        kl = kd_kl(s, t, cfg["temperature"], cfg["kl_reduction"])
-        loss = cfg["ce_weight"] * ce + cfg["alpha"] * cfg["temperature"] ** 2 * kl
+        kl = kd_kl(s, t, cfg.temperature, cfg.kl_reduction)
+        loss = cfg.ce_weight * ce + cfg.alpha * cfg.temperature ** 2 * kl
         return loss, {"ce": ce.item(), "kl": kl.item()}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import shlex
 import sys
 from collections import defaultdict
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from zsqbench.errors import UserError
 from zsqbench.leaderboard.collect import LEADERBOARD_KIND
-from zsqbench.leaderboard.stats import ci_half_width, mean, summarize, table_statistics
+from zsqbench.leaderboard.stats import ci_half_width, kendall_tau, mean, summarize, table_statistics
 from zsqbench.provenance import code_version
 from zsqbench.record.io import validation_errors
 
@@ -40,7 +41,8 @@ def run_entry(path: str, rec: dict) -> dict:
             "total_s": rec["timing"]["total_s"], "mean_step_s": rec["timing"]["mean_step_s"],
             "protocol_version": rec["protocol"]["version"], "protocol_hash": rec["protocol"]["hash"],
             "git_commit": rec["git"]["commit"], "teacher_sha256": rec["teacher"].get("sha256"), "record": path,
-            **({"code": rec["code"]} if rec.get("code") else {})}
+            **({"code": rec["code"]} if rec.get("code") else {}),
+            **({"threads": rec["device"]["threads"]} if (rec.get("device") or {}).get("threads") else {})}
 
 
 def make_row(key: tuple, items: list[tuple[str, dict]]) -> dict:
@@ -266,11 +268,60 @@ def add_significance(rows: list[dict], alpha: float = ALPHA) -> dict:
         for row in ranked:
             row["letters"] = result["letters"].get(row["method"])
             row["rank_interval"] = result["rank_intervals"].get(row["method"])
-        tables.append({"table": table_name(ranked[0]), "rows": result["rows"], "pairs": result["pairs"]})
+        tables.append({"table": table_name(ranked[0]), "rows": result["rows"], "pairs": result["pairs"],
+                       "validity": {"rank_stability": result["rank_stability"],
+                                    "kendall_tau_vs_papers": tau_against_papers(ranked),
+                                    "best_on_test_gap": best_on_test_gap(ranked)}})
     return {"test": "games-howell", "alpha": alpha, "comparisons": sum(len(t["pairs"]) for t in tables),
             "rank_interval": {"method": "bootstrap over seeds", "level": 0.95, "resamples": BOOTSTRAP_RESAMPLES,
                               "seed": BOOTSTRAP_SEED},
             "tables": tables}
+
+
+def papers_setting(model: str, dataset: str, wbits: int, abits: int, entries: list[dict]) -> str | None:
+    """The published setting a table is read against: the same architecture and bits on the table's own dataset
+    where the papers report it, else on the dataset they report most methods on (Fashion-MNIST teachers: CIFAR)."""
+    counts = defaultdict(set)
+    for e in entries:
+        if (e["model"], e["wbits"], e["abits"]) == (model, wbits, abits):
+            counts[e["dataset"]].add(e["method"])
+    if not counts:
+        return None
+    return dataset if dataset in counts else max(sorted(counts), key=lambda d: len(counts[d]))
+
+
+def tau_against_papers(ranked: list[dict]) -> dict | None:
+    """Kendall tau between the table's mean final top-1 and the papers' figures (the median of the published
+    entries per method, baselines/published.json) over the methods both have. A statistic to report, never a target
+    to tune to: the papers' figures are best-on-test, on other datasets, at other budgets. None when fewer than
+    three methods are shared or the published table is unavailable."""
+    from zsqbench.leaderboard.published import load_published
+    try:
+        entries = load_published()
+    except UserError:
+        return None
+    first = ranked[0]
+    dataset = papers_setting(first["model"], first["dataset"], first["wbits"], first["abits"], entries)
+    if dataset is None:
+        return None
+    published = defaultdict(list)
+    for e in entries:
+        if (e["model"], e["dataset"], e["wbits"], e["abits"]) == (first["model"], dataset, first["wbits"],
+                                                                    first["abits"]):
+            published[e["method"]].append(e["top1"])
+    shared = [r for r in ranked if r["mean"] is not None and r["method"] in published]
+    tau = kendall_tau([r["mean"] for r in shared], [statistics.median(published[r["method"]]) for r in shared])
+    if tau is None:
+        return None
+    return {**tau, "against": f"{first['model']}@{dataset} W{first['wbits']}A{first['abits']}",
+            "methods": [r["method"] for r in shared]}
+
+
+def best_on_test_gap(ranked: list[dict]) -> dict | None:
+    """How much choosing the best evaluation on the test set (as the papers do) would flatter the table's rows:
+    the mean and largest gap between best-on-test and final top-1 over its rows. 0 when a run is evaluated once."""
+    gaps = [r["gap_mean"] for r in ranked if r.get("gap_mean") is not None]
+    return {"mean": statistics.fmean(gaps), "max": max(gaps)} if gaps else None
 
 
 def with_significance(lb: dict) -> dict:
@@ -386,7 +437,7 @@ def significance_errors(obj: dict) -> list[str]:
     expect = add_significance(rows, obj["significance"]["alpha"])
     errors = []
     if not _same(obj["significance"], expect):
-        errors.append("significance: the pairwise tests do not match the per-seed values (recompute them: "
+        errors.append("significance: the pairwise tests or validity do not match the per-seed values (recompute: "
                       "`zsqbench leaderboard restat`)")
     for row, want in zip(obj["rows"], rows):
         for field in ("letters", "rank_interval"):

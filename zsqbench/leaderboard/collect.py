@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from zsqbench.errors import UserError
-from zsqbench.record.io import load_json, validation_errors
+from zsqbench.record.io import load_json, record_errors
 
 LEADERBOARD_KIND = "zsqbench-leaderboard"
 
@@ -61,7 +61,7 @@ def collect(paths, *, allow_leaderboards: bool = False) -> Collected:
                     out.errors.append(f"{f}: not readable JSON ({type(e).__name__})")
                     continue
             if looks_like_record(obj):
-                errors = validation_errors(obj)
+                errors = record_errors(obj)  # schema, finite numbers, consistency, content digest
                 if errors:
                     out.errors.append(f"{f}: invalid run record: {_first_error(errors)}")
                 else:

@@ -40,6 +40,8 @@ def build(protocol, results, output, methods, notes):
     from zsqbench.leaderboard.collect import collect, require_clean
     from zsqbench.record.io import write_json_atomic
     out = Path(output or f"leaderboard/{protocol}.json")
+    from zsqbench.safety import check_output_file
+    check_output_file(out, "--output", [*results, *([notes] if notes else [])], _is_leaderboard, "leaderboard")
     notes_obj = read_notes(notes, protocol) if notes else None  # bad notes fail before any work
     c = collect(results)
     require_clean(c, results)
@@ -64,6 +66,15 @@ def build(protocol, results, output, methods, notes):
     _console().print(f"wrote {out}: {len(lb['rows'])} rows from {len(c.records)} records of protocol {protocol} "
                      f"v{lb['protocol']['version']}" + (f" ([red]{diverged} diverged run(s)[/])" if diverged else "")
                      + f"; see `zsqbench leaderboard show {out}`", highlight=False, soft_wrap=True)
+
+
+def _is_leaderboard(path: Path) -> bool:
+    """A file ``leaderboard build`` may replace: a zsqbench leaderboard (anything else is not its to overwrite)."""
+    from zsqbench.leaderboard.collect import looks_like_leaderboard
+    try:
+        return looks_like_leaderboard(json.loads(path.read_text()))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
 
 
 @leaderboard.command("show")
@@ -102,6 +113,9 @@ def restat_command(file, output):
     if not looks_like_leaderboard(lb):
         raise UserError(f"{file} is not a zsqbench leaderboard (build one with `zsqbench leaderboard build`)")
     out = Path(output or file)
+    if output:  # FILE itself is rewritten in place by design; another destination must be a leaderboard or new
+        from zsqbench.safety import check_output_file
+        check_output_file(out, "--output", [], _is_leaderboard, "leaderboard")
     command = shlex.join(["zsqbench", "leaderboard", "restat", file] + (["-o", output] if output else []))
     try:
         new = restat(lb, command)

@@ -98,14 +98,41 @@ def _entry(key: tuple, ref_label: str, new_label: str, a: dict, b: dict, test: s
             **compare_rows(a, b, test, alpha)}
 
 
+def base_method(label: str) -> str:
+    """``gdfq [train.steps=200]`` -> ``gdfq`` (an ablation's label -> its method)."""
+    return label.split(" [", 1)[0]
+
+
+def labelled_pairs(ref_keys, new_keys) -> dict:
+    """An A/B ablation made with ``--set`` labels each side's rows by its settings (``gdfq`` vs ``gdfq
+    [train.steps=200]``), so no key is shared. Where a table (protocol, model, dataset, bits) holds exactly one
+    unshared row of a method on each side, the two are that method's A and B: {ref key: new key}."""
+    def by_cell(keys):
+        cells = defaultdict(list)
+        for k in keys:
+            cells[k[:5] + (base_method(k[5]),)].append(k)
+        return cells
+    ref_cells, new_cells = by_cell(ref_keys), by_cell(new_keys)
+    return {ref_cells[c][0]: new_cells[c][0] for c in ref_cells
+            if len(ref_cells[c]) == 1 and len(new_cells.get(c, ())) == 1}
+
+
 def compare_inputs(sides: list[Side], test: str, alpha: float, correction: str = "holm") -> dict:
     ref, *others = sides
     comps, unmatched = [], []
     for side in others:
+        shared = set(ref.rows) & set(side.rows)
+        pairs = labelled_pairs(set(ref.rows) - shared, set(side.rows) - shared)
+        paired_new = set(pairs.values())
         for key in sorted(set(ref.rows) | set(side.rows), key=_sort_key):
-            if key in ref.rows and key in side.rows:
+            if key in shared:
                 comps.append(_entry(key, ref.label, side.label, ref.rows[key], side.rows[key], test, alpha))
-            else:
+            elif key in pairs:  # the same method under two labels: an A/B of settings
+                entry = _entry(key, ref.label, side.label, ref.rows[key], side.rows[pairs[key]], test, alpha)
+                if key[5] != pairs[key][5]:
+                    entry["method"] = f"{key[5]} → {pairs[key][5]}"
+                comps.append(entry)
+            elif key not in paired_new:
                 unmatched.append({"key": _key_text(key), "only_in": ref.label if key in ref.rows else side.label})
     return _result("inputs", ref.label, comps, unmatched, test, alpha, correction)
 

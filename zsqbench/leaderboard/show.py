@@ -115,6 +115,9 @@ def leaderboard_table(lb: dict, published: bool = False, console: Console | None
                  f"{'; '.join(pv['devices'])} · runs' wall time {duration(pv['total_wall_s'])} · "
                  f"built {pv['created']}")
     t.caption_justify = "left"
+    if wide:
+        from zsqbench.leaderboard.wide import fit
+        fit(console, t)
     console.print(t)
     for k, r in enumerate(noted, 1):
         console.print(escape(f"[{k}] {r['method']} {r['model']}@{r['dataset']} W{r['wbits']}A{r['abits']}: "
@@ -131,6 +134,8 @@ def leaderboard_table(lb: dict, published: bool = False, console: Console | None
                   f"family-wise alpha {sig['alpha']}; {sig['comparisons']} pairs in all; — : under 2 finished seeds); "
                   f"rank: the row's {boot['level']:.0%} rank interval over {boot['resamples']} bootstrap resamples of "
                   f"the seeds (docs/statistics.md).", style="dim", highlight=False)
+    for table in sig.get("tables", []):
+        console.print(escape(validity_line(table)), style="dim", highlight=False)
     if wide and any("power" in r for r in rows):
         console.print(f"CI ±h > t (flags): the row's 95 % CI half-width h misses the target t its table has in the "
                       f"notes file ({lb['provenance'].get('notes', '?')}); \\[k]: a note on the row, above.",
@@ -138,6 +143,23 @@ def leaderboard_table(lb: dict, published: bool = False, console: Console | None
     if published and not show_pub:
         console.print("no published numbers for these models/datasets/bits (or the published table is not "
                       "available)", style="dim", highlight=False)
+
+
+def validity_line(table: dict) -> str:
+    """What one table's ranking is worth (reported, never tuned to; docs/statistics.md), from its entry in the
+    leaderboard's ``significance.tables``."""
+    v = table.get("validity") or {}
+    parts = []
+    if v.get("rank_stability") is not None:
+        parts.append(f"rank stability τ {v['rank_stability']:.2f} over bootstrap resamples")
+    tau = v.get("kendall_tau_vs_papers")
+    parts.append(f"vs the papers ({tau['against']}, {tau['n']} methods) τ {tau['tau']:+.2f} (p {tau['p']:.2g})"
+                 if tau else "no paper ranking to compare with")
+    gap = v.get("best_on_test_gap")
+    if gap is not None:
+        parts.append(f"best-on-test gap {gap['mean']:.2f} (max {gap['max']:.2f})"
+                     + (": one evaluation per run" if gap["max"] == 0 else ""))
+    return f"validity · {table['table']}: " + "; ".join(parts)
 
 
 def _rank_text(interval: list[int] | None) -> str:
@@ -204,6 +226,9 @@ def comparison_table(result: dict, console: Console | None = None, wide: bool = 
         if wide:
             cells.append(escape(c.get("note") or ""))
         t.add_row(*cells)
+    if wide:
+        from zsqbench.leaderboard.wide import fit
+        fit(console, t)
     console.print(t)
     for note in notes:
         console.print(escape(note), style="dim", highlight=False, soft_wrap=True)

@@ -32,6 +32,7 @@ from pathlib import Path
 import click
 
 from zsqbench.errors import UserError
+from zsqbench.leaderboard.show import validity_line
 
 SITE_KIND = "zsqbench-site"
 SITE_FORMAT = 1
@@ -97,7 +98,7 @@ def record_candidates(run_path: str, board_path: str, records_root: str | None) 
 
 
 def attach_records(board: Board, records_root: str | None, use_records: bool) -> None:
-    from zsqbench.record.io import validation_errors
+    from zsqbench.record.io import record_errors
     for i, row in enumerate(board.lb["rows"]):
         for run in row["runs"]:
             view = RunView(run)
@@ -108,15 +109,15 @@ def attach_records(board: Board, records_root: str | None, use_records: bool) ->
             found = next((c for c in record_candidates(run["record"], board.path, records_root) if c.is_file()),
                          None)
             if found is None:
-                view.note = "record not on this machine"
+                view.note = "record not available when this page was built"
                 continue
             try:
                 rec = json.loads(found.read_text(encoding="utf-8"))
             except (OSError, UnicodeDecodeError, json.JSONDecodeError):
                 view.note = "record unreadable"
                 continue
-            if not isinstance(rec, dict) or validation_errors(rec):
-                view.note = "record fails the run-record schema"
+            if not isinstance(rec, dict) or record_errors(rec):
+                view.note = "record fails the run-record checks (schema, consistency or content digest)"
                 continue
             if (rec.get("seed"), rec.get("final_top1"), rec["protocol"].get("hash")) != (
                     run["seed"], run["final_top1"], run["protocol_hash"]):
@@ -156,6 +157,19 @@ def run_command(proto: dict, row: dict, seed: int) -> str:
     return shlex.join(["zsqbench", "run", "--method", row["method"], "--model", teacher_label(row),
                        "--wbits", str(row["wbits"]), "--abits", str(row["abits"]), "--protocol", proto["name"],
                        "--seed", str(seed)])
+
+
+def reproduce_command(board_path: str, row: dict, seed: int) -> str:
+    """The command that re-runs one leaderboard run from its provenance and compares (zsqbench/reproduce.py)."""
+    return shlex.join(["zsqbench", "reproduce", board_path, "--rows",
+                       f"{row['method']}/{teacher_label(row)}/{bits_label(row['wbits'], row['abits'])}",
+                       "--seeds", str(seed)])
+
+
+def _records_used_text(found: int, runs: int) -> str:
+    if not found:
+        return (f"none of the {runs} run records: this page was built from the leaderboard alone")
+    return f"{found} of the {runs} run records were available when this page was built"
 
 
 def group_key(row) -> tuple:
@@ -203,40 +217,61 @@ class Plotter:
         import matplotlib
         with matplotlib.rc_context(SVG_RC):
             rows = sorted(rows, key=row_order, reverse=True)  # best at the top
-            fig = self.figure(6.8, 0.34 * len(rows) + 1.3)
-            ax = fig.add_subplot()
             values = [v for r in rows for v in r["final_top1"]] + [x for x in (floor, ceiling) if x is not None]
             lo = max(0.0, math.floor(min(values, default=0) - 2))
             hi = min(100.0, math.ceil(max(values, default=100) + 2))
-            for y, r in enumerate(rows):
-                c = self.colors[r["method"]]
-                if r["ci95"]:
-                    a, b = max(lo, r["ci95"][0]), min(hi, r["ci95"][1])
-                    ax.plot([a, b], [y, y], color=c, lw=2.2, alpha=0.45, solid_capstyle="butt")
-                n = len(r["final_top1"])
-                offsets = [(k - (n - 1) / 2) * 0.13 for k in range(n)]
-                ax.scatter(r["final_top1"], [y + o for o in offsets], s=16, color=c, zorder=3,
-                           edgecolors="white", linewidths=0.5)
-                if r["mean"] is not None:
-                    ax.plot([r["mean"]], [y], marker="|", ms=14, mew=2, color="black", zorder=4)
-                if r["diverged"]:
-                    ax.annotate(f"{r['diverged']} diverged", (lo, y), xytext=(3, 0), textcoords="offset points",
-                                va="center", fontsize=7, color="#b00")
-            if floor is not None:
-                ax.axvline(floor, color="#666", ls="--", lw=1)
-                ax.annotate(f"noise floor {floor:.2f}", (floor, 1), xycoords=("data", "axes fraction"),
-                            xytext=(3, -2), textcoords="offset points", fontsize=7, va="top", color="#444")
-            if ceiling is not None:
-                ax.axvline(ceiling, color="#c0392b", lw=1)
-                ax.annotate(f"FP {ceiling:.2f}", (ceiling, 0), xycoords=("data", "axes fraction"),
-                            xytext=(-3, 2), textcoords="offset points", fontsize=7, ha="right", color="#c0392b")
-            ax.set_yticks(range(len(rows)), [r["method"] for r in rows])
-            ax.set_ylim(-0.7, len(rows) - 0.3)
-            ax.set_xlim(lo, hi)
+            zoom = zoom_rows(rows)
+            zlo = zhi = None
+            if zoom:
+                zvalues = [v for r in zoom for v in r["final_top1"]]
+                zlo, zhi = min(zvalues) - 0.3, max(zvalues) + 0.3
+                if (hi - lo) < 4 * (zhi - zlo):
+                    zoom = []  # the full axis already separates them
+            h_main = 0.34 * len(rows) + 1.3
+            h_zoom = 0.34 * len(zoom) + 1.1 if zoom else 0
+            fig = self.figure(6.8, h_main + h_zoom)
+            if zoom:
+                ax, zax = fig.subplots(2, 1, gridspec_kw={"height_ratios": [h_main, h_zoom]})
+            else:
+                ax, zax = fig.add_subplot(), None
+            self._final_axes(ax, rows, lo, hi, floor, ceiling)
             ax.set_xlabel("final top-1 % (dots: seeds · bar: 95 % CI, clipped to the axis · |: mean)")
             ax.set_title(title, loc="left")
-            ax.grid(axis="x", alpha=0.3)
+            if zax is not None:
+                self._final_axes(zax, list(reversed(sorted(zoom, key=row_order))), zlo, zhi,
+                                 floor if floor is not None and zlo <= floor <= zhi else None,
+                                 ceiling if ceiling is not None and zlo <= ceiling <= zhi else None)
+                zax.set_title(f"zoom: the {len(zoom)} leading methods, {zlo:.1f}–{zhi:.1f} %", loc="left",
+                              fontsize=9)
             return self.save(fig, name)
+
+    def _final_axes(self, ax, rows: list[dict], lo: float, hi: float, floor, ceiling) -> None:
+        for y, r in enumerate(rows):
+            c = self.colors[r["method"]]
+            if r["ci95"]:
+                a, b = max(lo, r["ci95"][0]), min(hi, r["ci95"][1])
+                ax.plot([a, b], [y, y], color=c, lw=2.2, alpha=0.45, solid_capstyle="butt")
+            n = len(r["final_top1"])
+            offsets = [(k - (n - 1) / 2) * 0.13 for k in range(n)]
+            ax.scatter(r["final_top1"], [y + o for o in offsets], s=16, color=c, zorder=3,
+                       edgecolors="white", linewidths=0.5)
+            if r["mean"] is not None:
+                ax.plot([r["mean"]], [y], marker="|", ms=14, mew=2, color="black", zorder=4)
+            if r["diverged"]:
+                ax.annotate(f"{r['diverged']} diverged", (lo, y), xytext=(3, 0), textcoords="offset points",
+                            va="center", fontsize=7, color="#b00")
+        if floor is not None:
+            ax.axvline(floor, color="#666", ls="--", lw=1)
+            ax.annotate(f"noise floor {floor:.2f}", (floor, 1), xycoords=("data", "axes fraction"),
+                        xytext=(3, -2), textcoords="offset points", fontsize=7, va="top", color="#444")
+        if ceiling is not None:
+            ax.axvline(ceiling, color="#c0392b", lw=1)
+            ax.annotate(f"FP {ceiling:.2f}", (ceiling, 0), xycoords=("data", "axes fraction"),
+                        xytext=(-3, 2), textcoords="offset points", fontsize=7, ha="right", color="#c0392b")
+        ax.set_yticks(range(len(rows)), [r["method"] for r in rows])
+        ax.set_ylim(-0.7, len(rows) - 0.3)
+        ax.set_xlim(lo, hi)
+        ax.grid(axis="x", alpha=0.3)
 
     def cost(self, rows: list[dict], floor, ceiling, title: str, name: str):
         import matplotlib
@@ -275,20 +310,32 @@ class Plotter:
             xs = {s: i for i, s in enumerate(settings)}
             fig = self.figure(6.8, 3.6)
             ax = fig.add_subplot()
-            for method, rs in groupby(sorted(rows, key=lambda r: (r["method"], r["wbits"], r["abits"])),
-                                      key=lambda r: r["method"]):
+            ends = []  # (y at the last bit-width, method, colour): labelled directly, no pale legend
+            markers, styles = "osD^vPX*<>hp", ["-", "--", "-.", ":"]
+            for k, (method, rs) in enumerate(groupby(sorted(rows, key=lambda r: (r["method"], r["wbits"],
+                                                                                  r["abits"])),
+                                                     key=lambda r: r["method"])):
                 rs = [r for r in rs if r["mean"] is not None]
                 if not rs:
                     continue
                 x = [xs[(r["wbits"], r["abits"])] for r in rs]
-                ax.errorbar(x, [r["mean"] for r in rs], yerr=[r["std"] or 0 for r in rs], marker="o", ms=4,
-                            capsize=3, lw=1.2, color=self.colors[method], label=method)
+                ax.errorbar(x, [r["mean"] for r in rs], yerr=[r["std"] or 0 for r in rs],
+                            marker=markers[k % len(markers)], ms=5, capsize=3, lw=1.4, ls=styles[k % len(styles)],
+                            color=self.colors[method], label=method)
+                ends.append([rs[-1]["mean"], method, self.colors[method], x[-1]])
             ax.set_xticks(range(len(settings)), [bits_label(*s) for s in settings])
-            ax.set_xlim(-0.3, len(settings) - 0.7)
+            ax.set_xlim(-0.3, len(settings) - 0.4)
+            lo, hi = ax.get_ylim()
+            gap = (hi - lo) * 0.045  # labels at least this far apart, in data units
+            ends.sort()
+            for i in range(1, len(ends)):
+                ends[i][0] = max(ends[i][0], ends[i - 1][0] + gap)
+            for y, method, color, x in ends:
+                ax.annotate(method, (x, y), xytext=(8, 0), textcoords="offset points", va="center",
+                            fontsize=7, color=color, annotation_clip=False)
             ax.set_ylabel("final top-1 %, mean ± sd over seeds")
             ax.set_title(title, loc="left")
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
             return self.save(fig, name)
 
     def curves(self, series: dict, floor, ceiling, title: str, name: str):
@@ -320,10 +367,41 @@ class Plotter:
 
 # --- page sections -----------------------------------------------------------------------------------------------
 
+CLASS_NAMES = {
+    "fmnist": ("T-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
+               "ankle boot"),
+    "cifar10": ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
+}
+
+
+NUM_CLASSES = {"fmnist": 10, "cifar10": 10, "cifar100": 100, "imagenet": 1000}
+
+
+def class_names(dataset: str, n: int) -> list[str]:
+    """The preview rows' labels: the dataset's class names where known, else "class k"."""
+    known = CLASS_NAMES.get(dataset, ())
+    return [known[k] if k < len(known) else f"class {k}" for k in range(n)]
+
+
+def zoom_rows(rows: list[dict], within: float = 3.0) -> list[dict]:
+    """The methods (not the FP teacher) whose mean is within ``within`` points of the best one: on a 15-97 % axis
+    they sit on top of each other, so the final-top-1 plot adds a panel zoomed on them (none when under two)."""
+    ranked = [r for r in rows if r["mean"] is not None and r["method"] != "fp"]
+    if not ranked:
+        return []
+    best = max(r["mean"] for r in ranked)
+    top = [r for r in ranked if r["mean"] >= best - within]
+    return top if len(top) >= 2 else []
+
+
 def floor_and_ceiling(rows: list[dict]) -> tuple[float | None, float | None]:
-    by = {r["method"]: r for r in rows}
-    floor = by["noise"]["mean"] if "noise" in by else None
-    ceiling = by["fp"]["mean"] if "fp" in by and by["fp"]["mean"] is not None else max(
+    """The mean of the row whose method declares the role ``floor`` (``ceiling``); without a ceiling row, the
+    teacher's FP top-1."""
+    from zsqbench.registry import get_registry
+    methods = get_registry().methods
+    by_role = {methods[r["method"]].obj.role: r for r in rows if r["method"] in methods}
+    floor = by_role["floor"]["mean"] if "floor" in by_role else None
+    ceiling = by_role["ceiling"]["mean"] if by_role.get("ceiling", {}).get("mean") is not None else max(
         (r["fp_top1"] for r in rows if r["fp_top1"] is not None), default=None)
     return floor, ceiling
 
@@ -346,8 +424,11 @@ def leaderboard_table(board: Board, gslug: str, caption: str, rows: list[tuple[i
         cols += [("letters", "group (letters)", "text"), ("rank", "rank (95 %)", "num")]
     cols += [("best", "best on test % (legacy)", "num"), ("gap", "gap", "num"), ("fp", "FP %", "num"),
              ("wall", "wall s", "num"), ("step", "step ms", "num"), ("flags", "flags", "text")]
+    # one evaluation per run (cpu v4) makes best-on-test the final top-1 in every row: an empty column, hidden
+    hidden = set() if any(r["gap_mean"] not in (None, 0) for _, r in rows) else {"best", "gap"}
     head = "".join(f'<th scope="col" data-type="{t}" class="{esc(k)}"><button type="button">{esc(label)}'
-                   f'<span class="arrow" aria-hidden="true"></span></button></th>' for k, label, t in cols)
+                   f'<span class="arrow" aria-hidden="true"></span></button></th>' for k, label, t in cols
+                   if k not in hidden)
     noted = [r for _, r in rows if r.get("note")]  # numbered in table order, told below the table
     note_no = {id(r): k for k, r in enumerate(noted, 1)}
     body = []
@@ -371,7 +452,9 @@ def leaderboard_table(board: Board, gslug: str, caption: str, rows: list[tuple[i
                  (esc(r["method"]), seeds)]
         if has_letters:
             interval = r.get("rank_interval")
-            cells += [(esc(r.get("letters") or ""), esc(r.get("letters") or "—")),
+            ungrouped = r["mean"] is None and r["diverged"]  # every seed diverged: shown as such, in no group
+            letters = "diverged (not ranked)" if ungrouped else r.get("letters") or "—"
+            cells += [("" if ungrouped else esc(r.get("letters") or ""), esc(letters)),
                       (sort_value(interval[0] if interval else None),
                        "—" if not interval else str(interval[0]) if interval[0] == interval[1]
                        else f"{interval[0]}–{interval[1]}")]
@@ -387,15 +470,19 @@ def leaderboard_table(board: Board, gslug: str, caption: str, rows: list[tuple[i
                   ("", esc(", ".join(r["flags"])))]
         tds = []
         for (key, _, _), (sv, content) in zip(cols, cells):
+            if key in hidden:
+                continue
             if content.startswith("<th"):
                 tds.append(content.replace("<th ", f'<th data-sort="{sv}" class="{key}" ', 1))
             else:
                 tds.append(f'<td data-sort="{sv}" class="{key}">{content}</td>')
         cls = ' class="diverged"' if r["diverged"] else ""
         body.append(f"<tr{cls}>{''.join(tds)}</tr>")
+    why_hidden = ('<p class="note">No "best on test (legacy)" column: every run was evaluated once, at its end, so '
+                  "it equals the final top-1 in every row.</p>" if hidden else "")
     return (f'<div class="scroll" role="region" tabindex="0" aria-label="{esc(caption)}">'
             f'<table class="board sortable" id="table-{gslug}"><caption>{esc(caption)}</caption>'
-            f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
+            f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>{why_hidden}"
             + ('<ol class="notes">' + "".join(f'<li id="note-{gslug}-{k}"><b>{esc(r["method"])}</b>: '
                                                f'{esc(r["note"])}</li>' for k, r in enumerate(noted, 1)) + "</ol>"
                if noted else ""))
@@ -408,9 +495,8 @@ def provenance_table(board: Board, gslug: str, rows: list[tuple[int, dict]], sit
         trs = []
         for k, run in enumerate(r["runs"]):
             view = board.runs[(i, run["seed"])]
-            if view.record_path is not None:
-                rel = os.path.relpath(view.record_path.resolve(), site_dir.resolve())
-                record = f'<a href="{esc(Path(rel).as_posix())}"><code>{esc(run["record"])}</code></a>'
+            if view.record_path is not None:  # named, never linked: a sweep's records are not committed
+                record = f'<code>{esc(run["record"])}</code> <span class="note">(used for this page)</span>'
             else:
                 record = f'<code>{esc(run["record"])}</code> <span class="note">({esc(view.note)})</span>'
             final = num(run["final_top1"]) if run["status"] == "ok" else esc(run["status"])
@@ -424,12 +510,12 @@ def provenance_table(board: Board, gslug: str, rows: list[tuple[int, dict]], sit
                 f"</code></td>"
                 f'<td><code title="{esc(run["protocol_hash"])}">v{run["protocol_version"]} '
                 f"{esc(run['protocol_hash'][:8])}</code></td>"
-                f"<td><code>{esc(run_command(proto, r, run['seed']))}</code></td></tr>")
+                f"<td><code>{esc(reproduce_command(board.path, r, run['seed']))}</code></td></tr>")
         bodies.append(f'<tbody id="{ids(gslug, r)}">{"".join(trs)}</tbody>')
     head = "".join(f'<th scope="col">{h}</th>' for h in ("method", "seed", "final %", "best on test %", "wall s",
-                                                         "record", "commit", "protocol", "command (at that commit)"))
+                                                         "record", "commit", "protocol", "re-run and compare"))
     return (f'<details class="prov"><summary>Provenance: every run behind these numbers (record, commit, protocol '
-            f'hash, the command that re-runs it)</summary><div class="scroll" role="region" tabindex="0" '
+            f'hash, the command that re-runs it and compares)</summary><div class="scroll" role="region" tabindex="0" '
             f'aria-label="provenance"><table class="prov"><thead><tr>{head}</tr></thead>{"".join(bodies)}'
             f"</table></div></details>")
 
@@ -464,9 +550,13 @@ def diagnostics_section(board: Board, gslug: str, rows: list[tuple[int, dict]], 
                 name = f"{slugify(Path(cache).stem)}-preview.png"  # one file per set: bit-widths share a set
                 if not (plotter.root / "img" / name).exists():
                     shutil.copyfile(png, plotter.root / "img" / name)
+                names = class_names(r["dataset"], NUM_CLASSES.get(r["dataset"], 10))
+                labels = "".join(f"<li>{esc(n)}</li>" for n in names)
                 previews.append(
-                    f'<figure class="preview"><img src="img/{esc(name)}" alt="{esc(r["method"])} synthetic images, '
-                    f'seed {run["seed"]}: one row per class"><figcaption>{esc(r["method"])}, seed '
+                    f'<figure class="preview"><div class="grid-labelled"><ol class="classes" start="0" '
+                    f'aria-label="classes, one per image row">{labels}</ol><img src="img/{esc(name)}" '
+                    f'alt="{esc(r["method"])} synthetic images, seed {run["seed"]}: one row per class, '
+                    f'{esc(", ".join(names))}"></div><figcaption>{esc(r["method"])}, seed '
                     f'{run["seed"]} (<a href="#{ids(gslug, r, run["seed"])}">run</a>; cached set '
                     f"<code>{esc(Path(cache).name)}</code>)</figcaption></figure>")
                 preview_done = True
@@ -475,8 +565,8 @@ def diagnostics_section(board: Board, gslug: str, rows: list[tuple[int, dict]], 
     if not lines and not previews:
         return (f'<p class="note">Synthetic-data diagnostics and image previews come from the run records '
                 f"(<code>diagnostics</code> and the synthetic-set cache); {found} of "
-                f"{sum(len(r['runs']) for _, r in rows)} records of this table are on this machine"
-                f"{' and none has a synthetic set' if found else ''}.</p>")
+                f"{sum(len(r['runs']) for _, r in rows)} records of this table were available when this page was "
+                f"built{' and none has a synthetic set' if found else ''}.</p>")
     head = "".join(f'<th scope="col">{h}</th>' for h in
                    ["method", "seed", *[label for _, label, _ in DIAG_FIELDS], "teacher agrees %"])
     if real:
@@ -543,6 +633,9 @@ def group_section(board: Board, gkey: tuple, rows: list[tuple[int, dict]], plott
     parts = [f'<section id="{gslug}" aria-labelledby="h-{gslug}"><h3 id="h-{gslug}">{esc(title)}</h3>',
              leaderboard_table(board, gslug, f"{title}, protocol {proto['name']} v{proto['version']}: final top-1 "
                                              "over seeds (click a column header to sort)", rows)]
+    from zsqbench.leaderboard.build import table_name
+    parts += [f'<p class="validity">{esc(validity_line(t))}</p>'
+              for t in (board.lb.get("significance") or {}).get("tables", []) if t["table"] == table_name(rows[0][1])]
     parts.append('<div class="figs">')
     best = sorted(plain, key=row_order)[0]
     src = plotter.final_top1(plain, floor, ceiling, f"{title} · final top-1 per method", f"{gslug}-final.svg")
@@ -572,15 +665,16 @@ def group_section(board: Board, gkey: tuple, rows: list[tuple[int, dict]], plott
                              f"{gslug}-curves.svg")
         parts.append(figure_html(src, f"Test top-1 at each evaluation point per method and seed on {title}",
                                  f"Learning curves from the records' <code>eval_history</code> ({n_found} of "
-                                 f"{n_runs} records on this machine). {where}"))
+                                 f"{n_runs} records available when this page was built). {where}"))
     elif n_found:
-        parts.append(f'<p class="note">No learning curves: the {n_found} records of this table on this machine '
+        parts.append(f'<p class="note">No learning curves: the {n_found} records of this table used to build this '
+                     f"page "
                      f"evaluate the final student only (their <code>eval_history</code> has one point; a protocol "
                      f"sets <code>eval.every</code> to record more).</p>")
     else:
         parts.append(f'<p class="note">Learning curves need the run records\' <code>eval_history</code>: '
-                     f"{n_found} of {n_runs} records of this table are on this machine (a sweep's records are not "
-                     f"in git; run the sweep, then regenerate the site).</p>")
+                     f"{n_found} of {n_runs} records of this table were available when this page was built (a sweep's "
+                     f"records are not in git; run the sweep, then regenerate the site).</p>")
     parts.append("</div>")
     parts.append(f"<h4>Synthetic data</h4>{diagnostics_section(board, gslug, rows, plotter, site_dir)}")
     parts.append(provenance_table(board, gslug, rows, site_dir))
@@ -591,9 +685,11 @@ def group_section(board: Board, gkey: tuple, rows: list[tuple[int, dict]], plott
 def board_section(board: Board, plotter: Plotter, command: str, site_dir: Path) -> tuple[str, str]:
     lb, proto, pv = board.lb, board.lb["protocol"], board.lb["provenance"]
     indexed = sorted(enumerate(lb["rows"]), key=lambda x: (group_key(x[1]), row_order(x[1])))
+    tables = [(gkey, list(items)) for gkey, items in groupby(indexed, key=lambda x: group_key(x[1]))]
+    tables.sort(key=lambda t: -len(set("".join(r.get("letters") or "" for _, r in t[1]))))  # ranked tables first
     sections, toc = [], []
-    for gkey, items in groupby(indexed, key=lambda x: group_key(x[1])):
-        html_, li = group_section(board, gkey, list(items), plotter, command, site_dir)
+    for gkey, items in tables:
+        html_, li = group_section(board, gkey, items, plotter, command, site_dir)
         sections.append(html_)
         toc.append(li)
     bits_figs = []
@@ -628,9 +724,11 @@ def board_section(board: Board, plotter: Plotter, command: str, site_dir: Path) 
                f"sharing a letter are not separated. Rank: the row's 95 % rank interval over "
                f"{sig['rank_interval']['resamples']} bootstrap resamples of the seeds. Rows with under two finished "
                f"seeds are not placed (—).</dd>" if sig else "")
-            + f"<dt>records here</dt><dd>{n_found} of {len(board.runs)} found on this machine "
+            + f"<dt>records used</dt><dd>{_records_used_text(n_found, len(board.runs))} "
             f"(the table, the final-top-1, bits and cost plots need only the leaderboard; learning curves, "
-            f"diagnostics and previews need the records)</dd></dl></section>")
+            f"diagnostics and previews need the records). Any run re-runs with <code>zsqbench reproduce "
+            f"{esc(board.path)} --rows METHOD/MODEL/WxAy --seeds S</code> (its command is in the table's "
+            f"provenance), which compares the new figure with this one.</dd></dl></section>")
     bits = (f'<section id="{board.slug}-bits" aria-labelledby="h-{board.slug}-bits">'
             f'<h3 id="h-{board.slug}-bits">Accuracy vs bit-width</h3>{"".join(bits_figs)}</section>')
     toc.append(f'<li><a href="#{board.slug}-bits">accuracy vs bit-width</a></li>')
@@ -668,12 +766,20 @@ leaderboard(s); <code>{MANIFEST}</code> lists every file with its sha256.</p></f
 
 # --- writing -----------------------------------------------------------------------------------------------------
 
-def check_output(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out} is a file; give a folder for the site")
-    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
-        raise UserError(f"{out} is a non-empty folder that is not a zsqbench site (no {MANIFEST}); "
-                        "give a new or empty folder")
+def _site_files(out: Path) -> set[str] | None:
+    """The files a site folder's manifest says this tool wrote (None: no readable manifest)."""
+    try:
+        manifest = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
+        return set(manifest["files"]) if manifest.get("kind") == SITE_KIND else None
+    except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError, AttributeError):
+        return None
+
+
+def check_output(out: Path, inputs=()) -> None:
+    """The site folder is replaced as a whole: refuse a file, a folder that holds an input or anything this tool did
+    not write (zsqbench.safety)."""
+    from zsqbench.safety import check_replaced_dir
+    check_replaced_dir(out, "--output", MANIFEST, _site_files, inputs, kind="site")
 
 
 def build_site(tmp: Path, boards: list[Board], command: str) -> dict:
@@ -706,7 +812,7 @@ def write_site(leaderboards: list[str], output: str | Path, *, records_root: str
     if not leaderboards:
         raise UserError("give one or more leaderboard JSON files")
     out = Path(output)
-    check_output(out)
+    check_output(out, [*leaderboards, *([records_root] if records_root else [])])
     boards = [load_board(p) for p in leaderboards]
     for b in boards:
         attach_records(b, records_root, use_records)

@@ -137,27 +137,56 @@ def _letter(n: int) -> str:
     return out if len(out) == 1 else f"({out})"
 
 
-def rank_intervals(samples: dict[str, list[float]], resamples: int, seed: int,
-                   level: float = 0.95) -> dict[str, list[int]]:
-    """Each row's rank (1 = best mean) in a bootstrap over its own seeds: every resample draws each row's values
-    with replacement, ranks the rows' means (ties take the better rank), and the row's interval is the central
-    ``level`` of its ranks. Seeded, so the validator gets the same intervals."""
+def bootstrap_means(samples: dict[str, list[float]], resamples: int, seed: int):
+    """(resamples x rows) means: every resample draws each row's values with replacement. Seeded."""
     import numpy as np
-    from scipy.stats import rankdata
-    names = list(samples)
-    if not names:
-        return {}
     rng = np.random.default_rng(seed)
-    means = np.empty((resamples, len(names)))
-    for j, name in enumerate(names):
-        values = np.asarray(samples[name], dtype=float)
+    means = np.empty((resamples, len(samples)))
+    for j, values in enumerate(samples.values()):
+        values = np.asarray(values, dtype=float)
         draws = rng.integers(0, len(values), size=(resamples, len(values)))
         means[:, j] = values[draws].mean(axis=1)
-    ranks = rankdata(-means, method="min", axis=1)
+    return means
+
+
+def rank_intervals(samples: dict[str, list[float]], resamples: int, seed: int,
+                   level: float = 0.95) -> dict[str, list[int]]:
+    """Each row's rank (1 = best mean) in a bootstrap over its own seeds: every resample ranks the rows' means
+    (ties take the better rank), and the row's interval is the central ``level`` of its ranks. Seeded, so the
+    validator gets the same intervals."""
+    import numpy as np
+    from scipy.stats import rankdata
+    if not samples:
+        return {}
+    ranks = rankdata(-bootstrap_means(samples, resamples, seed), method="min", axis=1)
     tail = (1 - level) / 2
     lo = np.quantile(ranks, tail, axis=0, method="lower")
     hi = np.quantile(ranks, 1 - tail, axis=0, method="higher")
-    return {name: [int(lo[j]), int(hi[j])] for j, name in enumerate(names)}
+    return {name: [int(lo[j]), int(hi[j])] for j, name in enumerate(samples)}
+
+
+def rank_stability(samples: dict[str, list[float]], resamples: int, seed: int) -> float | None:
+    """Mean Kendall tau between the rows' ranking in each bootstrap resample and their observed ranking (1: every
+    resample ranks them alike; near 0: the order is seed noise). None below three rows."""
+    import numpy as np
+    from scipy.stats import kendalltau
+    if len(samples) < 3:
+        return None
+    observed = [statistics.fmean(v) for v in samples.values()]
+    taus = [kendalltau(observed, row).statistic for row in bootstrap_means(samples, resamples, seed)]
+    taus = [t for t in taus if not math.isnan(t)]
+    return float(np.mean(taus)) if taus else None
+
+
+def kendall_tau(ours: list[float], theirs: list[float]) -> dict | None:
+    """Kendall tau (and its two-sided p) between two orderings of the same rows; None below three rows."""
+    from scipy.stats import kendalltau
+    if len(ours) < 3:
+        return None
+    result = kendalltau(ours, theirs)
+    if math.isnan(result.statistic):
+        return None
+    return {"tau": float(result.statistic), "p": float(result.pvalue), "n": len(ours)}
 
 
 def table_statistics(rows: dict[str, list[float]], alpha: float, resamples: int, seed: int) -> dict:
@@ -174,4 +203,5 @@ def table_statistics(rows: dict[str, list[float]], alpha: float, resamples: int,
                       "p": p, "differs": p < alpha})
     separated = {frozenset((q["a"], q["b"])) for q in pairs if q["differs"]}
     return {"rows": names, "pairs": pairs, "letters": compact_letters(names, separated),
-            "rank_intervals": rank_intervals(family, resamples, seed)}
+            "rank_intervals": rank_intervals(family, resamples, seed),
+            "rank_stability": rank_stability(family, resamples, seed)}

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from zsqbench.errors import UserError
+from zsqbench.settings import SECTION_MODELS
 
 BUILTIN_DIR = Path(__file__).parent
 REQUIRED = ("name", "version", "description", "models", "bits", "seeds", "train", "eval")
@@ -29,6 +30,21 @@ def bits_for(protocol: dict, model_key: str) -> list[list[int]]:
     """The protocol's bit-widths for one teacher: ``bits_by_model[model]`` where the protocol narrows them (a
     bit-width measured not to separate methods on that teacher), else ``bits``."""
     return [list(b) for b in protocol.get("bits_by_model", {}).get(model_key, protocol["bits"])]
+
+
+def outside_grid(protocol: dict, model_key: str, wbits: int, abits: int, seed: int) -> list[str]:
+    """Why a job is outside the protocol's grid — its teacher, bit-width or seed is not the protocol's — one reason
+    per axis; empty when inside. The one rule: ``run`` records such a job as off-protocol (with these reasons,
+    so ``leaderboard build`` refuses the record) and ``sweep``, which makes only the protocol's grid, refuses it."""
+    name = protocol["name"]
+    reasons = []
+    if model_key not in protocol["models"]:
+        reasons.append(f"model {model_key} is not in protocol {name}")
+    if [wbits, abits] not in bits_for(protocol, model_key):
+        reasons.append(f"W{wbits}A{abits} is not in protocol {name} for {model_key}")
+    if seed not in protocol["seeds"]:
+        reasons.append(f"seed {seed} is not in protocol {name}'s seeds ({', '.join(map(str, protocol['seeds']))})")
+    return reasons
 
 
 def load_protocol_file(path: Path) -> dict:
@@ -77,13 +93,10 @@ def parse_value(text: str) -> Any:
         return text
 
 
-# settings a protocol may leave out (--set may still give them): eval.split, absent = "test"; "dev" scores on
-# held-out train images, to choose settings (never to report); train.average_from, absent = off (the last weights)
-OPTIONAL_KEYS = frozenset({"eval.split", "train.average_from"})
-
-
 def apply_overrides(config: dict, overrides: list[str]) -> dict:
-    """Apply ``KEY=VALUE`` overrides with dotted keys (``train.steps=100``, ``distiller.temperature=4``)."""
+    """Apply ``KEY=VALUE`` overrides with dotted keys (``train.steps=100``, ``distiller.temperature=4``). A
+    ``train.``/``eval.`` key must be a field of the protocol's settings models, given by the protocol or not; a
+    component's keys are checked against its own settings model when the run is resolved."""
     config = copy.deepcopy(config)
     for item in overrides:
         if "=" not in item:
@@ -98,9 +111,10 @@ def apply_overrides(config: dict, overrides: list[str]) -> dict:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
                 raise UserError(f"--set key {key!r}: {p!r} is not a section")
-        if parts[0] in ("train", "eval") and parts[-1] not in node and key.strip() not in OPTIONAL_KEYS:
-            raise UserError(f"--set key {key!r} is not a known setting; {'.'.join(parts[:-1])} has: "
-                            f"{', '.join(sorted(node))}")
+        model = SECTION_MODELS.get(parts[0])
+        if model is not None and parts[-1] not in model.model_fields:
+            raise UserError(f"--set key {key!r} is not a known setting; {parts[0]} has: "
+                            f"{', '.join(model.model_fields)}")
         node[parts[-1]] = parse_value(value)
     return config
 

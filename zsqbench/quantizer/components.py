@@ -21,12 +21,13 @@ class MinMaxEMAQuantizer(Quantizer):
         momentum: float = Field(0.9, gt=0, lt=1, description="EMA momentum of the activation ranges")
 
     capabilities = frozenset({"quantize_inputs", "activation_types", "freeze_ranges", "first_last_bits"})
+    keeps_integer_weights = True  # its students can be saved as integer codes and exported (zsqbench.export)
 
     def quantize(self, model: nn.Module, wbits: int, abits: int, *, quantize_inputs: bool = False,
                  activation_types=None, first_last_bits: int | None = None) -> nn.Module:
         kw = {} if activation_types is None else {"activation_types": activation_types}
-        return quantize_model(model, wbits, abits, range_rule=self.config["range_rule"],
-                              momentum=self.config["momentum"], quantize_inputs=quantize_inputs,
+        return quantize_model(model, wbits, abits, range_rule=self.settings.range_rule,
+                              momentum=self.settings.momentum, quantize_inputs=quantize_inputs,
                               first_last_bits=first_last_bits, **kw)
 
     def set_calibrating(self, model: nn.Module, on: bool) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import subprocess
@@ -25,28 +26,66 @@ def schema(name: str = "run-record") -> dict:
 def validation_errors(obj: dict, name: str = "run-record") -> list[str]:
     v = jsonschema.Draft202012Validator(schema(name), format_checker=jsonschema.FormatChecker())
     return [f"{'/'.join(map(str, e.absolute_path)) or '(root)'}: {e.message}"
-            for e in sorted(v.iter_errors(obj), key=lambda e: list(map(str, e.absolute_path)))]
+            for e in sorted(v.iter_errors(obj), key=lambda e: list(map(str, e.absolute_path)))] + \
+        nonfinite_errors(obj, FREE_FORM.get(name, ()))
+
+
+FREE_FORM = {"run-record": ("diagnostics", "train_metrics")}  # measurements of a diverged run may be NaN there
+
+
+def nonfinite_errors(obj, skip: tuple[str, ...] = ()) -> list[str]:
+    """NaN or ±Infinity anywhere in a parsed JSON document (JSON Schema's ``number`` admits them), outside the
+    top-level fields ``skip``."""
+    errors = []
+
+    def walk(x, path):
+        if isinstance(x, float) and not math.isfinite(x):
+            errors.append(f"{'/'.join(path) or '(root)'}: {x} is not a finite number")
+        elif isinstance(x, dict):
+            for k, v in x.items():
+                if not (not path and k in skip):
+                    walk(v, [*path, str(k)])
+        elif isinstance(x, list):
+            for i, v in enumerate(x):
+                walk(v, [*path, str(i)])
+    walk(obj, [])
+    return errors
+
+
+def record_errors(obj) -> list[str]:
+    """Everything that makes a run record invalid: its JSON Schema, non-finite numbers, the rules across its fields
+    and its content digest (zsqbench.record.check). Empty: valid."""
+    from zsqbench.record.check import consistency_errors, digest_errors
+    errors = validation_errors(obj)
+    if errors:
+        return errors
+    return consistency_errors(obj) + digest_errors(obj)
 
 
 def validate_record(obj: dict) -> None:
-    errors = validation_errors(obj)
+    errors = record_errors(obj)
     if errors:
         raise UserError("invalid run record: " + "; ".join(errors[:5]))
 
 
-def write_json_atomic(path: Path, obj: dict) -> None:
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename: readers see the old
+    file or the whole new one, never a part (a killed run leaves at most a ``.NAME.*.tmp``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True)
-            f.write("\n")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json_atomic(path: Path, obj: dict) -> None:
+    write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
 def load_json(path: Path) -> dict:

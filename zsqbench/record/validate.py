@@ -7,7 +7,7 @@ from pathlib import Path
 
 from zsqbench.errors import UserError
 
-KINDS = ("run record", "leaderboard", "published baselines")
+KINDS = ("run record", "leaderboard", "leaderboard notes", "published baselines")
 
 
 def detect_kind(obj) -> str | None:
@@ -17,6 +17,9 @@ def detect_kind(obj) -> str | None:
         return "leaderboard"
     if isinstance(obj, dict) and obj.get("kind") == "zsqbench-published":
         return "published baselines"
+    if (isinstance(obj, dict) and isinstance(obj.get("protocol"), str) and "kind" not in obj
+            and ({"ci_half_width_target", "rows"} & set(obj))):
+        return "leaderboard notes"  # leaderboard build --notes (power targets, notes on rows)
     if looks_like_record(obj) or (isinstance(obj, dict) and {"schema_version", "method", "seed"} <= set(obj)):
         return "run record"  # also a record missing its headline fields: validated as one, so they are named
     return None
@@ -35,6 +38,12 @@ def find_files(paths) -> list[tuple[Path, bool]]:
     return out
 
 
+def unreadable(errors: list[str]) -> bool:
+    """The errors of a file that is not JSON at all (a truncated or corrupt file): invalid even where files of
+    unknown kinds are skipped (a directory), since it may be a record cut short."""
+    return bool(errors) and errors[0].startswith("is not JSON")
+
+
 def validate_file(path: Path) -> tuple[str | None, list[str]]:
     """(kind, errors). A file that is not JSON, or JSON of no known kind, is (None, [why])."""
     try:
@@ -50,7 +59,14 @@ def validate_file(path: Path) -> tuple[str | None, list[str]]:
         from zsqbench.record.io import validation_errors
         errors = validation_errors(obj, "published")
         return kind, errors or semantic_errors(obj)
-    if kind == "run record":
+    if kind == "leaderboard notes":
         from zsqbench.record.io import validation_errors
-        return kind, validation_errors(obj)
+        return kind, validation_errors(obj, "leaderboard-notes")
+    if kind == "run record":
+        from zsqbench.record.check import is_legacy
+        from zsqbench.record.io import record_errors
+        errors = record_errors(obj)
+        if not errors and is_legacy(obj):
+            kind = "run record; legacy schema 1: no content digest, so an edit cannot be detected"
+        return kind, errors
     return None, [f"not a {', '.join(KINDS[:-1])} or {KINDS[-1]} file"]

@@ -144,10 +144,13 @@ class GeneratorSynthesizer(Synthesizer):
       its logits (not detached) reach :meth:`generator_loss` (AdaDFQ).
 
     :meth:`prepare` creates ``self.generator``, ``self.optimizer`` (Adam), ``self.scheduler`` and ``self.bns`` (the
-    teacher's BN-statistics hooks: ``self.bns.loss()`` is the BNS term of the last teacher pass). The teacher's
+    teacher's BN-statistics hooks: ``self.bns.loss()`` is the BNS term of the last teacher pass, ``self.bns.stats()``
+    its per-layer statistics). The teacher's
     logits from the generator step are handed on, so the distiller does not run it again (the official GDFQ
     trainer reuses them the same way).
     """
+
+    uses_bn_statistics = True  # self.bns matches the teacher's BN statistics: an own network needs BatchNorm2d layers
 
     student_feedback: bool = False
 
@@ -163,17 +166,17 @@ class GeneratorSynthesizer(Synthesizer):
 
     def build_generator(self, ctx: RunContext) -> nn.Module:
         """The generator network (GDFQ's by default); called once by :meth:`prepare`."""
-        cfg = self.config
-        return Generator(ctx.num_classes, ctx.image_shape, cfg["latent_dim"], cfg["width"], cfg["conditional_bn"])
+        cfg = self.settings
+        return Generator(ctx.num_classes, ctx.image_shape, cfg.latent_dim, cfg.width, cfg.conditional_bn)
 
     def prepare(self, ctx: RunContext) -> None:
-        cfg = self.config
+        cfg = self.settings
         # stays NCHW: with phase_conv, channels-last made its step slower (336 against 288 ms, docs/speed.md)
         self.generator = self.build_generator(ctx).to(ctx.device).train()
-        self.optimizer = torch.optim.Adam(self.generator.parameters(), lr=cfg["lr"], betas=tuple(cfg["betas"]))
+        self.optimizer = torch.optim.Adam(self.generator.parameters(), lr=cfg.lr, betas=tuple(cfg.betas))
         total = max(1, ctx.warmup_steps + ctx.total_steps)  # the official schedule counts warm-up epochs too
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(
-            self.optimizer, [max(1, round(f * total)) for f in cfg["milestones"]], cfg["gamma"])
+            self.optimizer, [max(1, round(f * total)) for f in cfg.milestones], cfg.gamma)
         self.bns = BNStatHooks(ctx.teacher)
 
     def sample_conditioning(self, ctx: RunContext, batch_size: int) -> Conditioning:
@@ -205,7 +208,7 @@ class GeneratorSynthesizer(Synthesizer):
                 p.requires_grad_(True)
 
     def next_batch(self, ctx: RunContext, batch_size: int) -> Batch:
-        z = torch.randn(batch_size, self.config["latent_dim"], device=ctx.device)
+        z = torch.randn(batch_size, self.settings.latent_dim, device=ctx.device)
         cond = self.sample_conditioning(ctx, batch_size)
         images = self.generate(ctx, z, cond)
         with self.bns.recording():

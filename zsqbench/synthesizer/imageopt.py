@@ -1,4 +1,4 @@
-"""Image-optimisation synthesizers (ZeroQ, IntraQ, HAST): optimise a fixed image set once, then sample from it.
+"""Image-optimisation synthesizers (ZeroQ, IntraQ, HAST, SynQ): optimise a fixed image set once, then sample from it.
 
 Synthesis, shared by all of them (the skeleton of ZeroQ's and IntraQ/HAST's ``distill_data.py``):
 
@@ -13,8 +13,9 @@ Synthesis, shared by all of them (the skeleton of ZeroQ's and IntraQ/HAST's ``di
   (:meth:`begin_batch` / :meth:`end_batch`: IntraQ's class centres).
 
 All randomness of synthesis comes from its own generator seeded with the run's seed, so a set depends only on
-(teacher weights, synthesis settings, seed, device type) — that tuple, and nothing else (not the bit-width, not
-the fine-tuning settings), is the key of the on-disk cache (:func:`cache_root`). A cached set is a plain
+(the synthesizer's code and the core's, synthesis settings, teacher weights and input card, seed, device type) —
+that tuple, and nothing else (not the bit-width, not the fine-tuning settings), is the key of the on-disk cache
+(:func:`cache_root`, :meth:`ImageSetSynthesizer.cache_key_fields`). A cached set is a plain
 ``torch.save`` of tensors and JSON-able values, loaded with ``weights_only=True``.
 
 Fine-tuning samples the set without replacement, epoch by epoch, and by default applies RandomResizedCrop(0.5-1)
@@ -33,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from zsqbench.distiller.attention import FeatureTap
 from zsqbench.errors import UserError
@@ -44,7 +45,7 @@ from zsqbench.synthesizer.augment import random_resized_crop_flip
 from zsqbench.synthesizer.bns import BNStatHooks
 from zsqbench.synthesizer.preview import class_grid, write_png
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: the key holds the synthesizer's code and the teacher's card
 from zsqbench.cache import ENV_CACHE_DIR, cache_base  # noqa: F401  (ENV_CACHE_DIR: re-exported for callers)
 
 
@@ -67,13 +68,14 @@ class ImageSetSynthesizer(Synthesizer):
     # settings that only change how the finished set is used: left out of the cache key
     USE_KEYS = ("train_augment", "train_crop_scale", "calibration_synthesizer", "calibration_synthesizer_config",
                 "calibration_batch_size")
-    bns_form = "batch"             # BNStatHooks form (ZeroQ: "zeroq")
+    bns_form = "batch"             # BNStatHooks form (ZeroQ: "per-sample")
     uses_pooled_features = False   # hand the teacher's pooled features to synthesis_loss (IntraQ's MDC)
+    uses_bn_statistics = True      # matches the teacher's BN statistics: an own network needs BatchNorm2d layers
 
     class Settings(Synthesizer.Settings):
-        num_images: int = Field(512, ge=1, description="size of the synthetic set")
-        synthesis_batch_size: int = Field(128, ge=1)
-        iterations: int = Field(200, ge=0, description="optimisation steps per batch")
+        num_images: int = Field(512, ge=1, le=1_000_000, description="size of the synthetic set")
+        synthesis_batch_size: int = Field(128, ge=1, le=8192)
+        iterations: int = Field(200, ge=0, le=1_000_000, description="optimisation steps per batch")
         lr: float = Field(0.5, gt=0)
         plateau_patience: int = Field(50, ge=0)
         min_lr: float = Field(1e-4, ge=0)
@@ -85,6 +87,14 @@ class ImageSetSynthesizer(Synthesizer):
         calibration_synthesizer_config: dict = {}
         calibration_batch_size: int | None = Field(None, ge=1)
 
+        @model_validator(mode="after")
+        def _crop_scales_ordered(self):
+            for key in ("synthesis_crop_scale", "train_crop_scale"):
+                low, high = getattr(self, key)
+                if low > high:
+                    raise ValueError(f"{key} must be [low, high] with low <= high, got {[low, high]}")
+            return self
+
     # --- what a method adds ------------------------------------------------------------------------------------
 
     @abc.abstractmethod
@@ -92,7 +102,8 @@ class ImageSetSynthesizer(Synthesizer):
                        labels: torch.Tensor, bns: torch.Tensor, features: torch.Tensor | None
                        ) -> tuple[torch.Tensor, dict[str, float]]:
         """The total loss of one synthesis step on the ``images`` the teacher saw (``bns`` is the BNS term of this
-        forward pass, ``features`` its pooled features if :attr:`uses_pooled_features`) and its parts."""
+        forward pass, ``features`` its pooled features if :attr:`uses_pooled_features`) and its parts.
+        ``self.bns.stats()`` holds the pass's per-layer BN statistics, for a BNS variant of one's own."""
 
     def begin_batch(self, ctx: RunContext, labels: torch.Tensor, generator: torch.Generator) -> dict:
         """Per-batch state for :meth:`synthesis_loss` (soft targets, class centres, ...)."""
@@ -105,10 +116,17 @@ class ImageSetSynthesizer(Synthesizer):
     # --- the set -----------------------------------------------------------------------------------------------
 
     def cache_key_fields(self, ctx: RunContext) -> dict[str, Any]:
+        """Everything that made the set: the synthesizer (name, class, its code and the core's computing code, by
+        the fingerprints a record's ``code`` holds), its synthesis settings, the teacher (weights' sha256, model key,
+        input card), the seed and the device type. An edit to the synthesizer's code is a new key: a cache miss."""
+        from zsqbench.provenance import component_code
+        from zsqbench.teacher.card import preprocessing_identity
         synthesis = {k: v for k, v in sorted(self.config.items()) if k not in self.USE_KEYS}
+        card = preprocessing_identity(ctx.teacher_card) if ctx.teacher_card else None
         return {"format": CACHE_FORMAT, "synthesizer": self.name, "class": type(self).__qualname__,
-                "bns_form": self.bns_form, "synthesis": synthesis, "teacher_sha256": ctx.teacher_hash,
-                "model": ctx.model.key, "seed": ctx.seed, "device": ctx.device.type}
+                "code": component_code(type(self)), "bns_form": self.bns_form, "synthesis": synthesis,
+                "teacher_sha256": ctx.teacher_hash, "teacher_card": card, "model": ctx.model.key, "seed": ctx.seed,
+                "device": ctx.device.type}
 
     def cache_path(self, ctx: RunContext) -> Path | None:
         """The set's file, or None when the teacher has no content hash (then nothing is cached)."""
@@ -118,7 +136,6 @@ class ImageSetSynthesizer(Synthesizer):
         return cache_root(ctx.cache_dir) / f"{self.name}_{ctx.model.key.replace('@', '-')}_seed{ctx.seed}_{key[:16]}.pt"
 
     def prepare(self, ctx: RunContext) -> None:
-        self.check_config(ctx)
         t0 = time.perf_counter()
         path = self.cache_path(ctx)
         if path is not None and path.exists():
@@ -137,25 +154,13 @@ class ImageSetSynthesizer(Synthesizer):
         self._queue = torch.empty(0, dtype=torch.long)
         self._calibrator = self.build_calibrator(ctx)
 
-    def check_config(self, ctx: RunContext) -> None:
-        cfg = self.config
-        for key in ("num_images", "synthesis_batch_size"):
-            if not isinstance(cfg[key], int) or cfg[key] < 1:
-                raise UserError(f"synthesizer.{key} must be a positive integer, got {cfg[key]!r}")
-        if not isinstance(cfg["iterations"], int) or cfg["iterations"] < 0:
-            raise UserError(f"synthesizer.iterations must be an integer >= 0, got {cfg['iterations']!r}")
-        for key in ("synthesis_crop_scale", "train_crop_scale"):
-            lo_hi = cfg[key]
-            if not (isinstance(lo_hi, (list, tuple)) and len(lo_hi) == 2 and 0 < lo_hi[0] <= lo_hi[1] <= 1):
-                raise UserError(f"synthesizer.{key} must be [low, high] with 0 < low <= high <= 1, got {lo_hi!r}")
-
     def synthesize(self, ctx: RunContext) -> tuple[torch.Tensor, torch.Tensor, dict]:
-        cfg, dev = self.config, ctx.device
+        cfg, dev = self.settings, ctx.device
         gen = torch.Generator(device=dev).manual_seed(ctx.seed)
-        n_total, bsz, iters = cfg["num_images"], cfg["synthesis_batch_size"], cfg["iterations"]
+        n_total, bsz, iters = cfg.num_images, cfg.synthesis_batch_size, cfg.iterations
         n_batches = math.ceil(n_total / bsz)
         try:
-            bns = BNStatHooks(ctx.teacher, self.bns_form)
+            bns = self.bns = BNStatHooks(ctx.teacher, self.bns_form)  # self.bns.stats(): per-layer statistics
         except ValueError as e:
             raise UserError(f"synthesizer {self.name!r}: {e}") from None
         tap = self.pool_tap(ctx) if self.uses_pooled_features else None
@@ -168,16 +173,16 @@ class ImageSetSynthesizer(Synthesizer):
                 x = torch.randn((n, *ctx.image_shape), generator=gen, device=dev).requires_grad_(True)
                 y = torch.randint(0, ctx.num_classes, (n,), generator=gen, device=dev)
                 state = self.begin_batch(ctx, y, gen)
-                opt = torch.optim.Adam([x], lr=cfg["lr"])
-                sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, patience=cfg["plateau_patience"],
-                                                                   min_lr=cfg["min_lr"])
+                opt = torch.optim.Adam([x], lr=cfg.lr)
+                sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, patience=cfg.plateau_patience,
+                                                                   min_lr=cfg.min_lr)
                 parts: dict[str, float] = {}
                 for it in range(iters):
                     ctx.step = b * iters + it
                     view = x
-                    if cfg["synthesis_augment_p"] > 0 and \
-                            float(torch.rand((), generator=gen, device=dev)) < cfg["synthesis_augment_p"]:
-                        view = random_resized_crop_flip(x, tuple(cfg["synthesis_crop_scale"]), generator=gen)
+                    if cfg.synthesis_augment_p > 0 and \
+                            float(torch.rand((), generator=gen, device=dev)) < cfg.synthesis_augment_p:
+                        view = random_resized_crop_flip(x, tuple(cfg.synthesis_crop_scale), generator=gen)
                     with bns.recording():
                         logits = ctx.teacher(view)
                     features = tap.features[0].flatten(1) if tap else None
@@ -255,7 +260,7 @@ class ImageSetSynthesizer(Synthesizer):
         if not isinstance(data, dict) or not {"images", "labels", "key", "stats"} <= set(data):
             raise bad("is not a zsqbench synthetic set")
         images, labels = data["images"], data["labels"]
-        expect = (self.config["num_images"], *ctx.image_shape)
+        expect = (self.settings.num_images, *ctx.image_shape)
         if not (isinstance(images, torch.Tensor) and isinstance(labels, torch.Tensor)):
             raise bad("holds no image/label tensors")
         if tuple(images.shape) != expect or images.dtype != torch.float32 or tuple(labels.shape) != expect[:1]:
@@ -275,19 +280,19 @@ class ImageSetSynthesizer(Synthesizer):
     # --- using the set -----------------------------------------------------------------------------------------
 
     def build_calibrator(self, ctx: RunContext) -> Synthesizer | None:
-        name = self.config["calibration_synthesizer"]
+        name = self.settings.calibration_synthesizer
         if not name:
             return None
         from zsqbench.registry import get_registry
         cls = get_registry().get("synthesizers", name)
-        calibrator = cls(**self.config["calibration_synthesizer_config"])
+        calibrator = cls(**self.settings.calibration_synthesizer_config)
         calibrator.prepare(ctx)
         return calibrator
 
     def calibration_batch(self, ctx: RunContext, batch_size: int) -> Batch:
         if self._calibrator is None:
             return self.next_batch(ctx, batch_size)
-        return self._calibrator.next_batch(ctx, self.config["calibration_batch_size"] or batch_size)
+        return self._calibrator.next_batch(ctx, self.settings.calibration_batch_size or batch_size)
 
     def take(self, batch_size: int) -> torch.Tensor:
         """Indices for one batch: the set in a fresh random order each epoch, no image twice in an epoch."""
@@ -300,8 +305,8 @@ class ImageSetSynthesizer(Synthesizer):
         self._calibrator = None  # calibration is over; let a calibration generator go
         idx = self.take(batch_size)
         images, labels = self.images[idx], self.labels[idx]
-        if self.config["train_augment"]:
-            images = random_resized_crop_flip(images, tuple(self.config["train_crop_scale"]))
+        if self.settings.train_augment:
+            images = random_resized_crop_flip(images, tuple(self.settings.train_crop_scale))
         return Batch(images, labels)
 
     def diagnostic_images(self, ctx: RunContext):
@@ -312,26 +317,28 @@ class ImageSetSynthesizer(Synthesizer):
 def build_set(spec, force: bool = False) -> dict:
     """Build (or find in the cache) the synthetic set of ``spec``'s method on its teacher, without a student: what
     ``zsqbench synth`` runs. Returns the synthesis stats with the set's file and its PNG grid."""
-    from zsqbench.loop import resolve, resolve_device, seed_everything
+    from zsqbench.loop import resolve_device, seed_everything
+    from zsqbench.plan import resolve
     from zsqbench.teacher.zoo import load_teacher
-    resolved = resolve(spec)
-    synth, model_spec = resolved["instances"]["synthesizer"], resolved["model_spec"]
-    if not isinstance(synth, ImageSetSynthesizer):
-        raise UserError(f"method {spec.method!r} uses synthesizer {resolved['components']['synthesizer'][0]!r}, "
+    plan = resolve(spec)
+    model_spec, synth_plan = plan.model_spec, plan.components["synthesizer"]
+    if not issubclass(synth_plan.cls, ImageSetSynthesizer):
+        raise UserError(f"method {spec.method!r} uses synthesizer {synth_plan.name!r}, "
                         "which builds no image set (generators have nothing to cache); use an image-optimisation "
                         "method such as intraq, hast or zeroq")
     device = resolve_device(spec.device)
     teacher, info = load_teacher(model_spec, spec.weights, spec.cache_dir)
     seed_everything(spec.seed)
-    ctx = RunContext(teacher=teacher.to(device), student=None, model=model_spec, dataset=resolved["dataset"],
+    ctx = RunContext(teacher=teacher.to(device), student=None, model=model_spec, dataset=plan.dataset,
                      wbits=spec.wbits, abits=spec.abits, quantizer=None, device=device, seed=spec.seed,
-                     total_steps=0, warmup_steps=0, cache_dir=spec.cache_dir, teacher_hash=info.get("sha256"))
+                     total_steps=0, warmup_steps=0, cache_dir=spec.cache_dir, teacher_hash=info.get("sha256"),
+                     teacher_card=dict(plan.card))
+    synth = synth_plan.build(calibration_synthesizer=None)  # only the set is wanted here
     path = synth.cache_path(ctx)
     if path is None:
         raise UserError("the teacher weights have no sha256, so their set cannot be cached: pass --weights PATH")
     if force and path.exists():
         path.unlink()
-    synth.config = {**synth.config, "calibration_synthesizer": None}  # only the set is wanted here
     if not spec.quiet:
         from rich.progress import Progress
         ctx.progress = Progress(transient=True)
@@ -339,7 +346,7 @@ def build_set(spec, force: bool = False) -> dict:
         synth.prepare(ctx)
     png = path.with_suffix(".png")
     write_png(png, class_grid(synth.images, synth.labels, ctx.num_classes, ctx.dataset.mean, ctx.dataset.std))
-    return {**ctx.stats["synthesis"], "png": str(png), "off_protocol": resolved["off_protocol"]}
+    return {**ctx.stats["synthesis"], "png": str(png), "off_protocol": list(plan.off_protocol)}
 
 
 class _nothing:

@@ -14,7 +14,7 @@ A card file is JSON: ``{"mean": [0.2190], "std": [0.3318], "fit": "pad"}``. ``fi
 images reach the 32×32 input — ``pad`` (2 zero pixels each side, before normalising) or ``resize`` (bilinear);
 leave it out for datasets whose images already have the network's size (CIFAR) or a fixed recipe (ImageNet: resize
 256, centre crop 224). Only datasets that declare a ``stored_size`` (images smaller than the network input) take a
-``fit``; theirs defaults to ``pad``.
+``fit``; theirs defaults to the dataset's ``default_fit`` (``pad`` unless the dataset says ``resize``).
 """
 from __future__ import annotations
 
@@ -36,11 +36,17 @@ class TeacherCard(Settings):
     std: Annotated[list[Annotated[float, Field(gt=0)]], Field(min_length=1)] = Field(description="per-channel std")
     fit: Literal["pad", "resize"] | None = Field(
         None, description="28x28 -> 32x32: zero-pad (pad) or bilinear (resize); null: the dataset's standard")
+    fp_top1: float | None = Field(None, ge=0, le=100, description="the teacher's FP top-1 (%) on the test split "
+                                  "as measured with this card: a run whose FP top-1 is far from it is refused")
+    num_classes: Annotated[int, Field(gt=0)] | None = Field(None, description="own networks: the number of classes")
+    input_size: Annotated[list[Annotated[int, Field(gt=0)]], Field(min_length=3, max_length=3)] | None = Field(
+        None, description="own networks: the input (C, H, W) after the fit")
 
 
 def default_card(dataset: str) -> dict:
     info = dataset_info(dataset)
-    return {"mean": list(info.mean), "std": list(info.std), "fit": "pad" if info.stored_size else None}
+    fit = (info.default_fit or "pad") if info.stored_size else None
+    return {"mean": list(info.mean), "std": list(info.std), "fit": fit}
 
 
 def _small_image_datasets() -> list[str]:
@@ -62,7 +68,34 @@ def check_card(card: dict, dataset: str, where: str) -> dict:
         raise UserError(f"teacher card {where}: fit={fit!r} applies only to images smaller than the network input "
                         f"({', '.join(_small_image_datasets())}); leave it out for {dataset}")
     return {"mean": [float(m) for m in card["mean"]], "std": [float(s) for s in card["std"]],
-            "fit": fit or default_card(dataset)["fit"]}
+            "fit": fit or default_card(dataset)["fit"],
+            **({"fp_top1": float(card["fp_top1"])} if card.get("fp_top1") is not None else {})}
+
+
+def claimed_fp_top1(card: dict, teacher_info: dict) -> float | None:
+    """The FP top-1 the teacher's card claims: the card file's ``fp_top1``, or the manifest's for an embedded
+    teacher fed its manifest card (None: no claim)."""
+    if card.get("fp_top1") is not None:
+        return card["fp_top1"]
+    if card.get("source") == "manifest":
+        return teacher_info.get("manifest_fp_top1")
+    return None
+
+
+def check_fp_claim(measured: float, card: dict, teacher_info: dict, images: int, split: str) -> None:
+    """Refuse a teacher whose FP top-1 on the test split is far from its card's claim (wrong weights, a wrong
+    normalisation): before any calibration or training. "Far": more than max(3 points, 4 binomial standard errors
+    of the evaluated images). The dev split is not checked (a claim is about the test split)."""
+    claim = claimed_fp_top1(card, teacher_info)
+    if claim is None or split != "test" or not images:
+        return
+    p = min(max(claim / 100, 0.01), 0.99)
+    tolerance = max(3.0, 400 * (p * (1 - p) / images) ** 0.5)
+    if abs(measured - claim) > tolerance:
+        where = "the manifest" if card.get("source") == "manifest" else f"teacher card {card.get('source')}"
+        raise UserError(f"the teacher's FP top-1 is {measured:.2f} % on {images} test images, but {where} claims "
+                        f"{claim:.2f} % (more than {tolerance:.1f} points apart): wrong weights or a wrong teacher "
+                        "card (normalisation); no run started")
 
 
 def read_card(path: Path, dataset: str) -> dict:

@@ -23,7 +23,9 @@ class DatasetInfo:
     ``stored_size`` is (H, W) of the stored images when they are smaller than the network input (Fashion-MNIST's
     28x28 under a 32x32 network): the evaluation step brings them to ``image_shape`` as the teacher card's ``fit``
     says (zero-pad by default, or resize), and only such datasets accept a ``fit`` in a card. Leave it ``None``
-    when the loader's images already have the network's size.
+    when the loader's images already have the network's size. ``default_fit`` (``"pad"`` or ``"resize"``, with a
+    ``stored_size`` only) is how this dataset's small images reach the network when a teacher's card does not say
+    (default: ``"pad"``).
     """
     name: str
     num_classes: int
@@ -32,8 +34,12 @@ class DatasetInfo:
     std: tuple[float, ...]
     description: str = ""
     stored_size: tuple[int, int] | None = None  # (H, W) on disk, when smaller than image_shape[1:]
+    default_fit: str | None = None  # "pad" | "resize": the fit of a teacher whose card names none (default pad)
 
     def __post_init__(self):
+        if self.default_fit is not None and (self.default_fit not in ("pad", "resize") or not self.stored_size):
+            raise ValueError(f"dataset {self.name!r}: default_fit must be 'pad' or 'resize', and only with a "
+                             f"stored_size (images smaller than the network input), got {self.default_fit!r}")
         c = self.image_shape[0] if len(self.image_shape) == 3 else None
         if c is None or len(self.mean) != c or len(self.std) != c:
             raise ValueError(f"dataset {self.name!r}: image_shape must be (C, H, W) and mean/std have C values, "

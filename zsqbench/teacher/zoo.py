@@ -128,10 +128,20 @@ def load_teacher(spec: ModelSpec, weights: str | None = None, cache_dir: str | N
             lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
             detail = lines[1] if len(lines) > 1 else (lines[0] if lines else type(e).__name__)
             raise UserError(f"weights do not fit {spec.key}: {detail[:240]}") from None
+    check_finite_weights(net, info.get("path") or spec.key)
     net.eval()
     for p in net.parameters():
         p.requires_grad_(False)
     return net, info
+
+
+def check_finite_weights(net: nn.Module, where) -> None:
+    """A teacher whose weights or BN statistics hold NaN/Inf computes nothing: refused before any work."""
+    for name, t in [*net.named_parameters(), *net.named_buffers()]:
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise UserError(f"teacher weights {where} hold {bad} non-finite value(s) (NaN/Inf) in {name}: the "
+                            "teacher is broken; retrain it or pass other --weights")
 
 
 def _pytorchcv_pretrained(spec: ModelSpec, cache_dir: str | None) -> tuple[nn.Module, dict]:
@@ -153,14 +163,18 @@ def _pytorchcv_pretrained(spec: ModelSpec, cache_dir: str | None) -> tuple[nn.Mo
 # --- architectures ----------------------------------------------------------------------------------------
 
 def resnet20(num_classes: int, in_channels: int) -> nn.Module:
-    from pytorchcv.models.resnet_cifar import get_resnet_cifar
-    return get_resnet_cifar(num_classes=num_classes, blocks=20, bottleneck=False, in_channels=in_channels)
+    from pytorchcv.models.resnet_cifar import CIFARResNet, get_resnet_cifar
+    if num_classes in (10, 100):
+        return get_resnet_cifar(num_classes=num_classes, blocks=20, bottleneck=False, in_channels=in_channels)
+    # get_resnet_cifar asserts 10 or 100 classes; the same network for any other count (a user's teacher)
+    return CIFARResNet(channels=[[16] * 3, [32] * 3, [64] * 3], init_block_channels=16, bottleneck=False,
+                       in_channels=in_channels, num_classes=num_classes)
 
 
 # MobileNetV1 for 32x32 inputs: pytorchcv's depthwise-separable stages unchanged, a stride-1 stem (the usual CIFAR
 # adaptation: 32 -> 32 -> 16 -> 8 -> 4 -> 2) and an adaptive final pool in place of the 7x7 ImageNet pool, at
 # width 0.75. Measured CPU training step, batch 128, 2 cores, relative to ResNet-20: width 0.5 0.73x, 0.75 1.25x,
-# 1.0 1.97x; full width with the ImageNet stride-2 stem 0.96x. Teachers tried (see README "Teachers"): width 0.5
+# 1.0 1.97x; full width with the ImageNet stride-2 stem 0.96x. Teachers tried (see docs/findings.md): width 0.5
 # reached 90.86 % and the stride-2 stem learned far slower, both short of the 92 % target.
 MOBILENETV1_32_WIDTH = 0.75
 
@@ -204,3 +218,25 @@ def builtin_models() -> list[ModelSpec]:
         ModelSpec("mobilenetv2", "imagenet", _pcv("mobilenetv2_w1"), pytorchcv_name="mobilenetv2_w1",
                   notes="pytorchcv mobilenetv2_w1 (paper teacher)", **MBV2_BLOCKS),
     ]
+
+
+# zoo architectures a user's own teacher may have on any registered dataset of their input size (--weights)
+USER_ARCHITECTURES = {"resnet20": (resnet20, RESNET_BLOCKS), "mobilenetv1": (mobilenetv1_32, MBV1_BLOCKS)}
+
+
+def user_model(name: str, info) -> ModelSpec:
+    """``name`` (a zoo architecture: resnet20, mobilenetv1) built for the dataset ``info`` — its channels and
+    classes — with no weights of its own: a user's checkpoint (``--weights``) on a dataset no registered teacher is
+    trained on, e.g. a plugin's. One line when the architecture or the image size does not fit."""
+    if name not in USER_ARCHITECTURES:
+        raise UserError(f"no registered teacher {name}@{info.name}, and {name!r} is not a zoo architecture a "
+                        f"checkpoint can be loaded into (those are: {', '.join(USER_ARCHITECTURES)})")
+    channels, h, w = info.image_shape
+    if (h, w) != (32, 32):
+        raise UserError(f"zoo architecture {name} takes 32x32 images, but {info.name} images are {h}x{w} (a "
+                        "dataset plugin brings smaller images to 32x32 with stored_size and its default_fit)")
+    build, blocks = USER_ARCHITECTURES[name]
+    return ModelSpec(name, info.name, lambda: build(info.num_classes, channels),
+                     notes=f"zsqbench's {name} for {info.name} ({channels} channels, {info.num_classes} classes); "
+                           "the user's weights", provider="your --weights", **blocks)
+

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from zsqbench.api import Batch
-from zsqbench.testing import assert_one_line_error, check_record, run_method, smoke_context
+from zsqbench.testing import assert_one_line_error, check_record, conformance_test, run_method, smoke_context
 from zsqbench_example import BalancedSmoothSynthesizer
 
 
@@ -50,3 +50,7 @@ def test_a_bad_setting_is_one_line_and_writes_no_record(tmp_path):
     assert_one_line_error("run", "--method", "balanced-smooth", "--model", "resnet20", "--bits", "4",
                           "--protocol", "smoke", "--set", "synthesizer.labels=sorted", "--out", tmp_path,
                           contains=["'balanced' | 'uniform'"])
+
+
+# zsqbench's conformance suite (zsqbench.testing.check_method): the checks every plugin must pass
+test_conformance = conformance_test("balanced-smooth")

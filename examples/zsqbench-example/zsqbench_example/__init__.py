@@ -36,19 +36,19 @@ class BalancedSmoothSynthesizer(GeneratorSynthesizer):
 
     def sample_conditioning(self, ctx, batch_size):
         c = ctx.num_classes
-        if self.config["labels"] == "balanced":
+        if self.settings.labels == "balanced":
             offset = torch.randint(c, (1,), device=ctx.device)  # which classes get the remainder's extra images
             labels = (torch.arange(batch_size, device=ctx.device) + offset) % c
             labels = labels[torch.randperm(batch_size, device=ctx.device)]
         else:
             labels = ctx.random_labels(batch_size)
-        s = self.config["smoothing"]
+        s = self.settings.smoothing
         return Conditioning(labels, soft_labels=(1 - s) * F.one_hot(labels, c).float() + s / c)
 
     def generator_loss(self, ctx, images, cond, teacher_logits, student_logits=None):
         ce = cond.cross_entropy(teacher_logits)  # against cond.soft_labels
         bns = self.bns.loss()                    # BN-statistics error of the teacher's pass on these images
-        loss = ce + self.config["bns_weight"] * bns
+        loss = ce + self.settings.bns_weight * bns
         return loss, {"g_ce": ce.item(), "g_bns": bns.item()}
 
 
