@@ -1,6 +1,6 @@
 """This tree against a fixed baseline commit, interleaved in one process (issue 29).
 
-    .venv/bin/python benchmarks/speed.py [--quick] [--baseline 23e17cb] [--device cpu|cuda] [--note "..."]
+    .venv/bin/python benchmarks/speed.py [--quick] [--baseline d7c716d] [--device cpu|cuda] [--note "..."]
 
 The baseline commit's tracked files are extracted (``git archive``) into ``--baseline-dir`` (default
 ``.speed-baseline/<commit>``, created on first use) and imported beside this tree's: each tree's ``zsqbench`` and ``zsqbench_plugins`` modules
@@ -43,7 +43,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_BASELINE = "23e17cb"
+DEFAULT_BASELINE = "d7c716d"  # main just before the speed work merged: the typed run plan is in both trees
 GENERATOR_METHODS = ["gdfq", "adadfq", "bag", "qimera"]
 IMAGESET_METHODS = ["hast", "intraq", "synq", "zeroq-kd"]
 PACKAGES = ("zsqbench", "zsqbench_plugins")
@@ -133,18 +133,28 @@ def _sync(device: torch.device) -> None:
 
 # --- what is timed -------------------------------------------------------------------------------------------
 
+def _resolve(loop, spec) -> dict:
+    """What a phase needs from a resolved run, from either tree: the typed run plan (issue 26 onwards) or the dict
+    ``resolve()`` returned before it (a baseline commit may be either)."""
+    r = loop.resolve(spec)
+    if isinstance(r, dict):
+        return {"instances": r["instances"], "model_spec": r["model_spec"], "dataset": r["dataset"],
+                "train": r["config"]["train"], "batch_size": int(r["config"]["train"]["batch_size"]), "card": r["card"]}
+    return {"instances": r.build_components(), "model_spec": r.model_spec, "dataset": r.dataset, "train": r.train,
+            "batch_size": int(r.train.batch_size), "card": dict(r.card)}
+
 def build_train(tree: Tree, method: str, device: torch.device, warmup: int = 3):
     """One training step of ``method`` as the loop runs it, and the objects the other phases reuse."""
     loop = tree.m("zsqbench.loop")
     imageopt = tree.m("zsqbench.synthesizer.imageopt")
-    first = loop.resolve(loop.RunSpec(method=method, model="resnet20", wbits=3, abits=3, protocol="cpu"))
+    first = _resolve(loop, loop.RunSpec(method=method, model="resnet20", wbits=3, abits=3, protocol="cpu"))
     overrides = []
     if isinstance(first["instances"]["synthesizer"], imageopt.ImageSetSynthesizer):
         overrides = ["synthesizer.num_images=64", "synthesizer.synthesis_batch_size=64", "synthesizer.iterations=1"]
-    resolved = loop.resolve(loop.RunSpec(method=method, model="resnet20", wbits=3, abits=3, protocol="cpu",
-                                         overrides=overrides))
+    resolved = _resolve(loop, loop.RunSpec(method=method, model="resnet20", wbits=3, abits=3, protocol="cpu",
+                                           overrides=overrides))
     synth, distiller, quantizer = (resolved["instances"][k] for k in ("synthesizer", "distiller", "quantizer"))
-    spec, train = resolved["model_spec"], resolved["config"]["train"]
+    spec, train = resolved["model_spec"], resolved["train"]
     teacher, _ = tree.m("zsqbench.teacher.zoo").load_teacher(spec)
     teacher = tree.place(teacher.to(device), device)
     loop.seed_everything(0)
@@ -154,7 +164,7 @@ def build_train(tree: Tree, method: str, device: torch.device, warmup: int = 3):
         quantizer=quantizer, device=device, seed=0, total_steps=1000, warmup_steps=warmup)  # no teacher hash: no cache
     synth.prepare(ctx)
     distiller.setup(ctx)
-    bs = int(train["batch_size"])
+    bs = resolved["batch_size"]
     quantizer.set_calibrating(student, True)
     for _ in range(warmup):
         images = synth.calibration_batch(ctx, bs).images  # a generator step needs autograd
@@ -174,7 +184,7 @@ def build_train(tree: Tree, method: str, device: torch.device, warmup: int = 3):
 
 def build_synthesis(tree: Tree, device: torch.device, iterations: int, method: str = "intraq"):
     loop = tree.m("zsqbench.loop")
-    resolved = loop.resolve(loop.RunSpec(
+    resolved = _resolve(loop, loop.RunSpec(
         method=method, model="resnet20", wbits=3, abits=3, protocol="cpu",
         overrides=["synthesizer.num_images=64", "synthesizer.synthesis_batch_size=64",
                    f"synthesizer.iterations={iterations}"]))

@@ -146,15 +146,16 @@ def _one_step(method: str, switches: speed.Speed) -> tuple[float, dict[str, torc
         overrides += ["synthesizer.num_images=16", "synthesizer.synthesis_batch_size=16", "synthesizer.iterations=2",
                       "synthesizer.calibration_synthesizer=null", "synthesizer.train_augment=false"]
     with speed.using(switches):
-        resolved = resolve(RunSpec(method=method, model="resnet20", wbits=3, abits=3, protocol="smoke",
-                                   overrides=overrides))
-        synth, distiller, quantizer = (resolved["instances"][k] for k in ("synthesizer", "distiller", "quantizer"))
+        plan = resolve(RunSpec(method=method, model="resnet20", wbits=3, abits=3, protocol="smoke",
+                               overrides=overrides))
+        components = plan.build_components()
+        synth, distiller, quantizer = (components[k] for k in ("synthesizer", "distiller", "quantizer"))
         dev = torch.device("cpu")
-        teacher, _ = load_teacher(resolved["model_spec"])
+        teacher, _ = load_teacher(plan.model_spec)
         teacher = speed.to_memory_format(teacher, dev)
         seed_everything(0)
         student = speed.to_memory_format(quantizer.quantize(teacher, 3, 3).eval(), dev)
-        ctx = RunContext(teacher=teacher, student=student, model=resolved["model_spec"], dataset=resolved["dataset"],
+        ctx = RunContext(teacher=teacher, student=student, model=plan.model_spec, dataset=plan.dataset,
                          wbits=3, abits=3, quantizer=quantizer, device=dev, seed=0, total_steps=10, warmup_steps=2)
         synth.prepare(ctx)
         distiller.setup(ctx)

@@ -44,6 +44,12 @@ class Speed:
         return {**asdict(self), "channels_last": self.channels_last_on(device)}
 
 
+def env_value(used: dict) -> str:
+    """The ``ZSQBENCH_SPEED`` value that repeats the switches a record says it used (``record["speed"]``)."""
+    names = {f.name for f in fields(Speed)}
+    return ",".join(f"{k}={int(bool(v))}" for k, v in sorted(used.items()) if k in names)
+
+
 EAGER = Speed(phase_conv=False, channels_last=False, fused_fakequant=False)
 
 
