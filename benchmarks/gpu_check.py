@@ -5,6 +5,7 @@ killed check keeps what it measured):
 1. ``smoke``: a sweep of every method on both embedded teachers (``zsqbench sweep -p smoke``);
 2. ``cpu_families``: one ``cpu``-protocol job per method family (gdfq, adadfq, intraq, hast, zeroq) on ResNet-20;
 3. ``step_time``: benchmarks/step_time.py and benchmarks/method_step_time.py on the GPU and on the CPU, and ratios;
+   ``speed``: benchmarks/speed.py --quick on the GPU (this tree against the baseline commit, interleaved; issue 29);
 4. ``paper_first_steps``: the ``paper`` protocol's first steps for every method with paper settings on
    ResNet-20@cifar100, with a random-initialised teacher (``--weights``) and a fabricated CIFAR-100-format test set
    (``--data-root``): no download. The records are off-protocol (``--set``, other weights) by design; the accuracy is
@@ -151,6 +152,31 @@ class Check:
                 for m in methods["cpu"]["median_step_ms"]}
         return result
 
+    def speed(self) -> dict:
+        """benchmarks/speed.py (issue 29): this tree against the baseline commit, interleaved, on the GPU, with the
+        default speed switches and with channels-last forced on (``auto`` leaves it off on CUDA)."""
+        # dry: HEAD as the baseline (a shallow CI clone has no older commit; the machinery is what is checked)
+        quick = ["--quick", "--rounds", "1", "--eval-rounds", "1", "--methods", "gdfq", "--synthesis-iterations", "1",
+                 "--baseline", "HEAD", "--baseline-dir", str(self.work / "baseline")] if self.dry else ["--quick"]
+        if not self.dry and os.environ.get("ZSQBENCH_SPEED_BASELINE_DIR"):  # a copy without git history
+            quick += ["--baseline-dir", os.environ["ZSQBENCH_SPEED_BASELINE_DIR"]]
+        out = {}
+        for name, switches in (("default", []), ("channels_last", ["--speed", "channels_last=1"])):
+            if self.dry and name != "default":
+                continue
+            path = self.work / f"speed_{name}.json"
+            res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "speed.py"), *quick, *switches,
+                                  "--device", self.device, "--out", str(path), "--note", "gpu_check"],
+                                 capture_output=True, text=True, timeout=420, cwd=ROOT)
+            if res.returncode != 0:
+                raise RuntimeError(f"speed.py exit {res.returncode}: {res.stderr.strip()[-1500:]}")
+            result = json.loads(path.read_text())
+            out[name] = {"speed_switches": result["speed_switches"],
+                         "ratios": {k: {"thread": v["ratio_thread"], "wall": v["ratio_wall"]}
+                                    for k, v in result["phases"].items()},
+                         "phases": result["phases"]}
+        return out
+
     def paper_first_steps(self, steps: int) -> dict:
         from zsqbench.registry import get_registry
         registry = get_registry()
@@ -280,6 +306,7 @@ def main() -> None:
     check.stage("smoke", check.smoke)
     check.stage("cpu_families", check.cpu_families)
     check.stage("step_time", check.step_time)
+    check.stage("speed", check.speed)
     check.stage("paper_first_steps", lambda: check.paper_first_steps(2 if args.dry else args.paper_steps))
     print(f"[gpu_check] summary: {check.summary_path} ({check.elapsed()} s; failures: "
           f"{', '.join(check.summary['failures']) or 'none'})")

@@ -61,7 +61,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from zsqbench.api import Conditioning, Field, Generator, Method, UserError, hookimpl
+from zsqbench.api import Conditioning, Field, Generator, Method, UserError, hookimpl, upsample_conv
 from zsqbench_plugins.gdfq import GDFQSynthesizer
 
 NORM_EPS = 1e-5  # BatchNorm1d's default eps, as in the official embed_normalizer
@@ -164,10 +164,8 @@ class QimeraGenerator(Generator):
         cond = self._cbn_condition(labels, weights, mixed) if self.conditional_bn else None
         x = self.l1(x).view(x.shape[0], self.width, self.init_size, self.init_size)
         x = self._bn(self.bn0, x, cond)
-        x = F.interpolate(x, scale_factor=2)
-        x = self.act1(self._bn(self.bn1, self.conv1(x), cond))
-        x = F.interpolate(x, scale_factor=2)
-        x = self.act2(self._bn(self.bn2, self.conv2(x), cond))
+        x = self.act1(self._bn(self.bn1, upsample_conv(self.conv1, x), cond))  # = conv1(upsample x2)
+        x = self.act2(self._bn(self.bn2, upsample_conv(self.conv2, x), cond))
         return self.bn_out(self.tanh(self.conv3(x)))
 
 

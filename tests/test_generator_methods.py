@@ -161,9 +161,10 @@ def test_bag_generator_is_quantized(r20_ctx, bits):
     assert len(qs) == 4 and not any(q.calibrated for q in qs)
     batch = synth.next_batch(ctx, 8)
     assert all(q.calibrated for q in qs)  # calibrated on the first generator step
-    # layer inputs really sit on a 2^k-level grid: capture the conv2 input after quantization
+    # layer inputs really sit on a 2^k-level grid: capture the conv2 input after quantization (the quantizer's
+    # output: with the phase_conv speed switch the conv module's own forward is not called)
     seen = {}
-    h = wrappers[2][1].register_forward_hook(lambda m, i, o: seen.update(x=i[0].detach()))
+    h = wrappers[2][0].register_forward_hook(lambda m, i, o: seen.update(x=o.detach()))
     synth.next_batch(ctx, 8)
     h.remove()
     assert len(torch.unique(seen["x"])) <= 2 ** bits

@@ -19,7 +19,8 @@ def test_gpu_check_dry_mode_runs_every_stage(tmp_path):
     summary = json.loads(summary_path.read_text())
     assert summary["mode"].startswith("dry") and summary["device"] == "cpu" and summary["failures"] == []
     stages = summary["stages"]
-    assert list(stages) == ["smoke", "cpu_families", "step_time", "paper_first_steps"]
+    assert list(stages) == ["smoke", "cpu_families", "step_time", "speed", "paper_first_steps"]
+    assert set(stages["speed"]["default"]["ratios"]) == {"train:gdfq", "synthesis:intraq", "eval"}
     for name in ("smoke", "cpu_families"):
         assert stages[name]["failed_jobs"] == [] and [r["status"] for r in stages[name]["runs"]] == ["ok"], name
     assert stages["step_time"]["step_time"]["cpu"]["quant_step_ms"] > 0

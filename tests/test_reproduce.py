@@ -57,6 +57,7 @@ def test_reproduce_names_what_differs(tmp_path, smoke_record):
     changed["device"]["name"] = "Some Other CPU (2 cpus)"
     changed["device"]["numerics"]["cpu_flags"] = ["avx", "avx2", "avx512f"]
     changed["versions"]["torch"] = "2.12.0+cpu"
+    del changed["speed"]  # a record from before the speed switches
     f = tmp_path / "changed.json"
     f.write_text(json.dumps(changed))
     proc = zsqbench_cli("reproduce", f, "--out", tmp_path / "re", "--json")
@@ -65,8 +66,27 @@ def test_reproduce_names_what_differs(tmp_path, smoke_record):
     assert r["verdict"] == "differs" and r["delta"] == pytest.approx(-1.0)
     text = "; ".join(r["differs"])
     assert "Some Other CPU" in text and "avx512f" in text and "torch 2.12.0+cpu" in text
+    assert "speed switches unrecorded vs" in text
     proc = zsqbench_cli("reproduce", f, "--out", tmp_path / "re", "--tolerance", "1.5")  # the table, agreeing
     assert proc.returncode == 0 and "agrees" in proc.stdout
+
+
+def test_reproduce_repeats_the_records_speed_switches(tmp_path):
+    """A record made with the speed switches off (docs/speed.md) re-runs with them off, whatever the caller's
+    environment says, and agrees bit for bit; the hand-typed command carries them too."""
+    out = tmp_path / "eager"
+    proc = zsqbench_cli("run", "--method", "gdfq", "--model", "resnet20", "--bits", "4", "--protocol", "smoke",
+                        "--threads", "1", "--out", out, "-q", env={"ZSQBENCH_SPEED": "eager"})
+    assert proc.returncode == 0, proc.stderr
+    (path,) = out.glob("*.json")
+    rec = json.loads(path.read_text())
+    assert rec["speed"] == {"phase_conv": False, "channels_last": False, "fused_fakequant": False}
+    proc = zsqbench_cli("reproduce", path, "--out", tmp_path / "re", "--json", env={"ZSQBENCH_SPEED": "fast"})
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    (r,) = json.loads(proc.stdout)["results"]
+    assert r["verdict"] == "agrees" and r["differs"] == [], r
+    assert r["command"].startswith("ZSQBENCH_SPEED=channels_last=0,fused_fakequant=0,phase_conv=0 zsqbench run")
+    assert json.loads(Path(r["record"]).read_text())["train_metrics"] == rec["train_metrics"]
 
 
 def test_reproduce_leaderboard_row(tmp_path, smoke_record):

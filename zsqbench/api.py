@@ -60,7 +60,7 @@ from zsqbench.interfaces import (Batch, Component, Distiller, Method, Quantizer,
 from zsqbench.registry import Registry
 from zsqbench.settings import CropScale, Fraction, ScheduleFraction, Settings
 from zsqbench.synthesizer.bns import BNLayerStats, BNStatHooks, bns_loss, per_sample_moment_loss, per_sample_bns_loss
-from zsqbench.synthesizer.generator import Conditioning, Generator, GeneratorSynthesizer
+from zsqbench.synthesizer.generator import Conditioning, Generator, GeneratorSynthesizer, upsample_conv
 from zsqbench.synthesizer.imageopt import ImageSetSynthesizer
 from zsqbench.teacher.datasets import DatasetInfo
 from zsqbench.teacher.zoo import ModelSpec
@@ -71,7 +71,7 @@ __all__ = [
     # components and what flows between them
     "Component", "Synthesizer", "Distiller", "Quantizer", "Batch", "RunContext",
     # the generator family
-    "GeneratorSynthesizer", "Conditioning", "Generator",
+    "GeneratorSynthesizer", "Conditioning", "Generator", "upsample_conv",
     # the image-set family
     "ImageSetSynthesizer",
     # shared losses and helpers

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from zsqbench import numerics
+from zsqbench import numerics, speed
 from zsqbench.cache import cache_base
 from zsqbench.errors import Diverged, UserError
 from zsqbench.interfaces import RunContext
@@ -93,14 +93,15 @@ def run(spec: RunSpec | RunPlan) -> tuple[dict, Path]:
         evaluator = Evaluator(model_spec.dataset, spec.data_root, device, evalc.limit, evalc.batch_size, evalc.split,
                               dict(plan.card))
         teacher, teacher_info = load_teacher(model_spec, spec.weights, spec.cache_dir)
-        teacher = teacher.to(device)
+        teacher = speed.to_memory_format(teacher.to(device), device)  # channels-last where it pays (speed.py)
     with timer.phase("evaluation"):  # + the real set's diagnostics, same pass; cached per teacher and data
         fp_top1, fp_cache = evaluator.reference(teacher, model_spec.pool_module, teacher_info.get("sha256"),
                                                 cache_base(spec.cache_dir) / "eval")
     check_fp_claim(fp_top1, dict(plan.card), teacher_info, evaluator.n, evalc.split)
 
     seed_everything(spec.seed)
-    student = quantizer.quantize(teacher, spec.wbits, spec.abits, **plan.quantization).to(device).eval()
+    student = speed.to_memory_format(
+        quantizer.quantize(teacher, spec.wbits, spec.abits, **plan.quantization).to(device).eval(), device)
     steps, warmup = train.steps, train.warmup_steps
     ctx = RunContext(teacher=teacher, student=student, model=model_spec, dataset=plan.dataset, wbits=spec.wbits,
                      abits=spec.abits, quantizer=quantizer, device=device, seed=spec.seed, total_steps=steps,
@@ -212,6 +213,7 @@ def run(spec: RunSpec | RunPlan) -> tuple[dict, Path]:
                    "peak_cuda_mb": round(torch.cuda.max_memory_allocated(device) / 2 ** 20, 1)
                    if device.type == "cuda" else None},
         "device": {**record_io.device_info(device), "numerics": numerics.info()},
+        "speed": speed.current().resolved(device),
         "versions": record_io.versions(),
         "plugins": plan.registry.plugins,
         "git": record_io.git_info(),

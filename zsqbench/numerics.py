@@ -157,6 +157,8 @@ def differences(original: dict, new: dict) -> list[str]:
         oe, ne = ({k: v for k, v in (d.get("env") or {}).items() if not k.endswith("_NUM_THREADS")} for d in (on, nn))
         if oe != ne:
             out.append(f"env {oe} vs {ne}")
+    if original.get("speed") != new.get("speed"):  # docs/speed.md: the switches reorder float sums
+        out.append(f"speed switches {original.get('speed') or 'unrecorded'} vs {new.get('speed') or 'unrecorded'}")
     if (original.get("teacher") or {}).get("sha256") != (new.get("teacher") or {}).get("sha256"):
         out.append("teacher weights (sha256)")
     return out

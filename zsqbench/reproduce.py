@@ -209,6 +209,15 @@ def command(t: Target, record_file: Path, data_root: str | None, cache_dir: str 
     return cmd
 
 
+def speed_env(t: Target) -> str | None:
+    """``ZSQBENCH_SPEED`` for the original's speed switches; None when its record predates them."""
+    used = t.original.get("speed")
+    if not isinstance(used, dict):
+        return None
+    from zsqbench.speed import env_value
+    return env_value(used)
+
+
 def shell_command(t: Target) -> str:
     """What a reader types to re-run it by hand (the site shows it)."""
     import shlex
@@ -217,7 +226,8 @@ def shell_command(t: Target) -> str:
              "--threads", str(t.threads)]
     for item in t.overrides:
         parts += ["--set", item]
-    return shlex.join(parts)
+    prefix = f"ZSQBENCH_SPEED={speed_env(t)} " if speed_env(t) else ""
+    return prefix + shlex.join(parts)
 
 
 def _file_name(t: Target) -> str:
@@ -232,6 +242,8 @@ def rerun(t: Target, out: Path, data_root: str | None, cache_dir: str | None, to
     record_file = out / f"{_file_name(t)}.json"
     record_file.unlink(missing_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(t.threads), "MKL_NUM_THREADS": str(t.threads)}
+    if speed_env(t):  # the speed switches the original used (they move float sums like the thread count does)
+        env["ZSQBENCH_SPEED"] = speed_env(t)
     cmd = command(t, record_file, data_root, cache_dir)
     try:
         sink = stream.fileno()  # the child's progress lines and summary, beside ours

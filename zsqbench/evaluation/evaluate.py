@@ -39,7 +39,7 @@ class Evaluator:
             for i in range(0, self.n, self.batch_size):
                 yield self.images[i:i + self.batch_size], self.labels[i:i + self.batch_size]
 
-    @torch.no_grad()
+    @torch.inference_mode()  # no autograd bookkeeping at all (issue 29)
     def top1(self, model: nn.Module, pool_module: str | None = None) -> float:
         """Top-1 (%) on the test set. With ``pool_module`` (the teacher's pooled-feature module) the same pass
         also gathers the real set's diagnostics (:attr:`real_stats`, see :mod:`zsqbench.evaluation.diagnostics`)."""

@@ -19,6 +19,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from zsqbench import speed
+from zsqbench.quantizer.kernel import fake_quantize_into
+
 _EPS = 1e-8
 
 
@@ -27,6 +30,10 @@ def fake_quantize(x: torch.Tensor, x_min: torch.Tensor, x_max: torch.Tensor, bit
     half = 2 ** (bits - 1)
     scale = (2 ** bits - 1) / (x_max - x_min).clamp_min(_EPS)
     zero_point = torch.round(scale * x_min) + half
+    if speed.current().fused_fakequant:  # the same arithmetic in one pass, bit-identical (quantizer/kernel.py)
+        fused = fake_quantize_into(x, scale, zero_point, -half, half - 1)
+        if fused is not None:
+            return fused
     q = torch.clamp(torch.round(scale * x - zero_point), -half, half - 1)
     return (q + zero_point) / scale
 
