@@ -11,7 +11,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from zsqbench.errors import UserError
+from zsqbench.spine.errors import UserError
 from zsqbench.leaderboard import published as pub
 from zsqbench.record.io import schema
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from zsqbench.loop import RunSpec, run
+from zsqbench.spine.loop import RunSpec, run
 from zsqbench.quantizer.components import MinMaxEMAQuantizer
 from zsqbench.quantizer.fakequant import ActQuantizer, QuantConv2d, QuantLinear
 from zsqbench.record.io import validation_errors

@@ -52,13 +52,13 @@ from pydantic import Field
 
 from zsqbench.distiller.attention import ChannelAttentionKD, FeatureTap, attention_loss, channel_attention
 from zsqbench.distiller.kd import KDDistiller, kd_kl, teacher_logits
-from zsqbench.errors import Diverged, UserError
+from zsqbench.spine.errors import Diverged, UserError
 from zsqbench.evaluation.data import BatchSource, DataNotFound, DatasetLoader, candidate_dirs, find_files, read_idx
-from zsqbench.hookspecs import hookimpl
-from zsqbench.interfaces import (Batch, Component, Distiller, Method, Quantizer, RunContext, Synthesizer,
+from zsqbench.spine.hookspecs import hookimpl
+from zsqbench.spine.interfaces import (Batch, Component, Distiller, Method, Quantizer, RunContext, Synthesizer,
                                  soft_cross_entropy)
-from zsqbench.registry import Registry
-from zsqbench.settings import CropScale, Fraction, ScheduleFraction, Settings
+from zsqbench.spine.registry import Registry
+from zsqbench.spine.settings import CropScale, Fraction, ScheduleFraction, Settings
 from zsqbench.synthesizer.bns import BNLayerStats, BNStatHooks, bns_loss, per_sample_moment_loss, per_sample_bns_loss
 from zsqbench.synthesizer.generator import Conditioning, Generator, GeneratorSynthesizer
 from zsqbench.synthesizer.imageopt import ImageSetSynthesizer

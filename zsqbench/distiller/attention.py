@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from zsqbench.distiller.kd import KDDistiller, kd_kl
-from zsqbench.interfaces import Batch, RunContext
+from zsqbench.spine.interfaces import Batch, RunContext
 
 
 def channel_attention(f: torch.Tensor, normalize: bool = False) -> torch.Tensor:

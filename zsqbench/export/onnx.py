@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from zsqbench.errors import UserError
+from zsqbench.spine.errors import UserError
 from zsqbench.quantizer.fakequant import ActQuantizer
 from zsqbench.export.student import weight_layers
 

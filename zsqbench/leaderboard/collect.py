@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from zsqbench.errors import UserError
+from zsqbench.spine.errors import UserError
 from zsqbench.record.io import load_json, record_errors
 
 LEADERBOARD_KIND = "zsqbench-leaderboard"

@@ -6,7 +6,7 @@ from typing import Literal
 import torch.nn as nn
 from pydantic import Field
 
-from zsqbench.interfaces import Quantizer
+from zsqbench.spine.interfaces import Quantizer
 from zsqbench.quantizer.fakequant import act_quantizers, quantize_model, ranges_frozen, set_calibrating
 
 

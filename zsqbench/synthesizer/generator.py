@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from pydantic import Field
 
-from zsqbench.interfaces import Batch, RunContext, Synthesizer, soft_cross_entropy
+from zsqbench.spine.interfaces import Batch, RunContext, Synthesizer, soft_cross_entropy
 from zsqbench.synthesizer.bns import BNStatHooks
 
 

@@ -1,6 +1,6 @@
 """Train an embedded Fashion-MNIST teacher — the committed, seeded script behind teacher/weights/.
 
-    python -m zsqbench.teacher.train --model resnet20 --epochs 15 --seed 0
+    python -m zsqbench.frontends.train_teacher --model resnet20 --epochs 15 --seed 0
 
 Plain supervised training on the Fashion-MNIST *train* split (random 32x32 crop of the 4-pixel-padded image,
 horizontal flip), SGD + Nesterov, cosine learning rate. The *final* epoch's network is saved — no model
@@ -210,7 +210,7 @@ def main(argv=None) -> None:
         manifest = read_manifest()
         manifest[spec.key] = {
             "file": fname, "sha256": sha256_file(path), "fp_top1": round(top1, 2),
-            "trained_by": f"python -m zsqbench.teacher.train --model {args.model} --epochs {args.epochs} "
+            "trained_by": f"python -m zsqbench.frontends.train_teacher --model {args.model} --epochs {args.epochs} "
                           f"--batch-size {args.batch_size} --lr {args.lr} --wd {args.wd} --seed {args.seed}"
                           + (" --decay-all" if args.decay_all else "") + (" --equalize" if args.equalize else ""),
             "selection": "final epoch (no selection on the test set)",
@@ -248,7 +248,7 @@ def post_process_embedded(args) -> None:
     manifest = read_manifest()
     entry = manifest[spec.key]
     entry.update({"sha256": sha256_file(path), "fp_top1": round(top1, 2), "dead_bn_channels_neutralized": dead,
-                  "post_processed_by": f"python -m zsqbench.teacher.train --model {args.model} --post-process-only"
+                  "post_processed_by": f"python -m zsqbench.frontends.train_teacher --model {args.model} --post-process-only"
                                        + (" --equalize" if args.equalize else ""),
                   "fp_top1_before_post_processing": round(before, 2)})
     if equalized:

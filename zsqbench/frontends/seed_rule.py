@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from zsqbench.errors import UserError
+from zsqbench.spine.errors import UserError
 from zsqbench.leaderboard.stats import ci_half_width
 
 
