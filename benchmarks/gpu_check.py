@@ -50,8 +50,8 @@ class Check:
     def find_or_fabricate_fmnist(self) -> str | None:
         """The embedded teachers' test set where this machine has it; else random images in its format, so the
         CUDA paths still run (their top-1 then means nothing, and the summary says so)."""
-        from zsqbench.spine.errors import UserError
         from zsqbench.evaluation.data import load_fmnist
+        from zsqbench.spine.errors import UserError
         try:
             load_fmnist("test")
             self.summary["fmnist"] = "real (system folder or $ZSQBENCH_DATA_ROOT)"

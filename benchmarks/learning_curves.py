@@ -87,9 +87,9 @@ def _split(text: str | None) -> list[str] | None:
 
 
 def jobs(args) -> list:
+    from zsqbench.frontends.sweep import _parse_bits, expand
     from zsqbench.protocols import bits_for
     from zsqbench.spine.registry import get_registry
-    from zsqbench.frontends.sweep import _parse_bits, expand
     registry = get_registry()
     proto = registry.get("protocols", registry.protocol_name(args.protocol))
     methods = _split(args.methods) or list(METHODS)

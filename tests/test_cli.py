@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from zsqbench.spine.errors import UserError
 from zsqbench.evaluation import data as eval_data
+from zsqbench.spine.errors import UserError
 from zsqbench.spine.loop import RunSpec, run
 from zsqbench.teacher import zoo
 

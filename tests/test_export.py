@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from zsqbench.spine.errors import UserError
 from zsqbench.export import export_dir
 from zsqbench.export.measure import state_dict_bytes
 from zsqbench.export.student import load_student, pack, read_student, save_student, unpack
-from zsqbench.spine.loop import RunSpec, run
 from zsqbench.quantizer.components import MinMaxEMAQuantizer
+from zsqbench.spine.errors import UserError
+from zsqbench.spine.loop import RunSpec, run
 from zsqbench.spine.registry import get_registry
 from zsqbench.teacher.zoo import load_teacher
 

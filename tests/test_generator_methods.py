@@ -11,16 +11,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from zsqbench.distiller.attention import ChannelAttentionKD, FeatureTap, attention_loss, channel_attention
-from zsqbench.spine.interfaces import Batch, Method, RunContext
+from zsqbench.distiller.attention import ChannelAttentionKD, attention_loss, channel_attention
 from zsqbench.quantizer.components import MinMaxEMAQuantizer
+from zsqbench.spine.interfaces import Batch, Method, RunContext
+from zsqbench.teacher.taps import FeatureTap
 from zsqbench.quantizer.fakequant import (ActQuantizer, QuantConv2d, QuantizedInput, QuantLinear, act_quantizers,
                                           quantize_weight)
+from zsqbench.frontends.train_teacher import neutralize_dead_bn_channels
 from zsqbench.spine.registry import get_registry
+from zsqbench.spine.registry import dataset_info
 from zsqbench.synthesizer.bns import BNStatHooks
 from zsqbench.synthesizer.generator import Conditioning
-from zsqbench.spine.registry import dataset_info
-from zsqbench.frontends.train_teacher import neutralize_dead_bn_channels
 from zsqbench.teacher.zoo import load_teacher
 from zsqbench_plugins.adadfq import AdaDFQSynthesizer, LogitEntropyDistiller, entropy, margin_loss
 from zsqbench_plugins.bag import BitwidthAwareSynthesizer

@@ -15,8 +15,8 @@ import pytest
 from click.testing import CliRunner
 
 from zsqbench.frontends.cli import Group
-from zsqbench.leaderboard.build import validate_leaderboard
 from zsqbench.frontends.leaderboard_commands import compare, leaderboard
+from zsqbench.leaderboard.build import validate_leaderboard
 from zsqbench.record.check import seal
 from zsqbench.record.io import record_errors, validation_errors
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from zsqbench.protocols import ALLOW_CPU_ENV, check_protocol_requirements
 from zsqbench.spine.errors import UserError
 from zsqbench.spine.loop import RunSpec, resolve
-from zsqbench.protocols import ALLOW_CPU_ENV, check_protocol_requirements
 from zsqbench.spine.registry import get_registry
 
 REFERENCES = {"fp", "noise"}  # plugins/references.py: the floor and the ceiling, no paper recipe to follow

@@ -14,8 +14,8 @@ import pytest
 from conftest import ROOT, zsqbench_cli
 from test_leaderboard import compare_json, write_set
 
-from zsqbench.spine.progress import LineProgress
 from zsqbench.record.io import validation_errors
+from zsqbench.spine.progress import LineProgress
 
 
 @pytest.fixture(scope="module")

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from zsqbench.spine.errors import UserError
-from zsqbench.leaderboard.stats import ci_half_width
-from zsqbench.protocols import BUILTIN_DIR
 from zsqbench.frontends.seed_rule import SeedRule
 from zsqbench.frontends.sweep import RECORD
+from zsqbench.leaderboard.stats import ci_half_width
+from zsqbench.protocols import BUILTIN_DIR
+from zsqbench.spine.errors import UserError
 
 RULE = {"first": 2, "cap": 4, "ci_half_width": 2.0}
 

@@ -110,9 +110,9 @@ def test_core_fingerprint_covers_what_the_run_imports_not_the_front_ends():
                                                              "zsqbench_plugins.gdfq"))}
     assert {"zsqbench/spine/loop.py", "zsqbench/quantizer/fakequant.py", "zsqbench/evaluation/evaluate.py",
             "zsqbench/synthesizer/generator.py", "zsqbench/distiller/kd.py", "zsqbench_plugins/gdfq.py"} <= names
-    assert not names & {"zsqbench/frontends/cli.py", "zsqbench/frontends/sweep.py", "zsqbench/frontends/sweep_ray.py", "zsqbench/frontends/listing.py",
-                        "zsqbench/testing.py", "zsqbench/leaderboard/show.py", "zsqbench/frontends/validate.py",
-                        "zsqbench_plugins/hast.py"}
+    assert not names & {"zsqbench/frontends/cli.py", "zsqbench/frontends/sweep.py", "zsqbench/frontends/sweep_ray.py",
+                        "zsqbench/frontends/listing.py", "zsqbench/testing.py", "zsqbench/leaderboard/show.py",
+                        "zsqbench/frontends/validate.py", "zsqbench_plugins/hast.py"}
 
 
 def test_builtin_method_fingerprint_covers_its_own_plugin_modules_only(tmp_path):

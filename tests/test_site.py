@@ -20,8 +20,8 @@ import pytest
 from click.testing import CliRunner
 
 from zsqbench.frontends.cli import Group
-from zsqbench.leaderboard.build import build_leaderboard, validate_leaderboard
 from zsqbench.frontends.leaderboard_commands import leaderboard
+from zsqbench.leaderboard.build import build_leaderboard, validate_leaderboard
 from zsqbench.leaderboard.site import MANIFEST, write_site
 from zsqbench.record.check import seal
 from zsqbench.record.io import validation_errors
@@ -51,9 +51,9 @@ def smoke_records(tmp_path_factory):
     from conftest import ONE_THREAD
     tmp = tmp_path_factory.mktemp("smoke")
     env = {**os.environ, **ONE_THREAD, "COLUMNS": "200"}
-    procs = [subprocess.Popen([sys.executable, "-m", "zsqbench.frontends.cli", "run", "--method", m, "--model", "resnet20",
-                               "--bits", "4", "--protocol", "smoke", "-q", "--out", str(tmp / m), "--seed", "0",
-                               "--cache-dir", str(tmp / "cache")], env=env, stdout=subprocess.PIPE,
+    procs = [subprocess.Popen([sys.executable, "-m", "zsqbench.frontends.cli", "run", "--method", m,
+                               "--model", "resnet20", "--bits", "4", "--protocol", "smoke", "-q", "--out", str(tmp / m),
+                               "--seed", "0", "--cache-dir", str(tmp / "cache")], env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for m in ("zeroq", "noise")]
     out = {}
     for m, p in zip(("zeroq", "noise"), procs):

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from conftest import ONE_THREAD
-from zsqbench.spine.errors import UserError
 from zsqbench.frontends.sweep import RECORD, Job, expand, run_sweep
+from zsqbench.spine.errors import UserError
 
 # compared between an interrupted and an uninterrupted sweep: everything a run computes (not its timings)
 COMPARED = ("final_top1", "best_top1_selected_on_test", "eval_history", "train_metrics", "config_hash", "fp_top1",
@@ -150,8 +150,8 @@ def test_fp_reference_is_cached_per_teacher_and_data(tmp_path):
 def test_protocol_narrows_bit_widths_per_teacher(tmp_path):
     """cpu runs MobileNetV1 at W4A4 only (measured: W3A3 ends at chance for every generator method): the sweep
     leaves those jobs out, and a single run of them is marked off-protocol."""
-    from zsqbench.spine.loop import RunSpec, resolve
     from zsqbench.protocols import bits_for, load_protocol_file
+    from zsqbench.spine.loop import RunSpec, resolve
     from zsqbench.spine.registry import get_registry
     cpu = get_registry().get("protocols", "cpu")
     assert bits_for(cpu, "mobilenetv1@fmnist") == [[4, 4]] and bits_for(cpu, "resnet20@fmnist") == [[3, 3], [4, 4]]

@@ -174,7 +174,8 @@ def test_bad_ray_input_is_one_line(ray_address, tmp_path):
         assert done.returncode == 2 and message in done.stderr, done.stderr
         assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
     # without Ray installed (hidden from the import system here): the same one line, naming the extra
-    no_ray = "import sys; sys.modules['ray'] = None; from zsqbench.frontends.cli import main; sys.argv[0] = 'zsqbench'; main()"
+    no_ray = ("import sys; sys.modules['ray'] = None; from zsqbench.frontends.cli import main; "
+              "sys.argv[0] = 'zsqbench'; main()")
     done = subprocess.run([sys.executable, "-c", no_ray, *base[3:], "--backend", "ray"], env=env(),
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "pip install 'zsqbench[ray]'" in done.stderr, done.stderr

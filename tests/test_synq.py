@@ -10,9 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from zsqbench.record.io import validation_errors
 from zsqbench.spine.interfaces import Batch, RunContext
 from zsqbench.spine.loop import RunSpec, resolve
-from zsqbench.record.io import validation_errors
 from zsqbench.spine.registry import dataset_info
 from zsqbench.teacher.zoo import load_teacher
 from zsqbench_plugins.hast import focal_ce

@@ -17,8 +17,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from zsqbench.frontends.cli import cli as zsqbench
 from zsqbench.evaluation import data as eval_data
+from zsqbench.frontends.cli import cli as zsqbench
 from zsqbench.spine.registry import get_registry
 from zsqbench.teacher.zoo import load_teacher
 

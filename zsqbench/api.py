@@ -50,10 +50,10 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from zsqbench.distiller.attention import ChannelAttentionKD, FeatureTap, attention_loss, channel_attention
+from zsqbench.distiller.attention import ChannelAttentionKD, attention_loss, channel_attention
 from zsqbench.distiller.kd import KDDistiller, kd_kl, teacher_logits
-from zsqbench.spine.errors import Diverged, UserError
 from zsqbench.evaluation.data import BatchSource, DataNotFound, DatasetLoader, candidate_dirs, find_files, read_idx
+from zsqbench.spine.errors import Diverged, UserError
 from zsqbench.spine.hookspecs import hookimpl
 from zsqbench.spine.interfaces import (Batch, Component, Distiller, Method, Quantizer, RunContext, Synthesizer,
                                  soft_cross_entropy)
@@ -63,6 +63,7 @@ from zsqbench.synthesizer.bns import BNLayerStats, BNStatHooks, bns_loss, per_sa
 from zsqbench.synthesizer.generator import Conditioning, Generator, GeneratorSynthesizer
 from zsqbench.synthesizer.imageopt import ImageSetSynthesizer
 from zsqbench.teacher.datasets import DatasetInfo
+from zsqbench.teacher.taps import FeatureTap
 from zsqbench.teacher.zoo import ModelSpec
 
 __all__ = [

@@ -1,7 +1,7 @@
 """Helpers for a plugin's *own* test suite (``from zsqbench.testing import ...``). Real runs, no mocks.
 
-* :func:`smoke_context` — a :class:`~zsqbench.spine.interfaces.RunContext` on the smoke teacher (the embedded ResNet-20
-  Fashion-MNIST teacher) with its quantized student, to unit-test a component's ``prepare`` / ``next_batch`` /
+* :func:`smoke_context` — a :class:`~zsqbench.spine.interfaces.RunContext` on the smoke teacher (the embedded
+  ResNet-20 Fashion-MNIST teacher) with its quantized student, to unit-test a component's ``prepare`` / ``next_batch`` /
   ``loss`` in-process, in a second;
 * :func:`method_components` — the synthesizer, distiller and quantizer a run of a method would build, with the
   method's resolved settings;
@@ -84,8 +84,8 @@ def smoke_context(method: str | None = None, *, model: str = SMOKE_MODEL, wbits:
                                 registry, proto)
         model_spec = registry.get("models", key)
         quant = registry.get("quantizers", quantizer or "minmax-ema")()
-        from zsqbench.spine.errors import UserError
         from zsqbench.protocols import apply_overrides
+        from zsqbench.spine.errors import UserError
         config = apply_overrides({"train": proto["train"], "eval": proto["eval"]}, _override_list(overrides))
         if set(config) - {"train", "eval"}:
             raise UserError("without a method, smoke_context takes only train.* and eval.* overrides")
@@ -129,8 +129,8 @@ def run_method(method: str, *, out_dir: str | os.PathLike, protocol: str = "smok
     folder of your own to share one between tests). ``threads`` sets torch's intra-op threads for the run (and
     restores them after; ``None`` leaves them): tiny smoke tensors run fastest on one.
 
-    Bad input raises :class:`~zsqbench.spine.errors.UserError` (what the CLI prints as its one ``error:`` line); a run that
-    hits NaN/Inf returns a record with ``"status": "diverged"`` (:func:`check_record` refuses it).
+    Bad input raises :class:`~zsqbench.spine.errors.UserError` (what the CLI prints as its one ``error:`` line); a run
+    that hits NaN/Inf returns a record with ``"status": "diverged"`` (:func:`check_record` refuses it).
     """
     from zsqbench.spine.loop import run
     out = Path(out_dir)
@@ -204,12 +204,12 @@ def _label(record: dict) -> str:
 
 def run_cli(*args: Any, env: Mapping[str, str] | None = None, cwd: str | os.PathLike | None = None,
             timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run ``zsqbench ARGS...`` (this interpreter's, ``python -m zsqbench.frontends.cli``) in a subprocess with this process's
-    environment (so ``PYTHONPATH`` plugins are seen) plus ``env``; returns the CompletedProcess (text). Tables are
-    printed 200 columns wide and torch uses one thread unless ``env`` or the environment says otherwise."""
+    """Run ``zsqbench ARGS...`` (this interpreter's, ``python -m zsqbench.frontends.cli``) in a subprocess with this
+    process's environment (so ``PYTHONPATH`` plugins are seen) plus ``env``; returns the CompletedProcess (text).
+    Tables are printed 200 columns wide and torch uses one thread unless ``env`` or the environment says otherwise."""
     full = {"COLUMNS": "200", "OMP_NUM_THREADS": "1", **os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "zsqbench.frontends.cli", *map(str, args)], capture_output=True, text=True,
-                          env=full, cwd=cwd, timeout=timeout)
+    return subprocess.run([sys.executable, "-m", "zsqbench.frontends.cli", *map(str, args)], capture_output=True,
+                          text=True, env=full, cwd=cwd, timeout=timeout)
 
 
 def assert_one_line_error(*args: Any, contains: str | Iterable[str] = (), returncode: int = 2,

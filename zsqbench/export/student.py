@@ -28,9 +28,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from zsqbench.spine.errors import UserError
-from zsqbench.record.io import write_bytes_atomic
 from zsqbench.quantizer.fakequant import _EPS, ActQuantizer, QuantConv2d, QuantLinear, quantize_weight
+from zsqbench.record.io import write_bytes_atomic
+from zsqbench.spine.errors import UserError
 
 FORMAT, VERSION = "zsqbench-student", 1
 SUFFIX = ".student.pt"

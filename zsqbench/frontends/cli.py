@@ -124,10 +124,10 @@ def run(method, model, dataset, bits, wbits, abits, protocol, seed, device, out,
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def synth(method, model, dataset, protocol, seed, device, overrides, weights, cache_dir, force, quiet):
     """Build a method's synthetic image set into the cache (or find it there) and write a PNG grid per class."""
-    from zsqbench.spine.loop import RunSpec
-    from zsqbench.spine.registry import get_registry
     from zsqbench.frontends.synth import build_set
     from zsqbench.spine.cache import cache_base
+    from zsqbench.spine.loop import RunSpec
+    from zsqbench.spine.registry import get_registry
     from zsqbench.spine.safety import check_output_dir
     check_output_dir(cache_base(cache_dir), "--cache-dir")  # where the set and its grid go: before any work
     bits = get_registry().get("protocols", protocol)["bits"][0]  # the set does not depend on the bit-width
@@ -204,8 +204,8 @@ def sweep(protocol, methods, models, bits, seeds, jobs, threads, out, device, re
         return
     runner = None
     if backend == "ray":
-        from zsqbench.spine.registry import get_registry
         from zsqbench.frontends.sweep_ray import RayBackend
+        from zsqbench.spine.registry import get_registry
         runner = RayBackend(get_registry().get("protocols", name), device, address, jobs, threads,
                             timeout=ray_timeout)
     summary = run_sweep(grid, protocol, jobs or 1, threads, device, cache_dir, data_root, retries, quiet, out,
@@ -222,9 +222,9 @@ def sweep(protocol, methods, models, bits, seeds, jobs, threads, out, device, re
 
 def seed_schedule(protocol: str, grid: list, explicit_seeds: bool):
     """The protocol's seed rule over this grid (None without one, or when --seeds chose the seeds)."""
-    from zsqbench.spine.registry import get_registry
     from zsqbench.frontends.seed_rule import SeedRule, SeedSchedule
     from zsqbench.frontends.sweep import final_top1
+    from zsqbench.spine.registry import get_registry
     rule = SeedRule.of(get_registry().get("protocols", protocol))
     if rule is None or explicit_seeds:
         return None
@@ -389,8 +389,8 @@ def validate(paths):
         sys.exit(1)
 
 
-from zsqbench.frontends.leaderboard_commands import register as _register_leaderboard  # noqa: E402
 from zsqbench.frontends.export_commands import register as _register_export  # noqa: E402
+from zsqbench.frontends.leaderboard_commands import register as _register_leaderboard  # noqa: E402
 
 _register_leaderboard(cli)
 _register_export(cli)

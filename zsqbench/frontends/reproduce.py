@@ -22,8 +22,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from zsqbench.spine.errors import UserError
 from zsqbench.record.io import load_json
+from zsqbench.spine.errors import UserError
 
 _OVERRIDE_SPLIT = re.compile(r", (?=[A-Za-z_][\w.]*=)")
 

@@ -13,8 +13,8 @@ and starting it again runs only what is missing and yields the same records as a
 as child processes (one per ``--jobs`` slot, ``cpu_count // jobs`` threads each) that die with the sweep;
 a failed job is retried once. ``OUT/sweep.jsonl`` is an append-only log of the sweep's events.
 
-Where jobs run is a backend's business (``LocalBackend`` here; ``zsqbench.frontends.sweep_ray.RayBackend``: Ray tasks on a
-cluster); skipping, retrying, the log and the progress bar are ``run_sweep``'s, the same for every backend.
+Where jobs run is a backend's business (``LocalBackend`` here; ``zsqbench.frontends.sweep_ray.RayBackend``: Ray
+tasks on a cluster); skipping, retrying, the log and the progress bar are ``run_sweep``'s, the same for every backend.
 """
 from __future__ import annotations
 
@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from zsqbench.spine.errors import UserError
 from zsqbench.protocols import bits_for
+from zsqbench.spine.errors import UserError
 from zsqbench.spine.registry import Registry, get_registry
 
 RECORD = "record.json"
@@ -274,7 +274,7 @@ def run_sweep(jobs: list[Job], protocol: str, jobs_at_once: int = 1, threads: in
     summary = {"jobs": len(jobs), "skipped": skipped, "ok": 0, "diverged": 0, "failed": [], "retried": 0}
 
     progress = None
-    if not quiet and not sys.stdout.isatty():  # a log file or a pipe: plain lines every 30 s (zsqbench/spine/progress.py)
+    if not quiet and not sys.stdout.isatty():  # a log file or a pipe: plain lines every 30 s (spine/progress.py)
         from zsqbench.spine.progress import LineProgress
         progress = LineProgress()
     elif not quiet:

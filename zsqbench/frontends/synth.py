@@ -1,6 +1,6 @@
 """``zsqbench synth``: build (or find in the cache) one method's synthetic image set on its teacher, without a student,
-and write a PNG grid per class. Image-set synthesizers only (:class:`~zsqbench.synthesizer.imageopt.ImageSetSynthesizer`);
-generators have nothing to cache."""
+and write a PNG grid per class. Image-set synthesizers only
+(:class:`~zsqbench.synthesizer.imageopt.ImageSetSynthesizer`); generators have nothing to cache."""
 from __future__ import annotations
 
 from zsqbench.spine.errors import UserError

@@ -248,8 +248,8 @@ def post_process_embedded(args) -> None:
     manifest = read_manifest()
     entry = manifest[spec.key]
     entry.update({"sha256": sha256_file(path), "fp_top1": round(top1, 2), "dead_bn_channels_neutralized": dead,
-                  "post_processed_by": f"python -m zsqbench.frontends.train_teacher --model {args.model} --post-process-only"
-                                       + (" --equalize" if args.equalize else ""),
+                  "post_processed_by": f"python -m zsqbench.frontends.train_teacher --model {args.model} "
+                                       "--post-process-only" + (" --equalize" if args.equalize else ""),
                   "fp_top1_before_post_processing": round(before, 2)})
     if equalized:
         entry["cross_layer_equalized"] = equalized

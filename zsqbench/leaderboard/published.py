@@ -14,8 +14,8 @@ import copy
 import json
 from pathlib import Path
 
-from zsqbench.spine.errors import UserError
 from zsqbench.record.io import validation_errors
+from zsqbench.spine.errors import UserError
 
 SCHEMA = "published"
 # baselines/ sits beside the package in the source tree; an installed wheel does not carry it.

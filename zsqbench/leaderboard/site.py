@@ -31,8 +31,8 @@ from pathlib import Path
 
 import click
 
-from zsqbench.spine.errors import UserError
 from zsqbench.leaderboard.show import validity_line
+from zsqbench.spine.errors import UserError
 
 SITE_KIND = "zsqbench-site"
 SITE_FORMAT = 1
@@ -160,7 +160,7 @@ def run_command(proto: dict, row: dict, seed: int) -> str:
 
 
 def reproduce_command(board_path: str, row: dict, seed: int) -> str:
-    """The command that re-runs one leaderboard run from its provenance and compares (zsqbench/frontends/reproduce.py)."""
+    """The command that re-runs one leaderboard run from its provenance and compares (frontends/reproduce.py)."""
     return shlex.join(["zsqbench", "reproduce", board_path, "--rows",
                        f"{row['method']}/{teacher_label(row)}/{bits_label(row['wbits'], row['abits'])}",
                        "--seeds", str(seed)])

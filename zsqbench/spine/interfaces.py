@@ -96,8 +96,8 @@ class Component(abc.ABC):
     """Base for synthesizers, distillers and quantizers: a name and typed settings.
 
     A component declares its settings as a nested ``class Settings(<parent>.Settings)`` pydantic model (type,
-    range, choices, default per field; :mod:`zsqbench.spine.settings`); ``defaults`` is derived from it. A component that
-    gives only a plain ``defaults`` dict gets a model with types inferred from those values.
+    range, choices, default per field; :mod:`zsqbench.spine.settings`); ``defaults`` is derived from it. A component
+    that gives only a plain ``defaults`` dict gets a model with types inferred from those values.
 
     ``self.settings`` is the validated instance (read ``self.settings.lr``: typed, and a misspelt name fails at
     once); ``self.config`` is a read-only dict view of the same values as given (``self.config["lr"]``), kept for

@@ -21,9 +21,9 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
 
+from zsqbench.protocols import apply_overrides, bits_for, canonical_hash, deep_merge, outside_grid
 from zsqbench.spine.errors import UserError
 from zsqbench.spine.interfaces import Component, Method
-from zsqbench.protocols import apply_overrides, bits_for, canonical_hash, deep_merge, outside_grid
 from zsqbench.spine.registry import Registry, get_registry
 from zsqbench.spine.settings import SECTION_MODELS, EvalSettings, Settings, TrainSettings, check as settings_check
 from zsqbench.teacher.card import preprocessing_identity, resolve_card

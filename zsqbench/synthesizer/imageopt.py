@@ -36,14 +36,14 @@ from typing import Any
 import torch
 from pydantic import Field, model_validator
 
-from zsqbench.distiller.attention import FeatureTap
+from zsqbench.protocols import canonical_hash
 from zsqbench.spine.errors import UserError
 from zsqbench.spine.interfaces import Batch, RunContext, Synthesizer
-from zsqbench.protocols import canonical_hash
 from zsqbench.spine.settings import CropScale, Fraction
 from zsqbench.synthesizer.augment import random_resized_crop_flip
 from zsqbench.synthesizer.bns import BNStatHooks
 from zsqbench.synthesizer.preview import class_grid, write_png
+from zsqbench.teacher.taps import FeatureTap
 
 CACHE_FORMAT = 2  # 2: the key holds the synthesizer's code and the teacher's card
 from zsqbench.spine.cache import ENV_CACHE_DIR, cache_base  # noqa: F401  (ENV_CACHE_DIR: re-exported for callers)

@@ -1,8 +1,8 @@
 """Teacher architectures (pytorchcv 0.0.67) and where their weights come from.
 
 A :class:`ModelSpec` says how to build a network for one dataset (a registered dataset's name: built-in or a
-plugin's, see :meth:`zsqbench.spine.registry.Registry.add_dataset`), where its trained weights live (the embedded manifest,
-a pytorchcv download, or a plugin's own ``weights_file``: a state_dict saved with ``torch.save``, read with
+plugin's, see :meth:`zsqbench.spine.registry.Registry.add_dataset`), where its trained weights live (the embedded
+manifest, a pytorchcv download, or a plugin's own ``weights_file``: a state_dict saved with ``torch.save``, read with
 ``weights_only=True``, its teacher card beside it as ``<file>.card.json``), and which modules carry the features that
 distillers hook (block outputs for channel attention, the pooled feature).
 Models are registered by the built-in plugin (:mod:`zsqbench.builtin`) through the same registry as
