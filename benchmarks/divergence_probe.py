@@ -68,7 +68,7 @@ def swap_scores(student: torch.nn.Module, state_a: dict, ctx) -> dict:
 
 def probed(method: str, log: list[dict], from_step: int, swap: tuple[int, int] | None = None) -> str:
     """Register ``<method>-probe``: the method with its synthesizer and distiller subclassed to fill ``log``."""
-    from zsqbench.registry import get_registry
+    from zsqbench.spine.registry import get_registry
     registry = get_registry()
     name = method + "-probe"
     if name in registry.methods:  # registered by an earlier replay in this process: point it at this log

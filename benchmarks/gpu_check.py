@@ -51,8 +51,8 @@ class Check:
     def find_or_fabricate_fmnist(self) -> str | None:
         """The embedded teachers' test set where this machine has it; else random images in its format, so the
         CUDA paths still run (their top-1 then means nothing, and the summary says so)."""
-        from zsqbench.errors import UserError
         from zsqbench.evaluation.data import load_fmnist
+        from zsqbench.spine.errors import UserError
         try:
             load_fmnist("test")
             self.summary["fmnist"] = "real (system folder or $ZSQBENCH_DATA_ROOT)"
@@ -91,7 +91,7 @@ class Check:
 
     def cli(self, *args, timeout: float = 600) -> subprocess.CompletedProcess:
         env = {**os.environ, "COLUMNS": "200"}
-        res = subprocess.run([sys.executable, "-m", "zsqbench.cli", *map(str, args)], capture_output=True,
+        res = subprocess.run([sys.executable, "-m", "zsqbench.frontends.cli", *map(str, args)], capture_output=True,
                              text=True, timeout=timeout, env=env, cwd=ROOT)
         if res.returncode not in (0, 3):  # 3: diverged, a result
             raise RuntimeError(f"zsqbench {' '.join(map(str, args[:3]))} ... exit {res.returncode}: "
@@ -178,7 +178,7 @@ class Check:
         return out
 
     def paper_first_steps(self, steps: int) -> dict:
-        from zsqbench.registry import get_registry
+        from zsqbench.spine.registry import get_registry
         registry = get_registry()
         spec = registry.get("models", PAPER_MODEL)
         weights = self.work / "random_resnet20_cifar100.pt"
@@ -231,7 +231,7 @@ class Check:
 def capped_settings(method: str, caps: dict) -> tuple[list[str], int]:
     """``--set`` items that bring each capped setting of the method's paper config down to at most its cap, and
     the method's paper step count."""
-    from zsqbench.plan import RunSpec, resolve
+    from zsqbench.spine.plan import RunSpec, resolve
     config = resolve(RunSpec(method=method, model=PAPER_MODEL, wbits=4, abits=4, protocol="paper")).config
     sets = []
     for key, cap in caps.items():

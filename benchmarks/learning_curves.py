@@ -87,9 +87,9 @@ def _split(text: str | None) -> list[str] | None:
 
 
 def jobs(args) -> list:
+    from zsqbench.frontends.sweep import _parse_bits, expand
     from zsqbench.protocols import bits_for
-    from zsqbench.registry import get_registry
-    from zsqbench.sweep import _parse_bits, expand
+    from zsqbench.spine.registry import get_registry
     registry = get_registry()
     proto = registry.get("protocols", registry.protocol_name(args.protocol))
     methods = _split(args.methods) or list(METHODS)
@@ -108,7 +108,7 @@ def jobs(args) -> list:
 
 
 def cmd_run(args) -> None:
-    from zsqbench.sweep import run_sweep
+    from zsqbench.frontends.sweep import run_sweep
     grid = jobs(args)
     if args.dry_run:
         for j in grid:

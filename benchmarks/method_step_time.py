@@ -16,10 +16,10 @@ import time
 
 import torch
 
-from zsqbench.interfaces import RunContext
-from zsqbench.loop import _optimizer, seed_everything
-from zsqbench.plan import RunSpec, resolve
-from zsqbench.teacher.datasets import dataset_info
+from zsqbench.spine.interfaces import RunContext
+from zsqbench.spine.loop import _optimizer, seed_everything
+from zsqbench.spine.plan import RunSpec, resolve
+from zsqbench.spine.registry import dataset_info
 from zsqbench.teacher.zoo import load_teacher
 
 

@@ -55,7 +55,7 @@ VARIANTS = {
 
 
 def register() -> None:
-    from zsqbench.registry import get_registry
+    from zsqbench.spine.registry import get_registry
     registry = get_registry()
     if "real-kd" not in registry.methods:  # provided by this script, not by zsqbench: records and listings say so
         stage = registry.staging("benchmarks/real_data_finetune.py", "zsqbench-benchmarks")

@@ -56,9 +56,9 @@ def pinned_synthesizer(cls):
 def register(method: str, dataset: str, protocol: str) -> str:
     """Register ``method + '+set-seed'`` (same distiller, quantizer and ``protocol`` settings) under this script's
     own provider; returns its name."""
-    from zsqbench.errors import UserError
-    from zsqbench.interfaces import Method
-    from zsqbench.registry import get_registry
+    from zsqbench.spine.errors import UserError
+    from zsqbench.spine.interfaces import Method
+    from zsqbench.spine.registry import get_registry
     from zsqbench.synthesizer.imageopt import ImageSetSynthesizer
     registry = get_registry()
     name = method + SUFFIX
@@ -113,7 +113,7 @@ def main(argv=None) -> None:
     parser.add_argument("--out", default="sweeps/seed-split")
     parser.add_argument("--cache-dir", default=str(Path.home() / ".cache/zsqbench"))
     args = parser.parse_args(argv)
-    from zsqbench.errors import UserError
+    from zsqbench.spine.errors import UserError
     from zsqbench.testing import run_method
     try:
         name = register(args.method, args.model.split("@")[-1], args.protocol)

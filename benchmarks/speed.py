@@ -22,7 +22,7 @@ FLOPs of one iteration (torch's FlopCounterMode: convolutions and matrix product
 achieved rate beside the machine's measured single-thread sgemm rate. The JSON result goes to
 ``benchmarks/speed/`` with the machine, the torch threads and the load average before and after; say what else
 ran with ``--note``. The new tree runs with its default speed switches, or those of ``--speed`` (``ZSQBENCH_SPEED``
-syntax, zsqbench/speed.py): turning one off at a time measures what each change pays.
+syntax, zsqbench/spine/speed.py): turning one off at a time measures what each change pays.
 """
 from __future__ import annotations
 
@@ -53,6 +53,11 @@ def _ours(name: str) -> bool:
     return any(name == p or name.startswith(p + ".") for p in PACKAGES)
 
 
+# the modules the benchmark drives, by short name: where each lives in the new layout (issue 26) and before it
+SPINE_MODULES = {name: (f"zsqbench.spine.{name}", f"zsqbench.{name}")
+                 for name in ("loop", "interfaces", "registry", "speed")}
+
+
 class Tree:
     """One checkout of zsqbench loaded as its own set of modules."""
 
@@ -67,19 +72,23 @@ class Tree:
             plugins = importlib.util.module_from_spec(spec)
             sys.modules["zsqbench_plugins"] = plugins
             spec.loader.exec_module(plugins)
-            for name in ("zsqbench", "zsqbench.loop", "zsqbench.interfaces", "zsqbench.registry",
-                         "zsqbench.teacher.zoo", "zsqbench.teacher.datasets", "zsqbench.evaluation.evaluate",
+            for name in ("zsqbench", "zsqbench.teacher.zoo", "zsqbench.evaluation.evaluate",
                          "zsqbench.synthesizer.imageopt", "zsqbench.synthesizer.generator"):
                 importlib.import_module(name)
-            try:
-                importlib.import_module("zsqbench.speed")
-            except ImportError:
-                pass
+            self.alias = {}
+            for logical, candidates in SPINE_MODULES.items():
+                for name in candidates:
+                    try:
+                        importlib.import_module(name)
+                    except ImportError:
+                        continue
+                    self.alias[logical] = name
+                    break
             self.modules = {k: v for k, v in sys.modules.items() if _ours(k)}
             zsq_file = Path(self.modules["zsqbench"].__file__).resolve()
             if root.resolve() not in zsq_file.parents:
                 raise RuntimeError(f"{label}: imported {zsq_file}, not the tree at {root}")
-            self.registry = self.modules["zsqbench.registry"].get_registry()  # loads the plugins of this tree
+            self.registry = self.m("registry").get_registry()  # loads the plugins of this tree
             self.modules = {k: v for k, v in sys.modules.items() if _ours(k)}
         finally:
             for k in [k for k in sys.modules if _ours(k)]:
@@ -88,6 +97,9 @@ class Tree:
             sys.modules.update(saved)
 
     def m(self, name: str):
+        """A module by its full name, or a spine module by its short name (``loop``, ``speed``: None if absent)."""
+        if name in SPINE_MODULES:
+            return self.modules.get(self.alias.get(name, ""))
         return self.modules[name]
 
     @contextlib.contextmanager
@@ -103,11 +115,11 @@ class Tree:
 
     def place(self, module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
         """What this tree's loop does to a network before it runs (channels-last where its switches say so)."""
-        speed = self.modules.get("zsqbench.speed")
+        speed = self.m("speed")
         return speed.to_memory_format(module, device) if speed is not None else module
 
     def speed_switches(self, device) -> dict | None:
-        speed = self.modules.get("zsqbench.speed")
+        speed = self.m("speed")
         return speed.current().resolved(device) if speed is not None else None
 
 
@@ -145,7 +157,7 @@ def _resolve(loop, spec) -> dict:
 
 def build_train(tree: Tree, method: str, device: torch.device, warmup: int = 3):
     """One training step of ``method`` as the loop runs it, and the objects the other phases reuse."""
-    loop = tree.m("zsqbench.loop")
+    loop = tree.m("loop")
     imageopt = tree.m("zsqbench.synthesizer.imageopt")
     first = _resolve(loop, loop.RunSpec(method=method, model="resnet20", wbits=3, abits=3, protocol="cpu"))
     overrides = []
@@ -159,7 +171,7 @@ def build_train(tree: Tree, method: str, device: torch.device, warmup: int = 3):
     teacher = tree.place(teacher.to(device), device)
     loop.seed_everything(0)
     student = tree.place(quantizer.quantize(teacher, 3, 3).to(device).eval(), device)
-    ctx = tree.m("zsqbench.interfaces").RunContext(
+    ctx = tree.m("interfaces").RunContext(
         teacher=teacher, student=student, model=spec, dataset=resolved["dataset"], wbits=3, abits=3,
         quantizer=quantizer, device=device, seed=0, total_steps=1000, warmup_steps=warmup)  # no teacher hash: no cache
     synth.prepare(ctx)
@@ -183,7 +195,7 @@ def build_train(tree: Tree, method: str, device: torch.device, warmup: int = 3):
 
 
 def build_synthesis(tree: Tree, device: torch.device, iterations: int, method: str = "intraq"):
-    loop = tree.m("zsqbench.loop")
+    loop = tree.m("loop")
     resolved = _resolve(loop, loop.RunSpec(
         method=method, model="resnet20", wbits=3, abits=3, protocol="cpu",
         overrides=["synthesizer.num_images=64", "synthesizer.synthesis_batch_size=64",
@@ -191,7 +203,7 @@ def build_synthesis(tree: Tree, device: torch.device, iterations: int, method: s
     synth, spec = resolved["instances"]["synthesizer"], resolved["model_spec"]
     teacher, _ = tree.m("zsqbench.teacher.zoo").load_teacher(spec)
     teacher = tree.place(teacher.to(device), device)
-    ctx = tree.m("zsqbench.interfaces").RunContext(
+    ctx = tree.m("interfaces").RunContext(
         teacher=teacher, student=None, model=spec, dataset=resolved["dataset"], wbits=3, abits=3, quantizer=None,
         device=device, seed=0, total_steps=0, warmup_steps=0)
 
@@ -317,7 +329,7 @@ def main() -> None:
     t_start = time.perf_counter()
 
     if args.speed is not None:
-        os.environ["ZSQBENCH_SPEED"] = args.speed  # read when the new tree's zsqbench.speed is imported
+        os.environ["ZSQBENCH_SPEED"] = args.speed  # read when the new tree's speed module is imported
     base = Tree("baseline", baseline_tree(args.baseline, args.baseline_dir))
     new = Tree("new", ROOT)
     trees = [base, new]

@@ -25,8 +25,8 @@ def _one_thread():
 def zsqbench_cli(*args, env=None, cwd=None, timeout=600):
     """Run the real console script in a subprocess; returns CompletedProcess (text)."""
     full_env = {**os.environ, "COLUMNS": "200", **ONE_THREAD, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "zsqbench.cli", *map(str, args)], capture_output=True, text=True,
-                          env=full_env, cwd=cwd, timeout=timeout)
+    return subprocess.run([sys.executable, "-m", "zsqbench.frontends.cli", *map(str, args)], capture_output=True,
+                          text=True, env=full_env, cwd=cwd, timeout=timeout)
 
 
 @pytest.fixture

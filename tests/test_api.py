@@ -91,7 +91,7 @@ class MixingSynthesizer(api.GeneratorSynthesizer):
 
 def test_generator_extension_points_carry_soft_targets_to_the_distiller():
     from zsqbench.distiller.kd import KDDistiller
-    from zsqbench.registry import get_registry
+    from zsqbench.spine.registry import get_registry
     from zsqbench.teacher.zoo import load_teacher
     spec = get_registry().get("models", "resnet20@fmnist")
     teacher = load_teacher(spec)[0].eval()
@@ -120,7 +120,7 @@ def test_generator_extension_points_carry_soft_targets_to_the_distiller():
 
 def test_list_protocols_shows_each_protocols_grid_and_budget(cli):
     """`zsqbench list protocols` (issue #8, item 6): version, grid and per-run budget, read from the protocols."""
-    from zsqbench.registry import get_registry
+    from zsqbench.spine.registry import get_registry
     proc = cli("list", "protocols")
     assert proc.returncode == 0, proc.stderr
     out = " ".join(proc.stdout.split())

@@ -17,8 +17,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from zsqbench.cli import cli as zsqbench
 from zsqbench.evaluation import data as eval_data
+from zsqbench.frontends.cli import cli as zsqbench
 from zsqbench.record.check import seal
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,10 +103,10 @@ def test_run_bad_setting_value(method, setting, expect, dirs):
 
 def test_bad_value_in_a_plugin_settings_file_names_the_file(tmp_path, dirs):
     """A bad value that comes from a method's settings file (not --set) names that file."""
-    from zsqbench.interfaces import Method
-    from zsqbench.loop import RunSpec, resolve
-    from zsqbench.errors import UserError
-    from zsqbench.registry import get_registry
+    from zsqbench.spine.errors import UserError
+    from zsqbench.spine.interfaces import Method
+    from zsqbench.spine.loop import RunSpec, resolve
+    from zsqbench.spine.registry import get_registry
     settings = tmp_path / "broken.json"
     settings.write_text(json.dumps({"smoke": {"train": {"lr": "fast"}}}))
     reg = get_registry()
@@ -313,8 +313,9 @@ def test_signal_mid_run_leaves_no_record(tmp_path, sig, code):
     out = tmp_path / "out"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
     env.pop(eval_data.ENV_DATA_ROOT, None)
-    proc = subprocess.Popen([sys.executable, "-m", "zsqbench.cli", *RUN, "--method", "noise", "--out", str(out),
-                             "--cache-dir", str(tmp_path / "cache"), "--set", "train.warmup_steps=1000000"],
+    proc = subprocess.Popen([sys.executable, "-m", "zsqbench.frontends.cli", *RUN, "--method", "noise",
+                             "--out", str(out), "--cache-dir", str(tmp_path / "cache"),
+                             "--set", "train.warmup_steps=1000000"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             # a shell's background job (`pytest &`) inherits SIGINT ignored: give the run the default
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))

@@ -11,9 +11,9 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from zsqbench.errors import UserError
 from zsqbench.leaderboard import published as pub
 from zsqbench.record.io import schema
+from zsqbench.spine.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMITTED = ROOT / "baselines" / "published.json"

@@ -91,8 +91,8 @@ def test_a_synthesizer_edited_in_place_misses_the_cache_and_makes_new_images(sit
 
 
 def test_cache_key_fields_name_the_code_the_teacher_card_and_the_seed():
-    from zsqbench.provenance import component_code
-    from zsqbench.registry import get_registry
+    from zsqbench.spine.provenance import component_code
+    from zsqbench.spine.registry import get_registry
     from zsqbench.testing import smoke_context
     registry = get_registry()
     ctx = smoke_context()

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from zsqbench.errors import UserError
 from zsqbench.evaluation import data as eval_data
-from zsqbench.loop import RunSpec, run
+from zsqbench.spine.errors import UserError
+from zsqbench.spine.loop import RunSpec, run
 from zsqbench.teacher import zoo
 
 RUN = ["run", "--model", "resnet20", "--protocol", "smoke", "-q"]

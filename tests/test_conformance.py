@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from zsqbench.registry import get_registry
+from zsqbench.spine.registry import get_registry
 from zsqbench.testing import CHECKS, check_method
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 import zsqbench.evaluation.data as data
-from zsqbench.errors import UserError
+from zsqbench.spine.errors import UserError
 from zsqbench.evaluation.data import (ENV_DATA_ROOT, load_cifar, load_fmnist, load_imagenet_val,
                                       load_test_set, normalize)
-from zsqbench.teacher.datasets import dataset_info
+from zsqbench.spine.registry import dataset_info
 
 FMNIST_MEAN, FMNIST_STD = dataset_info("fmnist").mean[0], dataset_info("fmnist").std[0]
 

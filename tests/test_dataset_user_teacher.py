@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from zsqbench.errors import UserError
+from zsqbench.spine.errors import UserError
 from zsqbench.teacher.datasets import DatasetInfo
 from zsqbench.teacher.zoo import user_model
 from zsqbench.testing import assert_one_line_error, run_cli
@@ -83,7 +83,7 @@ def site(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory) -> Path:
     """The user's teacher: the embedded Fashion-MNIST ResNet-20 with its output cut to classes 0-4."""
-    from zsqbench.registry import get_registry
+    from zsqbench.spine.registry import get_registry
     from zsqbench.teacher.zoo import load_teacher
     net, _ = load_teacher(get_registry().get("models", "resnet20@fmnist"))
     state = net.state_dict()

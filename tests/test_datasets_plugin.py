@@ -151,9 +151,9 @@ def test_model_on_an_unregistered_dataset_is_one_line(cli, fmnist4, tmp_path):
 
 
 def test_dataset_helpers_and_unknown_dataset_in_process():
-    from zsqbench.errors import UserError
     from zsqbench.evaluation.data import load_eval_set
-    from zsqbench.registry import Registry
+    from zsqbench.spine.errors import UserError
+    from zsqbench.spine.registry import Registry
     from zsqbench.teacher.datasets import DatasetInfo
     with pytest.raises(UserError) as e:
         load_eval_set("svhn")

@@ -15,7 +15,7 @@ from conftest import ROOT
 def fresh_registry():
     """The scripts register diagnostic methods in this process; later tests get the registry without them."""
     yield
-    from zsqbench.registry import get_registry
+    from zsqbench.spine.registry import get_registry
     get_registry(reload=True)
 
 
@@ -80,7 +80,7 @@ def test_divergence_probe_replays_a_run_and_logs_every_step(tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.startswith("gdfq resnet20@fmnist W4A4 seed 0: ok")
     rows = [json.loads(line) for line in jsonl.read_text().splitlines()]
-    from zsqbench.registry import get_registry
+    from zsqbench.spine.registry import get_registry
     steps = get_registry().get("protocols", "smoke")["train"]["steps"]
     assert [r["step"] for r in rows] == list(range(steps))
     assert all(r["nonfinite_params"] == [] and r["param_absmax"] > 0 and r["images_absmax"] > 0 for r in rows)

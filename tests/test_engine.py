@@ -8,10 +8,10 @@ import pytest
 import torch
 import torch.nn as nn
 
-from zsqbench.loop import RunSpec, run
 from zsqbench.quantizer.components import MinMaxEMAQuantizer
 from zsqbench.quantizer.fakequant import ActQuantizer, QuantConv2d, QuantLinear
 from zsqbench.record.io import validation_errors
+from zsqbench.spine.loop import RunSpec, run
 
 
 # One intra-op thread for the runs: on a loaded 2-core machine (teachers training beside the tests) two threads

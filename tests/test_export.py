@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from zsqbench.errors import UserError
 from zsqbench.export import export_dir
 from zsqbench.export.measure import state_dict_bytes
 from zsqbench.export.student import load_student, pack, read_student, save_student, unpack
-from zsqbench.loop import RunSpec, run
 from zsqbench.quantizer.components import MinMaxEMAQuantizer
-from zsqbench.registry import get_registry
+from zsqbench.spine.errors import UserError
+from zsqbench.spine.loop import RunSpec, run
+from zsqbench.spine.registry import get_registry
 from zsqbench.teacher.zoo import load_teacher
 
 pytest.importorskip("onnxruntime")
@@ -288,7 +288,7 @@ def test_saved_file_is_plain_data(student_file):
 
 
 def test_a_student_without_integer_weights_is_refused_before_work():
-    from zsqbench.loop import resolve
+    from zsqbench.spine.loop import resolve
     with pytest.raises(UserError, match="quantizer 'none' does not make"):
         resolve(RunSpec(method="fp", model="resnet20", wbits=4, abits=4, protocol="smoke", save_student=True))
 

@@ -11,16 +11,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from zsqbench.distiller.attention import ChannelAttentionKD, FeatureTap, attention_loss, channel_attention
-from zsqbench.interfaces import Batch, Method, RunContext
+from zsqbench.distiller.attention import ChannelAttentionKD, attention_loss, channel_attention
 from zsqbench.quantizer.components import MinMaxEMAQuantizer
+from zsqbench.spine.interfaces import Batch, Method, RunContext
+from zsqbench.teacher.taps import FeatureTap
 from zsqbench.quantizer.fakequant import (ActQuantizer, QuantConv2d, QuantizedInput, QuantLinear, act_quantizers,
                                           quantize_weight)
-from zsqbench.registry import get_registry
+from zsqbench.frontends.train_teacher import neutralize_dead_bn_channels
+from zsqbench.spine.registry import get_registry
+from zsqbench.spine.registry import dataset_info
 from zsqbench.synthesizer.bns import BNStatHooks
 from zsqbench.synthesizer.generator import Conditioning
-from zsqbench.teacher.datasets import dataset_info
-from zsqbench.teacher.train import neutralize_dead_bn_channels
 from zsqbench.teacher.zoo import load_teacher
 from zsqbench_plugins.adadfq import AdaDFQSynthesizer, LogitEntropyDistiller, entropy, margin_loss
 from zsqbench_plugins.bag import BitwidthAwareSynthesizer
@@ -228,7 +229,7 @@ def test_settings_merge_per_dataset():
     assert m.settings_for("paper") == {"train": {"lr": 1e-4, "steps": 10}}
     assert m.settings_for("paper", "cifar100") == {"train": {"lr": 1e-4, "steps": 10}}
     assert m.settings_for("paper", "imagenet") == {"train": {"lr": 1e-5, "steps": 10}}
-    from zsqbench.plan import RunSpec, resolve
+    from zsqbench.spine.plan import RunSpec, resolve
 
     def settings(method, model, protocol):
         return resolve(RunSpec(method=method, model=model, wbits=4, abits=4, protocol=protocol)).components

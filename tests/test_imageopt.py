@@ -14,13 +14,13 @@ import torch.nn.functional as F
 
 from zsqbench.distiller.attention import channel_attention
 from zsqbench.evaluation.diagnostics import SetStats
-from zsqbench.interfaces import Batch, RunContext
-from zsqbench.loop import RunSpec, resolve, run
 from zsqbench.record.io import validation_errors
+from zsqbench.spine.interfaces import Batch, RunContext
+from zsqbench.spine.loop import RunSpec, resolve, run
+from zsqbench.spine.registry import dataset_info
 from zsqbench.synthesizer.augment import random_resized_crop_flip
 from zsqbench.synthesizer.bns import BNStatHooks, per_sample_moment_loss
 from zsqbench.synthesizer.imageopt import ImageSetSynthesizer
-from zsqbench.teacher.datasets import dataset_info
 from zsqbench.teacher.zoo import load_teacher
 from zsqbench_plugins.hast import HASTDistiller, focal_ce
 from zsqbench_plugins.intraq import IntraQSynthesizer, marginal_distance_loss, soft_inception_loss

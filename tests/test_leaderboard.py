@@ -14,9 +14,9 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from zsqbench.cli import Group
+from zsqbench.frontends.cli import Group
+from zsqbench.frontends.leaderboard_commands import compare, leaderboard
 from zsqbench.leaderboard.build import validate_leaderboard
-from zsqbench.leaderboard.commands import compare, leaderboard
 from zsqbench.record.check import seal
 from zsqbench.record.io import record_errors, validation_errors
 
@@ -458,7 +458,7 @@ def test_committed_cpu_leaderboard_is_complete_and_current():
     above the noise floor (the protocol's promise that W3A3 separates methods)."""
     from zsqbench.leaderboard.build import validate_leaderboard
     from zsqbench.protocols import bits_for
-    from zsqbench.registry import get_registry
+    from zsqbench.spine.registry import get_registry
     root = Path(__file__).resolve().parents[1]
     board = json.loads((root / "leaderboard" / "cpu.json").read_text())
     assert validate_leaderboard(board) == []
@@ -493,7 +493,7 @@ def test_committed_cpu_leaderboard_is_complete_and_current():
     # built from the current settings and teachers too: each run's sweep job is the job a sweep would run now (the
     # job directory is named by the settings hash: the method's settings, the components and the teacher's sha256).
     # Deliberately not the full job hash, which adds code fingerprints: any commit would then demand a 10-hour re-run.
-    from zsqbench.sweep import expand
+    from zsqbench.frontends.sweep import expand
     current = {job.dir.name for job in expand("cpu", methods=tuple(present), registry=reg)}
     built = {Path(run["record"]).parent.name for row in board["rows"] for run in row["runs"]}
     assert built == current, ("leaderboard/cpu.json is stale: a method's cpu settings or a teacher changed since its "

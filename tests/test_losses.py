@@ -9,7 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from zsqbench.distiller.kd import KDDistiller, kd_kl
-from zsqbench.interfaces import Batch
+from zsqbench.spine.interfaces import Batch
 from zsqbench.synthesizer.bns import BNStatHooks
 
 
@@ -128,7 +128,7 @@ def test_kd_distiller_uses_precomputed_teacher_logits():
 
 
 def test_kd_distiller_defaults_and_unknown_setting():
-    from zsqbench.errors import UserError
+    from zsqbench.spine.errors import UserError
     assert KDDistiller().config == {"temperature": 20.0, "alpha": 1.0, "kl_reduction": "mean", "ce_weight": 1.0}
     with pytest.raises(UserError):
         KDDistiller(temprature=3)

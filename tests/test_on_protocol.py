@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from zsqbench.errors import UserError
-from zsqbench.loop import RunSpec, resolve
-from zsqbench.sweep import expand
+from zsqbench.frontends.sweep import expand
+from zsqbench.spine.errors import UserError
+from zsqbench.spine.loop import RunSpec, resolve
 from zsqbench.testing import assert_one_line_error, run_cli, run_method
 
 AXES = {  # axis: (RunSpec fields, sweep arguments or None, the reason's words)

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from zsqbench.errors import UserError
-from zsqbench.loop import RunSpec, resolve
 from zsqbench.protocols import ALLOW_CPU_ENV, check_protocol_requirements
-from zsqbench.registry import get_registry
+from zsqbench.spine.errors import UserError
+from zsqbench.spine.loop import RunSpec, resolve
+from zsqbench.spine.registry import get_registry
 
 REFERENCES = {"fp", "noise"}  # plugins/references.py: the floor and the ceiling, no paper recipe to follow
 MISSING_PAPER: dict[str, str] = {}  # method -> why its settings test is expected to fail (report, then fix it)

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from zsqbench.interfaces import Method, Synthesizer
-from zsqbench.registry import PluginWarning, Registry, load_plugins
+from zsqbench.spine.interfaces import Method, Synthesizer
+from zsqbench.spine.registry import PluginWarning, Registry, load_plugins
 
 CORE = f"zsqbench {md.version('zsqbench')}"
 TITLES = ("methods", "synthesizers", "distillers", "quantizers", "models", "datasets", "protocols", "plugins")
@@ -221,8 +221,8 @@ def test_broken_plugin_is_skipped_with_one_warning(cli, tmp_path, dist, ep, modu
 
 
 CLASH = '''\
-from zsqbench.hookspecs import hookimpl
-from zsqbench.interfaces import Method
+from zsqbench.spine.hookspecs import hookimpl
+from zsqbench.spine.interfaces import Method
 
 
 @hookimpl
@@ -315,10 +315,10 @@ def test_component_missing_an_abstract_method_is_a_one_line_error(tmp_path):
     """A plugin synthesizer without next_batch is refused by name before any work starts."""
     import pytest as _pytest
 
-    from zsqbench.errors import UserError
-    from zsqbench.interfaces import Method, Synthesizer
-    from zsqbench.loop import RunSpec, resolve
-    from zsqbench.registry import load_plugins
+    from zsqbench.spine.errors import UserError
+    from zsqbench.spine.interfaces import Method, Synthesizer
+    from zsqbench.spine.loop import RunSpec, resolve
+    from zsqbench.spine.registry import load_plugins
 
     class Incomplete(Synthesizer):
         name = "incomplete"
@@ -335,8 +335,8 @@ def test_component_missing_an_abstract_method_is_a_one_line_error(tmp_path):
 # --- all-or-nothing registration; code versions in sweep hashes and leaderboard rows ------------------------------
 
 HALF_REGISTER = '''\
-from zsqbench.hookspecs import hookimpl
-from zsqbench.interfaces import Batch, Synthesizer
+from zsqbench.spine.hookspecs import hookimpl
+from zsqbench.spine.interfaces import Batch, Synthesizer
 
 
 class HalfSynth(Synthesizer):

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from zsqbench.errors import UserError
 from zsqbench.protocols import BUILTIN_DIR, load_protocol_file
 from zsqbench.quantizer.fakequant import QuantConv2d, QuantLinear, act_quantizers, quantize_model
+from zsqbench.spine.errors import UserError
 from zsqbench.teacher.zoo import builtin_models
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,8 +43,8 @@ def test_a_bad_quantization_block_is_one_line(tmp_path, quant):
 
 def test_a_run_under_a_protocol_file_with_8_bit_ends(tmp_path):
     proto = variant(tmp_path, quantization={"first_last_bits": 8})
-    cmd = [sys.executable, "-m", "zsqbench.cli", "run", "--method", "noise", "--model", "resnet20", "--bits", "4",
-           "--protocol", str(proto), "--out", str(tmp_path / "out"), "--quiet"]
+    cmd = [sys.executable, "-m", "zsqbench.frontends.cli", "run", "--method", "noise", "--model", "resnet20",
+           "--bits", "4", "--protocol", str(proto), "--out", str(tmp_path / "out"), "--quiet"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     (path,) = (tmp_path / "out").glob("*.json")

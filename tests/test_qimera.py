@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 from zsqbench.api import BNStatHooks, Batch, DatasetInfo, KDDistiller, RunContext, UserError
-from zsqbench.registry import get_registry
+from zsqbench.spine.registry import get_registry
 from zsqbench_plugins.qimera import MixedConditioning, QimeraSynthesizer
 
 CPU = torch.device("cpu")
@@ -66,7 +66,7 @@ class _Fixed(nn.Module):
 def test_student_loss_soft_ce_plus_kl_element_mean_by_hand():
     """Qimera's loss_fn_kd (trainer.py L109-130): KLDivLoss() (element mean) * alpha*T^2 + CE against the soft target;
     the method reuses the core kd distiller with those settings."""
-    from zsqbench.plan import RunSpec, resolve
+    from zsqbench.spine.plan import RunSpec, resolve
     assert get_registry().get("methods", "qimera").distiller == "kd"
     for proto, model in (("cpu", "resnet20@fmnist"), ("paper", "resnet20@cifar10")):
         kd = resolve(RunSpec("qimera", model, 4, 4, proto)).components["distiller"].settings

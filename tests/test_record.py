@@ -5,9 +5,9 @@ import os
 
 import pytest
 
-from zsqbench.errors import UserError
 from zsqbench.protocols import apply_overrides, canonical_hash, deep_merge, load_protocol_file, parse_value
 from zsqbench.record.io import load_json, validate_record, validation_errors, write_json_atomic
+from zsqbench.spine.errors import UserError
 
 H64 = "0123456789abcdef" * 4
 

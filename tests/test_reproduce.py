@@ -14,8 +14,8 @@ import pytest
 from conftest import ROOT, zsqbench_cli
 from test_leaderboard import compare_json, write_set
 
-from zsqbench.progress import LineProgress
 from zsqbench.record.io import validation_errors
+from zsqbench.spine.progress import LineProgress
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +151,7 @@ def test_run_to_a_file_prints_progress_lines(tmp_path):
 
 
 def test_help_and_version_do_not_import_torch():
-    code = ("import sys; sys.argv = ['zsqbench', '--help']\nfrom zsqbench.cli import main\n"
+    code = ("import sys; sys.argv = ['zsqbench', '--help']\nfrom zsqbench.frontends.cli import main\n"
             "try:\n    main()\nexcept SystemExit:\n    pass\nprint('TORCH' if 'torch' in sys.modules else 'NOTORCH')")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env={**os.environ, "COLUMNS": "100"})
@@ -205,7 +205,7 @@ def method_table(text: str) -> set[str] | None:
 def test_readme_method_table_matches_the_registry():
     """Every built-in method has a row in the README's method table (or the docs page it moved to), and every row
     names a registered method: the table cannot drift from `zsqbench list methods` again."""
-    from zsqbench.registry import get_registry
+    from zsqbench.spine.registry import get_registry
     tables = [method_table(p.read_text()) for p in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]]
     in_docs = next(t for t in tables if t is not None)
     registered = {name for name, e in get_registry().methods.items() if e.distribution == "zsqbench"}
@@ -214,7 +214,7 @@ def test_readme_method_table_matches_the_registry():
 
 def test_list_answers_from_its_catalog_without_torch(tmp_path):
     env = {**os.environ, "ZSQBENCH_CACHE_DIR": str(tmp_path), "COLUMNS": "200"}
-    code = ("import sys; sys.argv = ['zsqbench', 'list', 'methods']\nfrom zsqbench.cli import main\n"
+    code = ("import sys; sys.argv = ['zsqbench', 'list', 'methods']\nfrom zsqbench.frontends.cli import main\n"
             "try:\n    main()\nexcept SystemExit:\n    pass\nprint('TORCH' if 'torch' in sys.modules else 'NOTORCH')")
     first = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert first.returncode == 0 and first.stdout.strip().endswith("TORCH"), first.stderr  # loads, then caches

@@ -27,8 +27,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from zsqbench.cli import cli as zsqbench
 from zsqbench.evaluation import data as eval_data
+from zsqbench.frontends.cli import cli as zsqbench
 from zsqbench.record.check import seal
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -381,9 +381,10 @@ def test_ray_that_never_answers_is_one_line_within_the_timeout(ws):
     before = snapshot(ws)
     try:
         t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "zsqbench.cli", "sweep", "-p", "smoke", "--methods", "fp", "-q",
-                               "--backend", "ray", "--address", f"127.0.0.1:{server.port}", "--ray-timeout", "8",
-                               "-o", str(ws / "sweep")], capture_output=True, text=True, env=env, timeout=180)
+        proc = subprocess.run([sys.executable, "-m", "zsqbench.frontends.cli", "sweep", "-p", "smoke", "--methods",
+                               "fp", "-q", "--backend", "ray", "--address", f"127.0.0.1:{server.port}",
+                               "--ray-timeout", "8", "-o", str(ws / "sweep")],
+                              capture_output=True, text=True, env=env, timeout=180)
         wall = TIMES["ray:never-answers(subprocess, timeout 8)"] = time.perf_counter() - t0
     finally:
         server.close()

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from zsqbench.errors import UserError
+from zsqbench.frontends.seed_rule import SeedRule
+from zsqbench.frontends.sweep import RECORD
 from zsqbench.leaderboard.stats import ci_half_width
 from zsqbench.protocols import BUILTIN_DIR
-from zsqbench.seed_rule import SeedRule
-from zsqbench.sweep import RECORD
+from zsqbench.spine.errors import UserError
 
 RULE = {"first": 2, "cap": 4, "ci_half_width": 2.0}
 
@@ -56,7 +56,7 @@ def write_protocol(path: Path, target: float) -> Path:
 
 
 def sweep(proto: Path, out: Path, cache: Path, *extra):
-    cmd = [sys.executable, "-m", "zsqbench.cli", "sweep", "-p", str(proto), "--methods", "noise",
+    cmd = [sys.executable, "-m", "zsqbench.frontends.cli", "sweep", "-p", str(proto), "--methods", "noise",
            "--models", "resnet20@fmnist", "-o", str(out), "--cache-dir", str(cache), "-j", "1", "--threads", "1",
            "-q", *extra]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})

@@ -1,4 +1,4 @@
-"""Typed settings (zsqbench.settings) and code fingerprints (zsqbench.provenance)."""
+"""Typed settings (zsqbench.spine.settings) and code fingerprints (zsqbench.spine.provenance)."""
 from __future__ import annotations
 
 import sys
@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from zsqbench.cli import cli as zsqbench
-from zsqbench.errors import UserError
-from zsqbench.interfaces import Synthesizer
-from zsqbench.loop import RunSpec, resolve
-from zsqbench.registry import get_registry
+from zsqbench.frontends.cli import cli as zsqbench
+from zsqbench.spine.errors import UserError
+from zsqbench.spine.interfaces import Synthesizer
+from zsqbench.spine.loop import RunSpec, resolve
+from zsqbench.spine.registry import get_registry
 
 
 def test_every_builtin_method_has_valid_settings_under_every_protocol():
@@ -68,7 +68,7 @@ def test_plain_defaults_get_types_inferred_from_their_values():
 
 def test_source_digest_follows_the_code(tmp_path, monkeypatch):
     """An edited source file is another code version, whatever the version string says."""
-    from zsqbench import provenance
+    from zsqbench.spine import provenance
     pkg = tmp_path / "digest_probe_pkg"
     pkg.mkdir()
     (pkg / "__init__.py").write_text("X = 1\n")
@@ -84,7 +84,7 @@ def test_source_digest_follows_the_code(tmp_path, monkeypatch):
 
 
 def test_run_record_and_sweep_job_carry_code(tmp_path):
-    from zsqbench.sweep import expand
+    from zsqbench.frontends.sweep import expand
     reg = get_registry()
     (job,) = expand("smoke", methods=("gdfq",), models=("resnet20@fmnist",), out=tmp_path, registry=reg)
     code = job.identity["code"]
@@ -105,21 +105,21 @@ def test_run_record_and_sweep_job_carry_code(tmp_path):
 def test_core_fingerprint_covers_what_the_run_imports_not_the_front_ends():
     """Editing the CLI, the leaderboard, the sweep driver or zsqbench.testing must not re-run a sweep: the run never
     imports them. The loop, the quantizer, the evaluation and the method's plugin modules are fingerprinted."""
-    from zsqbench import provenance
+    from zsqbench.spine import provenance
     names = {name for name, _ in provenance.imported_files((provenance.ENGINE, "zsqbench.builtin",
                                                              "zsqbench_plugins.gdfq"))}
-    assert {"zsqbench/loop.py", "zsqbench/quantizer/fakequant.py", "zsqbench/evaluation/evaluate.py",
+    assert {"zsqbench/spine/loop.py", "zsqbench/quantizer/fakequant.py", "zsqbench/evaluation/evaluate.py",
             "zsqbench/synthesizer/generator.py", "zsqbench/distiller/kd.py", "zsqbench_plugins/gdfq.py"} <= names
-    assert not names & {"zsqbench/cli.py", "zsqbench/sweep.py", "zsqbench/sweep_ray.py", "zsqbench/listing.py",
-                        "zsqbench/testing.py", "zsqbench/leaderboard/show.py", "zsqbench/record/validate.py",
-                        "zsqbench_plugins/hast.py"}
+    assert not names & {"zsqbench/frontends/cli.py", "zsqbench/frontends/sweep.py", "zsqbench/frontends/sweep_ray.py",
+                        "zsqbench/frontends/listing.py", "zsqbench/testing.py", "zsqbench/leaderboard/show.py",
+                        "zsqbench/frontends/validate.py", "zsqbench_plugins/hast.py"}
 
 
 def test_builtin_method_fingerprint_covers_its_own_plugin_modules_only(tmp_path):
     """A run of bag is fingerprinted by the core, plugins/bag.py and the gdfq module it imports — not by other
     built-in methods, so adding or fixing one method (qimera, synq, ...) leaves every other method's sweep jobs
     done. Editing a module the run uses changes its fingerprint."""
-    from zsqbench import provenance
+    from zsqbench.spine import provenance
     reg = get_registry()
     assert reg._lookup("methods", "bag").module == "zsqbench_plugins.bag"
     assert reg._lookup("distillers", "kd").module == "zsqbench.builtin"
@@ -131,7 +131,7 @@ def test_builtin_method_fingerprint_covers_its_own_plugin_modules_only(tmp_path)
     bag = provenance.fingerprint(reg, "zsqbench", ("zsqbench.builtin", "zsqbench_plugins.bag"))
     hast = provenance.fingerprint(reg, "zsqbench", ("zsqbench.builtin", "zsqbench_plugins.hast"))
     assert bag["files"] == len(files("zsqbench_plugins.bag")) and hast["sha256"] != bag["sha256"]
-    from zsqbench.sweep import expand
+    from zsqbench.frontends.sweep import expand
     jobs = {j.identity["method"]: j for j in expand("smoke", methods=("gdfq", "bag"), models=("resnet20@fmnist",),
                                                    out=tmp_path, registry=reg)}
     assert jobs["gdfq"].identity["code"]["zsqbench"]["files"] == bag["files"] - 1
@@ -141,7 +141,7 @@ def test_builtin_method_fingerprint_covers_its_own_plugin_modules_only(tmp_path)
 def _code_version_after(edits: dict[str, tuple[str, str]], root, monkeypatch) -> str:
     """The code version a smoke gdfq run's record would carry if zsqbench's own sources were a copy under ``root``
     with ``edits`` ({relative file: (old, new)}) applied."""
-    from zsqbench import provenance
+    from zsqbench.spine import provenance
     files = {}
     for top in provenance.OWN_PACKAGES:
         files[top] = []
@@ -163,7 +163,7 @@ def _code_version_after(edits: dict[str, tuple[str, str]], root, monkeypatch) ->
 def test_code_version_ignores_docstrings_and_comments_not_expressions(tmp_path, monkeypatch):
     """A docstring or comment edit in the loop or a plugin is the same code version (a grid is not re-run for
     prose); an edited expression is another."""
-    loop, plugin = "zsqbench/loop.py", "zsqbench_plugins/gdfq.py"
+    loop, plugin = "zsqbench/spine/loop.py", "zsqbench_plugins/gdfq.py"
     version = {what: _code_version_after(edits, tmp_path / what, monkeypatch) for what, edits in {
         "as is": {},
         "prose": {loop: ('"""The one training loop', '# why: a comment\n"""The one and only training loop'),

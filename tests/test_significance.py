@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from zsqbench.cli import cli
+from zsqbench.frontends.cli import cli
 from zsqbench.leaderboard.build import add_significance, power_of, validate_leaderboard
 from zsqbench.leaderboard.stats import (ci_half_width, compact_letters, games_howell, holm, pvalue, rank_intervals,
                                         summarize)

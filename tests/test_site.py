@@ -19,9 +19,9 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from zsqbench.cli import Group
+from zsqbench.frontends.cli import Group
+from zsqbench.frontends.leaderboard_commands import leaderboard
 from zsqbench.leaderboard.build import build_leaderboard, validate_leaderboard
-from zsqbench.leaderboard.commands import leaderboard
 from zsqbench.leaderboard.site import MANIFEST, write_site
 from zsqbench.record.check import seal
 from zsqbench.record.io import validation_errors
@@ -51,9 +51,9 @@ def smoke_records(tmp_path_factory):
     from conftest import ONE_THREAD
     tmp = tmp_path_factory.mktemp("smoke")
     env = {**os.environ, **ONE_THREAD, "COLUMNS": "200"}
-    procs = [subprocess.Popen([sys.executable, "-m", "zsqbench.cli", "run", "--method", m, "--model", "resnet20",
-                               "--bits", "4", "--protocol", "smoke", "-q", "--out", str(tmp / m), "--seed", "0",
-                               "--cache-dir", str(tmp / "cache")], env=env, stdout=subprocess.PIPE,
+    procs = [subprocess.Popen([sys.executable, "-m", "zsqbench.frontends.cli", "run", "--method", m,
+                               "--model", "resnet20", "--bits", "4", "--protocol", "smoke", "-q", "--out", str(tmp / m),
+                               "--seed", "0", "--cache-dir", str(tmp / "cache")], env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for m in ("zeroq", "noise")]
     out = {}
     for m, p in zip(("zeroq", "noise"), procs):
@@ -438,7 +438,7 @@ def test_published_vs_reproduced_where_both_exist(smoke_records, tmp_path):
 def test_floor_and_ceiling_come_from_the_roles_methods_declare(monkeypatch):
     """The page's floor and ceiling lines are the rows of the methods declaring role floor / ceiling, not names."""
     from zsqbench.leaderboard.site import floor_and_ceiling
-    from zsqbench.registry import get_registry
+    from zsqbench.spine.registry import get_registry
     methods = get_registry().methods
     rows = [{"method": m, "mean": mean, "fp_top1": 94.0} for m, mean in (("noise", 20.0), ("fp", 93.5), ("gdfq", 80.0))]
     assert floor_and_ceiling(rows) == (20.0, 93.5)

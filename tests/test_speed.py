@@ -1,4 +1,4 @@
-"""Issue 29: the speed switches compute the same numbers as the eager code (zsqbench/speed.py, docs/speed.md).
+"""Issue 29: the speed switches compute the same numbers as the eager code (zsqbench/spine/speed.py, docs/speed.md).
 
 * the fused fake-quant kernel is bit-identical to the eager ops;
 * the phase-decomposed upsample + conv equals conv(interpolate(x)) to float rounding, forward and backward;
@@ -15,9 +15,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from zsqbench import speed
-from zsqbench.interfaces import RunContext
-from zsqbench.loop import RunSpec, resolve, run, seed_everything
+from zsqbench.spine import speed
+from zsqbench.spine.interfaces import RunContext
+from zsqbench.spine.loop import RunSpec, resolve, run, seed_everything
 from zsqbench.quantizer import kernel
 from zsqbench.quantizer.fakequant import fake_quantize, quantize_model, set_calibrating
 from zsqbench.synthesizer.generator import Generator, upsample_conv

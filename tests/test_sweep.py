@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from conftest import ONE_THREAD
-from zsqbench.errors import UserError
-from zsqbench.sweep import RECORD, Job, expand, run_sweep
+from zsqbench.frontends.sweep import RECORD, Job, expand, run_sweep
+from zsqbench.spine.errors import UserError
 
 # compared between an interrupted and an uninterrupted sweep: everything a run computes (not its timings)
 COMPARED = ("final_top1", "best_top1_selected_on_test", "eval_history", "train_metrics", "config_hash", "fp_top1",
@@ -20,7 +20,7 @@ COMPARED = ("final_top1", "best_top1_selected_on_test", "eval_history", "train_m
 
 
 def sweep_cmd(out, cache, *extra):
-    return [sys.executable, "-m", "zsqbench.cli", "sweep", "-p", "smoke", "--methods", "noise,gdfq,adadfq",
+    return [sys.executable, "-m", "zsqbench.frontends.cli", "sweep", "-p", "smoke", "--methods", "noise,gdfq,adadfq",
             "--models", "resnet20@fmnist", "-o", str(out), "--cache-dir", str(cache), "-j", "1", "--threads", "1",
             "-q", *extra]
 
@@ -31,7 +31,7 @@ def records(out: Path) -> dict:
 
 def test_expand_grid_and_hashes():
     jobs = expand("smoke", out="/tmp/x")
-    from zsqbench.registry import get_registry
+    from zsqbench.spine.registry import get_registry
     methods = [m for m, e in get_registry().methods.items() if e.obj.settings_for("smoke") is not None]
     assert len(jobs) == len(methods) * 2  # smoke: 2 teachers x W4A4 x seed 0
     assert len({j.hash for j in jobs}) == len(jobs)
@@ -112,7 +112,7 @@ def _fake_job(tmp_path: Path, name: str) -> Job:
 def test_failed_job_is_retried_once_then_reported(tmp_path, monkeypatch):
     """The scheduler alone: a job command that fails on its first attempt and succeeds on the second is retried
     once; one that always fails is reported after two attempts, with both attempts in its log."""
-    import zsqbench.sweep as sweep
+    import zsqbench.frontends.sweep as sweep
     flaky, broken = _fake_job(tmp_path, "a"), _fake_job(tmp_path, "b")
 
     def command(job, *args):
@@ -130,7 +130,7 @@ def test_failed_job_is_retried_once_then_reported(tmp_path, monkeypatch):
 
 def test_fp_reference_is_cached_per_teacher_and_data(tmp_path):
     from zsqbench.evaluation.evaluate import Evaluator
-    from zsqbench.registry import get_registry
+    from zsqbench.spine.registry import get_registry
     from zsqbench.teacher.zoo import load_teacher
     spec = get_registry().get("models", "resnet20@fmnist")
     teacher, info = load_teacher(spec)
@@ -150,9 +150,9 @@ def test_fp_reference_is_cached_per_teacher_and_data(tmp_path):
 def test_protocol_narrows_bit_widths_per_teacher(tmp_path):
     """cpu runs MobileNetV1 at W4A4 only (measured: W3A3 ends at chance for every generator method): the sweep
     leaves those jobs out, and a single run of them is marked off-protocol."""
-    from zsqbench.loop import RunSpec, resolve
     from zsqbench.protocols import bits_for, load_protocol_file
-    from zsqbench.registry import get_registry
+    from zsqbench.spine.loop import RunSpec, resolve
+    from zsqbench.spine.registry import get_registry
     cpu = get_registry().get("protocols", "cpu")
     assert bits_for(cpu, "mobilenetv1@fmnist") == [[4, 4]] and bits_for(cpu, "resnet20@fmnist") == [[3, 3], [4, 4]]
     jobs = expand("cpu", ["noise"], out=tmp_path)
@@ -172,7 +172,7 @@ def test_protocol_narrows_bit_widths_per_teacher(tmp_path):
 def test_sweep_overrides_make_an_off_protocol_grid_with_its_own_hashes(tmp_path):
     """`sweep --set` (learning curves, ablations): every job carries the overrides into its command and hash; a
     bad override is refused before any job starts."""
-    from zsqbench.sweep import _command
+    from zsqbench.frontends.sweep import _command
     plain = expand("smoke", ["noise"], ["resnet20@fmnist"], None, ["0"], tmp_path)
     curve = expand("smoke", ["noise"], ["resnet20@fmnist"], None, ["0"], tmp_path,
                    overrides=["eval.split=dev", "eval.limit=500"])

@@ -15,7 +15,7 @@ import pytest
 
 from conftest import ONE_THREAD
 from test_sweep import COMPARED, records
-from zsqbench.sweep import RECORD
+from zsqbench.frontends.sweep import RECORD
 
 pytest.importorskip("ray", reason="the Ray backend's tests need the extra: pip install -e '.[ray]'")
 pytestmark = pytest.mark.slow  # each module starts a local Ray cluster
@@ -63,7 +63,7 @@ def env():
 
 
 def sweep_cmd(out, cache, *extra, methods=METHODS):
-    return [sys.executable, "-m", "zsqbench.cli", "sweep", "-p", "smoke", "--methods", methods, "--models",
+    return [sys.executable, "-m", "zsqbench.frontends.cli", "sweep", "-p", "smoke", "--methods", methods, "--models",
             "resnet20@fmnist", "-o", str(out), "--cache-dir", str(cache), "--threads", "1", "-q", *extra]
 
 
@@ -174,7 +174,8 @@ def test_bad_ray_input_is_one_line(ray_address, tmp_path):
         assert done.returncode == 2 and message in done.stderr, done.stderr
         assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
     # without Ray installed (hidden from the import system here): the same one line, naming the extra
-    no_ray = "import sys; sys.modules['ray'] = None; from zsqbench.cli import main; sys.argv[0] = 'zsqbench'; main()"
+    no_ray = ("import sys; sys.modules['ray'] = None; from zsqbench.frontends.cli import main; "
+              "sys.argv[0] = 'zsqbench'; main()")
     done = subprocess.run([sys.executable, "-c", no_ray, *base[3:], "--backend", "ray"], env=env(),
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "pip install 'zsqbench[ray]'" in done.stderr, done.stderr

@@ -10,10 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from zsqbench.interfaces import Batch, RunContext
-from zsqbench.loop import RunSpec, resolve
 from zsqbench.record.io import validation_errors
-from zsqbench.teacher.datasets import dataset_info
+from zsqbench.spine.interfaces import Batch, RunContext
+from zsqbench.spine.loop import RunSpec, resolve
+from zsqbench.spine.registry import dataset_info
 from zsqbench.teacher.zoo import load_teacher
 from zsqbench_plugins.hast import focal_ce
 from zsqbench_plugins.synq import (SynQDistiller, SynQSynthesizer, cam_alignment_loss, easy_mask, gaussian_lowpass,

@@ -5,8 +5,8 @@ import sys
 import pytest
 import torch
 
-from zsqbench.teacher.train import equalize_cross_layer, relu_chain, relu_peaks
-from zsqbench.teacher.train import main as train_main
+from zsqbench.frontends.train_teacher import equalize_cross_layer, relu_chain, relu_peaks
+from zsqbench.frontends.train_teacher import main as train_main
 from zsqbench.teacher.zoo import mobilenetv1_32, read_manifest, resnet20
 
 
@@ -47,7 +47,7 @@ def test_equalisation_preserves_the_function_and_equalises_ranges():
 def test_equalisation_refuses_networks_with_skip_connections():
     with pytest.raises(ValueError, match="plain conv chain"):
         equalize_cross_layer(resnet20(10, 1), torch.randn(2, 1, 32, 32))
-    r = subprocess.run([sys.executable, "-m", "zsqbench.teacher.train", "--model", "resnet20", "--equalize"],
+    r = subprocess.run([sys.executable, "-m", "zsqbench.frontends.train_teacher", "--model", "resnet20", "--equalize"],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines()[-1].endswith("--equalize needs a plain conv chain: mobilenetv1, not "

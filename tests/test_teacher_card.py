@@ -17,9 +17,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from zsqbench.cli import cli as zsqbench
 from zsqbench.evaluation import data as eval_data
-from zsqbench.registry import get_registry
+from zsqbench.frontends.cli import cli as zsqbench
+from zsqbench.spine.registry import get_registry
 from zsqbench.teacher.zoo import load_teacher
 
 EMBEDDED = {"mean": 0.2860, "std": 0.3530}

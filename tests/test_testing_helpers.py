@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from zsqbench.errors import UserError
+from zsqbench.spine.errors import UserError
 from zsqbench.testing import (assert_one_line_error, check_record, method_components, run_cli, run_method,
                               smoke_context)
 

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from zsqbench.loop import WeightAverage
+from zsqbench.spine.loop import WeightAverage
 
 
 def test_weight_average_by_hand():

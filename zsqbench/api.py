@@ -50,19 +50,20 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from zsqbench.distiller.attention import ChannelAttentionKD, FeatureTap, attention_loss, channel_attention
+from zsqbench.distiller.attention import ChannelAttentionKD, attention_loss, channel_attention
 from zsqbench.distiller.kd import KDDistiller, kd_kl, teacher_logits
-from zsqbench.errors import Diverged, UserError
 from zsqbench.evaluation.data import BatchSource, DataNotFound, DatasetLoader, candidate_dirs, find_files, read_idx
-from zsqbench.hookspecs import hookimpl
-from zsqbench.interfaces import (Batch, Component, Distiller, Method, Quantizer, RunContext, Synthesizer,
+from zsqbench.spine.errors import Diverged, UserError
+from zsqbench.spine.hookspecs import hookimpl
+from zsqbench.spine.interfaces import (Batch, Component, Distiller, Method, Quantizer, RunContext, Synthesizer,
                                  soft_cross_entropy)
-from zsqbench.registry import Registry
-from zsqbench.settings import CropScale, Fraction, ScheduleFraction, Settings
+from zsqbench.spine.registry import Registry
+from zsqbench.spine.settings import CropScale, Fraction, ScheduleFraction, Settings
 from zsqbench.synthesizer.bns import BNLayerStats, BNStatHooks, bns_loss, per_sample_moment_loss, per_sample_bns_loss
 from zsqbench.synthesizer.generator import Conditioning, Generator, GeneratorSynthesizer, upsample_conv
 from zsqbench.synthesizer.imageopt import ImageSetSynthesizer
 from zsqbench.teacher.datasets import DatasetInfo
+from zsqbench.teacher.taps import FeatureTap
 from zsqbench.teacher.zoo import ModelSpec
 
 __all__ = [

@@ -4,9 +4,9 @@ from __future__ import annotations
 from zsqbench.distiller.attention import ChannelAttentionKD
 from zsqbench.distiller.kd import KDDistiller
 from zsqbench.evaluation.data import CIFARLoader, FashionMNISTLoader, ImageNetValLoader
-from zsqbench.hookspecs import hookimpl
 from zsqbench.protocols import BUILTIN_DIR
 from zsqbench.quantizer.components import MinMaxEMAQuantizer, NoQuantizer
+from zsqbench.spine.hookspecs import hookimpl
 from zsqbench.teacher.datasets import CIFAR10, CIFAR100, FMNIST, IMAGENET
 from zsqbench.teacher.zoo import builtin_models
 

@@ -1,12 +1,12 @@
 """Helpers for a plugin's *own* test suite (``from zsqbench.testing import ...``). Real runs, no mocks.
 
-* :func:`smoke_context` — a :class:`~zsqbench.interfaces.RunContext` on the smoke teacher (the embedded ResNet-20
-  Fashion-MNIST teacher) with its quantized student, to unit-test a component's ``prepare`` / ``next_batch`` /
+* :func:`smoke_context` — a :class:`~zsqbench.spine.interfaces.RunContext` on the smoke teacher (the embedded
+  ResNet-20 Fashion-MNIST teacher) with its quantized student, to unit-test a component's ``prepare`` / ``next_batch`` /
   ``loss`` in-process, in a second;
 * :func:`method_components` — the synthesizer, distiller and quantizer a run of a method would build, with the
   method's resolved settings;
 * :func:`run_method` — a registered method end to end under ``smoke``, in-process, through the very code path of
-  ``zsqbench run`` (:func:`zsqbench.loop.run`); returns the run record;
+  ``zsqbench run`` (:func:`zsqbench.spine.loop.run`); returns the run record;
 * :func:`check_record` — a record (dict or file) against the run-record JSON Schema and the basic invariants of a
   finished run; ``AssertionError`` with every problem otherwise;
 * :func:`run_cli` / :func:`assert_one_line_error` — the real ``zsqbench`` command in a subprocess; the second
@@ -38,7 +38,7 @@ SMOKE_MODEL = "resnet20@fmnist"
 
 def _spec(method: str, *, model: str, wbits: int, abits: int, protocol: str, seed: int,
           overrides: Mapping[str, Any] | None, out: str = "results", **kw):
-    from zsqbench.plan import RunSpec
+    from zsqbench.spine.plan import RunSpec
     return RunSpec(method=method, model=model, wbits=wbits, abits=abits, protocol=protocol, seed=seed,
                    overrides=_override_list(overrides), out=out, quiet=True, **kw)
 
@@ -52,7 +52,7 @@ def smoke_context(method: str | None = None, *, model: str = SMOKE_MODEL, wbits:
                   seed: int = 0, protocol: str = "smoke", quantizer: str | None = None,
                   overrides: Mapping[str, Any] | None = None, device: str = "cpu",
                   cache_dir: str | os.PathLike | None = None):
-    """A :class:`~zsqbench.interfaces.RunContext` as the engine builds it before ``synthesizer.prepare``.
+    """A :class:`~zsqbench.spine.interfaces.RunContext` as the engine builds it before ``synthesizer.prepare``.
 
     The teacher (``model``, default the embedded ResNet-20 on Fashion-MNIST) is loaded in eval mode with frozen
     weights; the student is the teacher quantized at W``wbits``A``abits`` by ``method``'s quantizer with its
@@ -64,13 +64,13 @@ def smoke_context(method: str | None = None, *, model: str = SMOKE_MODEL, wbits:
     synthesizers cache their sets (default ``$ZSQBENCH_CACHE_DIR`` or ``~/.cache/zsqbench``; give a temporary
     folder so an edited ``synthesis_loss`` never meets a set cached by the old code).
 
-    Bad names raise :class:`~zsqbench.errors.UserError`, as ``zsqbench run`` would report them.
+    Bad names raise :class:`~zsqbench.spine.errors.UserError`, as ``zsqbench run`` would report them.
     """
-    from zsqbench.interfaces import RunContext
-    from zsqbench.loop import resolve_device, seed_everything
-    from zsqbench.plan import RunSpec, resolve, resolve_model_key
-    from zsqbench.registry import get_registry
-    from zsqbench.settings import TrainSettings, check
+    from zsqbench.spine.interfaces import RunContext
+    from zsqbench.spine.numerics import resolve_device, seed_all
+    from zsqbench.spine.plan import RunSpec, resolve, resolve_model_key
+    from zsqbench.spine.registry import get_registry
+    from zsqbench.spine.settings import TrainSettings, check
     from zsqbench.teacher.zoo import load_teacher
 
     registry = get_registry()
@@ -84,8 +84,8 @@ def smoke_context(method: str | None = None, *, model: str = SMOKE_MODEL, wbits:
                                 registry, proto)
         model_spec = registry.get("models", key)
         quant = registry.get("quantizers", quantizer or "minmax-ema")()
-        from zsqbench.errors import UserError
         from zsqbench.protocols import apply_overrides
+        from zsqbench.spine.errors import UserError
         config = apply_overrides({"train": proto["train"], "eval": proto["eval"]}, _override_list(overrides))
         if set(config) - {"train", "eval"}:
             raise UserError("without a method, smoke_context takes only train.* and eval.* overrides")
@@ -94,7 +94,7 @@ def smoke_context(method: str | None = None, *, model: str = SMOKE_MODEL, wbits:
     dev = resolve_device(device)
     teacher, info = load_teacher(model_spec, None, None if cache_dir is None else str(cache_dir))
     teacher = teacher.to(dev)
-    seed_everything(seed)
+    seed_all(seed)
     student = quant.quantize(teacher, wbits, abits).to(dev).eval()
     return RunContext(teacher=teacher, student=student, model=model_spec,
                       dataset=registry.dataset(model_spec.dataset).info, wbits=wbits, abits=abits, quantizer=quant,
@@ -108,7 +108,7 @@ def method_components(method: str, *, protocol: str = "smoke", model: str = SMOK
     """``{"synthesizer": ..., "distiller": ..., "quantizer": ...}``: the component instances a run of ``method``
     under ``protocol`` builds, with the settings it resolves (component defaults < protocol < the method's settings
     file, per dataset < ``overrides``), checked against each component's ``Settings``."""
-    from zsqbench.plan import resolve
+    from zsqbench.spine.plan import resolve
     return resolve(_spec(method, model=model, wbits=4, abits=4, protocol=protocol, seed=0,
                          overrides=overrides)).build_components()
 
@@ -119,7 +119,7 @@ def run_method(method: str, *, out_dir: str | os.PathLike, protocol: str = "smok
                cache_dir: str | os.PathLike | None = None, data_root: str | os.PathLike | None = None,
                threads: int | None = 1) -> dict:
     """Run the registered ``method`` end to end, in this process, exactly as ``zsqbench run`` does
-    (:func:`zsqbench.loop.run`: resolve and check settings, teacher, student, calibration, distillation,
+    (:func:`zsqbench.spine.loop.run`: resolve and check settings, teacher, student, calibration, distillation,
     evaluation on real test images, schema-validated record), and return the record (a dict; the file is the one
     JSON file it writes into ``out_dir``).
 
@@ -129,10 +129,10 @@ def run_method(method: str, *, out_dir: str | os.PathLike, protocol: str = "smok
     folder of your own to share one between tests). ``threads`` sets torch's intra-op threads for the run (and
     restores them after; ``None`` leaves them): tiny smoke tensors run fastest on one.
 
-    Bad input raises :class:`~zsqbench.errors.UserError` (what the CLI prints as its one ``error:`` line); a run that
-    hits NaN/Inf returns a record with ``"status": "diverged"`` (:func:`check_record` refuses it).
+    Bad input raises :class:`~zsqbench.spine.errors.UserError` (what the CLI prints as its one ``error:`` line); a run
+    that hits NaN/Inf returns a record with ``"status": "diverged"`` (:func:`check_record` refuses it).
     """
-    from zsqbench.loop import run
+    from zsqbench.spine.loop import run
     out = Path(out_dir)
     spec = _spec(method, model=model, wbits=bits if wbits is None else wbits, abits=bits if abits is None else abits,
                  protocol=protocol, seed=seed, overrides=overrides, out=str(out), device=device,
@@ -204,12 +204,12 @@ def _label(record: dict) -> str:
 
 def run_cli(*args: Any, env: Mapping[str, str] | None = None, cwd: str | os.PathLike | None = None,
             timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run ``zsqbench ARGS...`` (this interpreter's, ``python -m zsqbench.cli``) in a subprocess with this process's
-    environment (so ``PYTHONPATH`` plugins are seen) plus ``env``; returns the CompletedProcess (text). Tables are
-    printed 200 columns wide and torch uses one thread unless ``env`` or the environment says otherwise."""
+    """Run ``zsqbench ARGS...`` (this interpreter's, ``python -m zsqbench.frontends.cli``) in a subprocess with this
+    process's environment (so ``PYTHONPATH`` plugins are seen) plus ``env``; returns the CompletedProcess (text).
+    Tables are printed 200 columns wide and torch uses one thread unless ``env`` or the environment says otherwise."""
     full = {"COLUMNS": "200", "OMP_NUM_THREADS": "1", **os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "zsqbench.cli", *map(str, args)], capture_output=True, text=True,
-                          env=full, cwd=cwd, timeout=timeout)
+    return subprocess.run([sys.executable, "-m", "zsqbench.frontends.cli", *map(str, args)], capture_output=True,
+                          text=True, env=full, cwd=cwd, timeout=timeout)
 
 
 def assert_one_line_error(*args: Any, contains: str | Iterable[str] = (), returncode: int = 2,
@@ -315,7 +315,7 @@ def check_method(method: str, *, out_dir: str | os.PathLike | None = None, check
 
 class _Conformance:
     def __init__(self, method, out, protocol, model, bits, seed, fast, cli):
-        from zsqbench.registry import get_registry
+        from zsqbench.spine.registry import get_registry
         self.method, self.out, self.protocol, self.model, self.bits, self.seed = method, out, protocol, model, bits, seed
         self.fast, self.cli = fast, cli
         self.registry = get_registry()
@@ -341,7 +341,7 @@ class _Conformance:
         if self._overrides is None:
             self._overrides = {}
             if self.fast:
-                from zsqbench.loop import resolve
+                from zsqbench.spine.loop import resolve
                 config = resolve(_spec(self.method, model=self.model, wbits=self.bits, abits=self.bits,
                                        protocol=self.protocol, seed=self.seed, overrides=None)).config
                 for key, tiny in FAST:
@@ -375,7 +375,7 @@ class _Conformance:
         """{module: file} of the method's own code: the module that registered it and the modules of its components'
         classes (and their bases) outside zsqbench's core."""
         import importlib
-        from zsqbench.provenance import module_source_files, with_sibling_imports
+        from zsqbench.spine.provenance import module_source_files, with_sibling_imports
         modules = {self.entry.module} if self.entry.module and self.entry.module != "zsqbench.builtin" else set()
         for cls in self._classes().values():
             modules |= {c.__module__ for c in cls.__mro__ if c.__module__ not in ("builtins", "abc")
@@ -396,7 +396,7 @@ class _Conformance:
 
     def registers(self) -> None:
         import warnings
-        from zsqbench.registry import Registry, get_plugin_manager
+        from zsqbench.spine.registry import Registry, get_plugin_manager
         if self.entry is None:
             names = ", ".join(sorted(self.registry.methods))
             failed = [f"{p['entry_point']} ({p['distribution']}): {p['status']}" for p in self.registry.plugins
@@ -443,9 +443,9 @@ class _Conformance:
     def settings(self) -> None:
         import io
         from rich.console import Console
-        from zsqbench.listing import settings_table
-        from zsqbench.loop import resolve
-        from zsqbench.settings import defaults_of
+        from zsqbench.frontends.listing import settings_table
+        from zsqbench.spine.loop import resolve
+        from zsqbench.spine.settings import defaults_of
         problems = []
         for kind, cls in self._classes().items():
             model = getattr(cls, "Settings", None)
@@ -492,9 +492,9 @@ class _Conformance:
                                  "torch.Generator seeded with ctx.seed")
 
     def bad_setting(self) -> None:
-        from zsqbench.errors import UserError
-        from zsqbench.loop import run
-        from zsqbench.settings import check as settings_check
+        from zsqbench.spine.errors import UserError
+        from zsqbench.spine.loop import run
+        from zsqbench.spine.settings import check as settings_check
         empty = self.out / "no-data"
         empty.mkdir(parents=True, exist_ok=True)
         problems = []
@@ -572,11 +572,11 @@ class _Conformance:
             # the same context, without loading the teacher again: the key needs only its hash, model and card
             given = {"hash": ctx.teacher_hash, "card": ctx.teacher_card, "seed": ctx.seed, "cache": ctx.cache_dir}
             script = ("import importlib, json, sys, torch\n"
-                      "from zsqbench.interfaces import RunContext\n"
+                      "from zsqbench.spine.interfaces import RunContext\n"
                       "from zsqbench.testing import method_components\n"
                       f"s = method_components({self.method!r}, protocol={self.protocol!r}, model={self.model!r})"
                       "['synthesizer']\n"
-                      "from zsqbench.loop import resolve, RunSpec\n"
+                      "from zsqbench.spine.loop import resolve, RunSpec\n"
                       f"r = resolve(RunSpec(method={self.method!r}, model={self.model!r}, wbits={self.bits}, "
                       f"abits={self.bits}, protocol={self.protocol!r}))\n"
                       "g = json.loads(sys.argv[1])\n"

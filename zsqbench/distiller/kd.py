@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from zsqbench.interfaces import Batch, Distiller, RunContext
+from zsqbench.spine.interfaces import Batch, Distiller, RunContext
 
 
 def kd_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float,

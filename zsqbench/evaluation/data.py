@@ -2,7 +2,7 @@
 methods never see real images.
 
 Datasets are plugins. A plugin registers one with ``registry.add_dataset(info, loader)``
-(:meth:`zsqbench.registry.Registry.add_dataset`): ``info`` is a :class:`~zsqbench.teacher.datasets.DatasetInfo`,
+(:meth:`zsqbench.spine.registry.Registry.add_dataset`): ``info`` is a :class:`~zsqbench.teacher.datasets.DatasetInfo`,
 ``loader`` follows :class:`DatasetLoader`. :func:`load_eval_set` (what a run scores on), :func:`load_test_set`,
 :func:`load_dev_set` and :func:`load_split` find the dataset in the registry by name, call its loader and finish
 what it returns: pixels are brought to the network's size (a teacher card's ``fit``, for datasets with a
@@ -48,7 +48,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from zsqbench.errors import UserError
+from zsqbench.spine.errors import UserError
 
 FMNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 ENV_DATA_ROOT = "ZSQBENCH_DATA_ROOT"
@@ -93,7 +93,7 @@ class DatasetLoader(abc.ABC):
         core brings the images to ``DatasetInfo.image_shape`` (``card["fit"]``: zero-pad or resize; only datasets
         with a ``stored_size`` may differ in size) and normalises them with the card. Or, for data too large for
         memory, a :class:`BatchSource` whose batches are already sized and normalised with ``card``. Raise
-        :class:`~zsqbench.errors.UserError` (one line) for unreadable files.
+        :class:`~zsqbench.spine.errors.UserError` (one line) for unreadable files.
     """
     splits: tuple[str, ...] = ("test",)
     how_to_get: str = ""
@@ -168,7 +168,7 @@ _read_idx = read_idx
 def normalize(x: torch.Tensor, dataset: str, card: dict | None = None) -> torch.Tensor:
     """Normalise [0, 1] pixels with the teacher card's mean/std (default: the dataset's standard ones)."""
     if card is None:
-        from zsqbench.teacher.datasets import dataset_info
+        from zsqbench.spine.registry import dataset_info
         info = dataset_info(dataset)
         mean, std = info.mean, info.std
     else:
@@ -231,7 +231,7 @@ def load_split(dataset: str, split: str = "test", data_root: str | None = None, 
     """The ``test`` or ``train`` split of the registered ``dataset``, read by its loader and preprocessed as the
     teacher ``card`` says (default: the dataset's standard preprocessing): ``(images, labels)`` or a
     :class:`BatchSource`. One line for an unknown dataset, a split its loader does not read, or missing data."""
-    from zsqbench.registry import get_registry
+    from zsqbench.spine.registry import get_registry
     from zsqbench.teacher.card import default_card
     registry = get_registry()
     ds = registry.dataset(dataset)
@@ -257,7 +257,7 @@ def load_dev_set(dataset: str, data_root: str | None = None, card: dict | None =
     """The last 10 000 images of the *train* split: where to choose settings, so that the test split is only
     ever used to report. The embedded teachers saw these images in training, so top-1 on them runs higher
     than on test; compare settings with it, never report it."""
-    from zsqbench.registry import get_registry
+    from zsqbench.spine.registry import get_registry
     if "train" not in get_registry().dataset(dataset).loader.splits:
         raise UserError(f"eval.split=dev needs the train split of {dataset}, which zsqbench does not read; "
                         "use eval.split=test")

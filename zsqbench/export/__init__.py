@@ -16,7 +16,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from zsqbench.errors import UserError
+from zsqbench.spine.errors import UserError
 
 README = """# {name} W{wbits}A{abits} — exported by zsqbench
 
@@ -86,7 +86,7 @@ def evaluate_student(path: str | Path, data_root: str | None = None, device: str
     import torch
     from zsqbench.evaluation.evaluate import Evaluator
     from zsqbench.export.student import load_student
-    from zsqbench.loop import resolve_device
+    from zsqbench.spine.numerics import resolve_device
     student, meta = load_student(path)
     dev = resolve_device(device)
     ev = meta["evaluation"]
@@ -101,7 +101,7 @@ def evaluate_student(path: str | Path, data_root: str | None = None, device: str
 def load_teacher_of(meta: dict):
     """The FP teacher a student was distilled from, checked against the sha256 the student file names."""
     from zsqbench.export.factory import call_factory
-    from zsqbench.registry import get_registry
+    from zsqbench.spine.registry import get_registry
     from zsqbench.teacher.zoo import ModelSpec, load_teacher
     arch, t = meta["architecture"], meta["teacher"]
     if arch.get("factory"):

@@ -8,7 +8,7 @@ import re
 import torch
 import torch.nn as nn
 
-from zsqbench.errors import UserError
+from zsqbench.spine.errors import UserError
 
 _FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 # Modules that own parameters and that the shared quantizer leaves in floating point on purpose.
@@ -127,5 +127,5 @@ def build_architecture(arch: dict) -> nn.Module:
     """The untrained network a student file names: a registered model, or a factory."""
     if arch.get("factory"):
         return call_factory(arch["factory"])
-    from zsqbench.registry import get_registry
+    from zsqbench.spine.registry import get_registry
     return get_registry().get("models", arch["key"]).build()

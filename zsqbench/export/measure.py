@@ -10,7 +10,7 @@ import time
 import numpy as np
 import torch
 
-from zsqbench.errors import UserError
+from zsqbench.spine.errors import UserError
 
 # Kernels that compute in integers; anything else in an optimised QDQ graph runs in float.
 INTEGER_OPS = ("QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "QGemm", "QLinearAdd",

@@ -25,9 +25,9 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from zsqbench.errors import UserError
-from zsqbench.quantizer.fakequant import ActQuantizer
 from zsqbench.export.student import weight_layers
+from zsqbench.quantizer.fakequant import ActQuantizer
+from zsqbench.spine.errors import UserError
 
 OPSET = 21
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from zsqbench.errors import UserError
+from zsqbench.spine.errors import UserError
 
 
 def student_path(record_path: Path) -> Path:

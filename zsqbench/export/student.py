@@ -28,9 +28,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from zsqbench.errors import UserError
-from zsqbench.record.io import write_bytes_atomic
 from zsqbench.quantizer.fakequant import _EPS, ActQuantizer, QuantConv2d, QuantLinear, quantize_weight
+from zsqbench.record.io import write_bytes_atomic
+from zsqbench.spine.errors import UserError
 
 FORMAT, VERSION = "zsqbench-student", 1
 SUFFIX = ".student.pt"
@@ -250,7 +250,7 @@ def load_student(path: str | Path) -> tuple[nn.Module, dict]:
     """Rebuild a saved student (architecture, the run's quantizer, integer weights, frozen ranges) in eval mode.
     Returns (student, meta)."""
     from zsqbench.export.factory import build_architecture
-    from zsqbench.registry import get_registry
+    from zsqbench.spine.registry import get_registry
     obj = read_student(path)
     meta = obj["meta"]
     net = build_architecture(meta["architecture"])

@@ -15,11 +15,11 @@ from collections import defaultdict
 from datetime import datetime, timezone
 from pathlib import Path
 
-from zsqbench.errors import UserError
 from zsqbench.leaderboard.collect import LEADERBOARD_KIND
 from zsqbench.leaderboard.stats import ci_half_width, kendall_tau, mean, summarize, table_statistics
-from zsqbench.provenance import code_version
 from zsqbench.record.io import validation_errors
+from zsqbench.spine.errors import UserError
+from zsqbench.spine.provenance import code_version
 
 SCHEMA_VERSION = 2  # 2: all-pairs Games-Howell, letters and rank intervals (1: adjacent rows, Welch + Holm)
 ALPHA = 0.05  # family-wise error rate of each table's pairwise comparisons

@@ -11,8 +11,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from zsqbench.errors import UserError
 from zsqbench.record.io import load_json, record_errors
+from zsqbench.spine.errors import UserError
 
 LEADERBOARD_KIND = "zsqbench-leaderboard"
 

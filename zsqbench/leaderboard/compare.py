@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from zsqbench.errors import UserError
+from zsqbench.spine.errors import UserError
 from zsqbench.leaderboard.build import (check_leaderboard, check_seeds, check_teacher, code_versions, name_files,
                                         row_from_runs, run_entry, teacher_weights)
 from zsqbench.leaderboard.collect import collect, require_clean

@@ -3,7 +3,7 @@
 ``load_published()`` checks the file against ``zsqbench/record/schema/published.schema.json`` (syntax), then the
 rules a schema cannot say (semantics): no two entries for the same (method, model, dataset, wbits, abits, source),
 a model/dataset pair zsqbench knows, and ``fp_top1 >= top1`` unless the entry carries the flag ``above_fp``. Any
-failure is a :class:`~zsqbench.errors.UserError` with one line naming the entry and the problem.
+failure is a :class:`~zsqbench.spine.errors.UserError` with one line naming the entry and the problem.
 
 The published figures are the papers' best epoch selected on the test set: compare them with a record's
 ``best_top1_selected_on_test``, not with its headline ``final_top1``.
@@ -14,8 +14,8 @@ import copy
 import json
 from pathlib import Path
 
-from zsqbench.errors import UserError
 from zsqbench.record.io import validation_errors
+from zsqbench.spine.errors import UserError
 
 SCHEMA = "published"
 # baselines/ sits beside the package in the source tree; an installed wheel does not carry it.

@@ -31,8 +31,8 @@ from pathlib import Path
 
 import click
 
-from zsqbench.errors import UserError
 from zsqbench.leaderboard.show import validity_line
+from zsqbench.spine.errors import UserError
 
 SITE_KIND = "zsqbench-site"
 SITE_FORMAT = 1
@@ -160,7 +160,7 @@ def run_command(proto: dict, row: dict, seed: int) -> str:
 
 
 def reproduce_command(board_path: str, row: dict, seed: int) -> str:
-    """The command that re-runs one leaderboard run from its provenance and compares (zsqbench/reproduce.py)."""
+    """The command that re-runs one leaderboard run from its provenance and compares (frontends/reproduce.py)."""
     return shlex.join(["zsqbench", "reproduce", board_path, "--rows",
                        f"{row['method']}/{teacher_label(row)}/{bits_label(row['wbits'], row['abits'])}",
                        "--seeds", str(seed)])
@@ -397,7 +397,7 @@ def zoom_rows(rows: list[dict], within: float = 3.0) -> list[dict]:
 def floor_and_ceiling(rows: list[dict]) -> tuple[float | None, float | None]:
     """The mean of the row whose method declares the role ``floor`` (``ceiling``); without a ceiling row, the
     teacher's FP top-1."""
-    from zsqbench.registry import get_registry
+    from zsqbench.spine.registry import get_registry
     methods = get_registry().methods
     by_role = {methods[r["method"]].obj.role: r for r in rows if r["method"] in methods}
     floor = by_role["floor"]["mean"] if "floor" in by_role else None
@@ -777,8 +777,8 @@ def _site_files(out: Path) -> set[str] | None:
 
 def check_output(out: Path, inputs=()) -> None:
     """The site folder is replaced as a whole: refuse a file, a folder that holds an input or anything this tool did
-    not write (zsqbench.safety)."""
-    from zsqbench.safety import check_replaced_dir
+    not write (zsqbench.spine.safety)."""
+    from zsqbench.spine.safety import check_replaced_dir
     check_replaced_dir(out, "--output", MANIFEST, _site_files, inputs, kind="site")
 
 

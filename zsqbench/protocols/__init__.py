@@ -10,15 +10,15 @@ import os
 from pathlib import Path
 from typing import Any
 
-from zsqbench.errors import UserError
-from zsqbench.settings import SECTION_MODELS
+from zsqbench.spine.errors import UserError
+from zsqbench.spine.settings import SECTION_MODELS
 
 BUILTIN_DIR = Path(__file__).parent
 REQUIRED = ("name", "version", "description", "models", "bits", "seeds", "train", "eval")
 # outside the hash, because they do not change what any one job computes: where a job may run (Ray resources),
 # the prose (description, notes: a note can be corrected without re-running a grid), and which seeds the grid has
 # (each job's own seed is in its identity; adding seeds 3-4 for statistical power keeps seeds 0-2 done) and how
-# many of them a row gets (seed_rule: zsqbench/seed_rule.py; a changed rule still needs a new protocol version)
+# many of them a row gets (frontends/seed_rule.py; a changed rule still needs a new protocol version)
 UNHASHED_KEYS = ("resources", "description", "notes", "seeds", "seed_rule")
 
 

@@ -6,8 +6,8 @@ from typing import Literal
 import torch.nn as nn
 from pydantic import Field
 
-from zsqbench.interfaces import Quantizer
 from zsqbench.quantizer.fakequant import act_quantizers, quantize_model, ranges_frozen, set_calibrating
+from zsqbench.spine.interfaces import Quantizer
 
 
 class MinMaxEMAQuantizer(Quantizer):

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from zsqbench import speed
+from zsqbench.spine import speed
 from zsqbench.quantizer.kernel import fake_quantize_into
 
 _EPS = 1e-8

@@ -63,7 +63,7 @@ def _compile() -> ctypes.CDLL | None:
     if not cc:
         _why_not = "no C compiler (cc/gcc) on PATH"
         return None
-    from zsqbench.cache import cache_base
+    from zsqbench.spine.cache import cache_base
     key = hashlib.sha256("\0".join([SOURCE, *FLAGS, platform.node(), platform.machine(), cc]).encode()).hexdigest()
     path = cache_base(None) / "kernels" / f"fakequant_{key[:16]}.so"
     if not path.exists():

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import jsonschema
 
-from zsqbench.errors import UserError
+from zsqbench.spine.errors import UserError
 
 SCHEMA_DIR = Path(__file__).parent / "schema"
 

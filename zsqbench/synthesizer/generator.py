@@ -16,9 +16,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from pydantic import Field
 
-from zsqbench import speed
-from zsqbench.interfaces import Batch, RunContext, Synthesizer, soft_cross_entropy
 from zsqbench.quantizer.fakequant import QuantConv2d, QuantizedInput, quantize_weight
+from zsqbench.spine import speed
+from zsqbench.spine.interfaces import Batch, RunContext, Synthesizer, soft_cross_entropy
 from zsqbench.synthesizer.bns import BNStatHooks
 
 

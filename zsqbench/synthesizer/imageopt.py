@@ -36,17 +36,17 @@ from typing import Any
 import torch
 from pydantic import Field, model_validator
 
-from zsqbench.distiller.attention import FeatureTap
-from zsqbench.errors import UserError
-from zsqbench.interfaces import Batch, RunContext, Synthesizer
 from zsqbench.protocols import canonical_hash
-from zsqbench.settings import CropScale, Fraction
+from zsqbench.spine.errors import UserError
+from zsqbench.spine.interfaces import Batch, RunContext, Synthesizer
+from zsqbench.spine.settings import CropScale, Fraction
 from zsqbench.synthesizer.augment import random_resized_crop_flip
 from zsqbench.synthesizer.bns import BNStatHooks
 from zsqbench.synthesizer.preview import class_grid, write_png
+from zsqbench.teacher.taps import FeatureTap
 
 CACHE_FORMAT = 2  # 2: the key holds the synthesizer's code and the teacher's card
-from zsqbench.cache import ENV_CACHE_DIR, cache_base  # noqa: F401  (ENV_CACHE_DIR: re-exported for callers)
+from zsqbench.spine.cache import ENV_CACHE_DIR, cache_base  # noqa: F401  (ENV_CACHE_DIR: re-exported for callers)
 
 
 def cache_root(cache_dir: str | None) -> Path:
@@ -119,7 +119,7 @@ class ImageSetSynthesizer(Synthesizer):
         """Everything that made the set: the synthesizer (name, class, its code and the core's computing code, by
         the fingerprints a record's ``code`` holds), its synthesis settings, the teacher (weights' sha256, model key,
         input card), the seed and the device type. An edit to the synthesizer's code is a new key: a cache miss."""
-        from zsqbench.provenance import component_code
+        from zsqbench.spine.provenance import component_code
         from zsqbench.teacher.card import preprocessing_identity
         synthesis = {k: v for k, v in sorted(self.config.items()) if k not in self.USE_KEYS}
         card = preprocessing_identity(ctx.teacher_card) if ctx.teacher_card else None
@@ -283,7 +283,7 @@ class ImageSetSynthesizer(Synthesizer):
         name = self.settings.calibration_synthesizer
         if not name:
             return None
-        from zsqbench.registry import get_registry
+        from zsqbench.spine.registry import get_registry
         cls = get_registry().get("synthesizers", name)
         calibrator = cls(**self.settings.calibration_synthesizer_config)
         calibrator.prepare(ctx)
@@ -312,46 +312,3 @@ class ImageSetSynthesizer(Synthesizer):
     def diagnostic_images(self, ctx: RunContext):
         images = getattr(self, "images", None)
         return None if images is None else (images, self.labels)
-
-
-def build_set(spec, force: bool = False) -> dict:
-    """Build (or find in the cache) the synthetic set of ``spec``'s method on its teacher, without a student: what
-    ``zsqbench synth`` runs. Returns the synthesis stats with the set's file and its PNG grid."""
-    from zsqbench.loop import resolve_device, seed_everything
-    from zsqbench.plan import resolve
-    from zsqbench.teacher.zoo import load_teacher
-    plan = resolve(spec)
-    model_spec, synth_plan = plan.model_spec, plan.components["synthesizer"]
-    if not issubclass(synth_plan.cls, ImageSetSynthesizer):
-        raise UserError(f"method {spec.method!r} uses synthesizer {synth_plan.name!r}, "
-                        "which builds no image set (generators have nothing to cache); use an image-optimisation "
-                        "method such as intraq, hast or zeroq")
-    device = resolve_device(spec.device)
-    teacher, info = load_teacher(model_spec, spec.weights, spec.cache_dir)
-    seed_everything(spec.seed)
-    ctx = RunContext(teacher=teacher.to(device), student=None, model=model_spec, dataset=plan.dataset,
-                     wbits=spec.wbits, abits=spec.abits, quantizer=None, device=device, seed=spec.seed,
-                     total_steps=0, warmup_steps=0, cache_dir=spec.cache_dir, teacher_hash=info.get("sha256"),
-                     teacher_card=dict(plan.card))
-    synth = synth_plan.build(calibration_synthesizer=None)  # only the set is wanted here
-    path = synth.cache_path(ctx)
-    if path is None:
-        raise UserError("the teacher weights have no sha256, so their set cannot be cached: pass --weights PATH")
-    if force and path.exists():
-        path.unlink()
-    if not spec.quiet:
-        from rich.progress import Progress
-        ctx.progress = Progress(transient=True)
-    with ctx.progress or _nothing():
-        synth.prepare(ctx)
-    png = path.with_suffix(".png")
-    write_png(png, class_grid(synth.images, synth.labels, ctx.num_classes, ctx.dataset.mean, ctx.dataset.std))
-    return {**ctx.stats["synthesis"], "png": str(png), "off_protocol": list(plan.off_protocol)}
-
-
-class _nothing:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False

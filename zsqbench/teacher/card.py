@@ -24,9 +24,8 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from zsqbench.errors import UserError
-from zsqbench.settings import Settings, check
-from zsqbench.teacher.datasets import dataset_info
+from zsqbench.spine.errors import UserError
+from zsqbench.spine.settings import Settings, check
 
 CARD_SUFFIX = ".card.json"
 
@@ -44,18 +43,20 @@ class TeacherCard(Settings):
 
 
 def default_card(dataset: str) -> dict:
+    from zsqbench.spine.registry import dataset_info
     info = dataset_info(dataset)
     fit = (info.default_fit or "pad") if info.stored_size else None
     return {"mean": list(info.mean), "std": list(info.std), "fit": fit}
 
 
 def _small_image_datasets() -> list[str]:
-    from zsqbench.registry import get_registry
+    from zsqbench.spine.registry import get_registry
     return sorted(name for name, e in get_registry().datasets.items() if e.obj.info.stored_size)
 
 
 def check_card(card: dict, dataset: str, where: str) -> dict:
     """A complete card for ``dataset`` (``fit`` filled in), or one line saying what is wrong with it."""
+    from zsqbench.spine.registry import dataset_info
     check(TeacherCard, card, f"teacher card {where}")
     info = dataset_info(dataset)
     channels = info.image_shape[0]

@@ -1,10 +1,11 @@
 """What a method may know about a dataset: its shape, classes and normalisation — never its images.
 
 Datasets are a registry kind like models and methods: a plugin registers one with
-``registry.add_dataset(DatasetInfo(...), loader)`` (see :meth:`zsqbench.registry.Registry.add_dataset`; the loader
+``registry.add_dataset(DatasetInfo(...), loader)`` (see :meth:`zsqbench.spine.registry.Registry.add_dataset`; the loader
 interface is :class:`zsqbench.evaluation.data.DatasetLoader`), and the core finds it by the name a
 :class:`~zsqbench.teacher.zoo.ModelSpec` gives (``ModelSpec.dataset``). The built-in Fashion-MNIST, CIFAR-10/100 and
-ImageNet below are registered that way by :mod:`zsqbench.builtin`. Look a dataset up with :func:`dataset_info`.
+ImageNet below are registered that way by :mod:`zsqbench.builtin`. Look a dataset up with
+:func:`zsqbench.spine.registry.dataset_info`.
 
 The images themselves are read only by :mod:`zsqbench.evaluation.data` (and the teacher-training script).
 """
@@ -58,10 +59,3 @@ CIFAR100 = DatasetInfo("cifar100", 100, (3, 32, 32), (0.5071, 0.4867, 0.4408), (
                        "CIFAR-100")
 IMAGENET = DatasetInfo("imagenet", 1000, (3, 224, 224), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225),
                        "ImageNet-1k val: resize 256, centre crop 224")
-
-
-def dataset_info(name: str) -> DatasetInfo:
-    """The registered dataset ``name`` (built-in or from a plugin), or a one-line :class:`UserError` naming the
-    registered ones."""
-    from zsqbench.registry import get_registry
-    return get_registry().dataset(name).info

@@ -1,8 +1,8 @@
 """Teacher architectures (pytorchcv 0.0.67) and where their weights come from.
 
 A :class:`ModelSpec` says how to build a network for one dataset (a registered dataset's name: built-in or a
-plugin's, see :meth:`zsqbench.registry.Registry.add_dataset`), where its trained weights live (the embedded manifest,
-a pytorchcv download, or a plugin's own ``weights_file``: a state_dict saved with ``torch.save``, read with
+plugin's, see :meth:`zsqbench.spine.registry.Registry.add_dataset`), where its trained weights live (the embedded
+manifest, a pytorchcv download, or a plugin's own ``weights_file``: a state_dict saved with ``torch.save``, read with
 ``weights_only=True``, its teacher card beside it as ``<file>.card.json``), and which modules carry the features that
 distillers hook (block outputs for channel attention, the pooled feature).
 Models are registered by the built-in plugin (:mod:`zsqbench.builtin`) through the same registry as
@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from zsqbench.errors import UserError
+from zsqbench.spine.errors import UserError
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 MANIFEST = WEIGHTS_DIR / "manifest.json"
@@ -98,7 +98,7 @@ def load_teacher(spec: ModelSpec, weights: str | None = None, cache_dir: str | N
         entry = read_manifest().get(spec.embedded_weights)
         if entry is None:
             raise UserError(f"no embedded weights for {spec.key} in {MANIFEST} — train them with "
-                            f"`python -m zsqbench.teacher.train --model {spec.name}` or pass --weights PATH")
+                            f"`python -m zsqbench.frontends.train_teacher --model {spec.name}` or pass --weights PATH")
         path = WEIGHTS_DIR / entry["file"]
         if not path.is_file():
             raise UserError(f"embedded weights file missing: {path} — reinstall zsqbench or pass --weights PATH")

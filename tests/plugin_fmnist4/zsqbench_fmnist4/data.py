@@ -2,7 +2,7 @@
 import torch
 
 from zsqbench.evaluation.data import find_files, read_idx
-from zsqbench.hookspecs import hookimpl
+from zsqbench.spine.hookspecs import hookimpl
 from zsqbench.teacher.datasets import DatasetInfo
 
 CLASSES = (0, 1, 7, 8)  # T-shirt/top, trouser, sneaker, bag -> labels 0..3

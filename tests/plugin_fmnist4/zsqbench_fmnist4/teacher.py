@@ -3,7 +3,7 @@ from pathlib import Path
 
 import torch.nn as nn
 
-from zsqbench.hookspecs import hookimpl
+from zsqbench.spine.hookspecs import hookimpl
 from zsqbench.teacher.zoo import ModelSpec
 
 WEIGHTS = Path(__file__).with_name("tinycnn.pt")

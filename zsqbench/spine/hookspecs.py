@@ -8,7 +8,7 @@ hookimpl = pluggy.HookimplMarker(NAME)
 
 @hookspec
 def zsqbench_register(registry):
-    """Add components to ``registry`` (a :class:`zsqbench.registry.Registry`):
+    """Add components to ``registry`` (a :class:`zsqbench.spine.registry.Registry`):
     ``registry.add_method(...)``, ``add_synthesizer``, ``add_distiller``, ``add_quantizer``, ``add_model``,
     ``add_dataset``, ``add_protocol``."""
 

@@ -17,10 +17,10 @@ import os
 import sys
 from pathlib import Path
 
-from zsqbench.cache import cache_base
+from zsqbench.spine.cache import cache_base
 
 FORMAT = 1
-DISABLE_ENV = "ZSQBENCH_DISABLE_PLUGINS"  # the registry's (zsqbench.registry.DISABLE_ENV)
+DISABLE_ENV = "ZSQBENCH_DISABLE_PLUGINS"  # the registry's (zsqbench.spine.registry.DISABLE_ENV)
 
 
 def _package_dirs(module: str) -> list[Path]:
@@ -70,7 +70,7 @@ def load() -> dict | None:
 
 def from_registry(reg) -> dict:
     """What ``zsqbench list`` prints, as plain data (rich markup escaped where it comes from plugins)."""
-    from zsqbench.listing import protocol_budget
+    from zsqbench.frontends.listing import protocol_budget
     kinds = {}
     for kind in reg.KINDS:
         rows = []

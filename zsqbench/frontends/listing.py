@@ -8,7 +8,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from zsqbench.protocols import deep_merge
-from zsqbench.settings import SECTION_MODELS, describe, defaults_of
+from zsqbench.spine.settings import SECTION_MODELS, describe, defaults_of
 
 
 def _text(value) -> str:

@@ -70,6 +70,20 @@ def set_threads(threads: int | None) -> int:
     return torch.get_num_threads()
 
 
+def resolve_device(name: str):
+    """The torch device ``--device`` names (``auto``: CUDA when torch sees one), or one line saying why not."""
+    import torch
+
+    from zsqbench.spine.errors import UserError
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise UserError(f"unknown device {name!r}; use cpu, cuda, cuda:N or auto")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("--device cuda asked for, but torch sees no CUDA device; use --device cpu")
+    return torch.device(name)
+
+
 def seed_all(seed: int) -> None:
     """Seed every generator a run draws from: Python's, NumPy's, torch's (CPU and every CUDA device)."""
     import random

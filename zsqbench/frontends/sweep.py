@@ -13,8 +13,8 @@ and starting it again runs only what is missing and yields the same records as a
 as child processes (one per ``--jobs`` slot, ``cpu_count // jobs`` threads each) that die with the sweep;
 a failed job is retried once. ``OUT/sweep.jsonl`` is an append-only log of the sweep's events.
 
-Where jobs run is a backend's business (``LocalBackend`` here; ``zsqbench.sweep_ray.RayBackend``: Ray tasks on a
-cluster); skipping, retrying, the log and the progress bar are ``run_sweep``'s, the same for every backend.
+Where jobs run is a backend's business (``LocalBackend`` here; ``zsqbench.frontends.sweep_ray.RayBackend``: Ray
+tasks on a cluster); skipping, retrying, the log and the progress bar are ``run_sweep``'s, the same for every backend.
 """
 from __future__ import annotations
 
@@ -29,9 +29,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from zsqbench.errors import UserError
 from zsqbench.protocols import bits_for
-from zsqbench.registry import Registry, get_registry
+from zsqbench.spine.errors import UserError
+from zsqbench.spine.registry import Registry, get_registry
 
 RECORD = "record.json"
 
@@ -93,7 +93,7 @@ def _parse_bits(text: str) -> tuple[int, int]:
 
 
 def _parse_seed(text: str) -> int:
-    from zsqbench.loop import MAX_SEED
+    from zsqbench.spine.loop import MAX_SEED
     try:
         seed = int(text)
     except ValueError:
@@ -112,7 +112,7 @@ def expand(protocol: str, methods=None, models=None, bits=None, seeds=None, out:
 
     ``overrides`` (``KEY=VALUE`` strings, as ``run --set``) apply to every job: the records are off-protocol and
     never enter a leaderboard, but keep the sweep's resume and retry (learning curves, ablations)."""
-    from zsqbench.plan import RunSpec, resolve, settings_key
+    from zsqbench.spine.plan import RunSpec, resolve, settings_key
     registry = registry or get_registry()
     protocol = registry.protocol_name(protocol)
     proto = registry.get("protocols", protocol)
@@ -164,7 +164,7 @@ def _die_with_parent() -> None:
 
 def _command(job: Job, protocol: str, device: str, cache_dir: str | None, data_root: str | None,
              save_student: bool = False) -> list[str]:
-    cmd = [sys.executable, "-m", "zsqbench.cli", "run", "--method", job.method, "--model", job.model,
+    cmd = [sys.executable, "-m", "zsqbench.frontends.cli", "run", "--method", job.method, "--model", job.model,
            "--wbits", str(job.wbits), "--abits", str(job.abits), "--seed", str(job.seed), "--protocol", protocol,
            "--device", device, "--quiet", "--record-file", str(job.dir / RECORD), "--sweep-job", job.hash]
     if save_student:  # the student beside the record: <job>/record.student.pt (zsqbench.export)
@@ -225,7 +225,7 @@ class LocalBackend:
         return self.slots
 
     def submit(self, job: Job, attempt: int, cmd: list[str]) -> subprocess.Popen:
-        cmd = [*cmd, "--threads", str(self.threads)]  # set by the run itself and recorded (zsqbench/numerics.py)
+        cmd = [*cmd, "--threads", str(self.threads)]  # set by the run itself and recorded (zsqbench/spine/numerics.py)
         logf = open_job_log(job, attempt, cmd)
         proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=self.env,
                                 preexec_fn=_die_with_parent)
@@ -262,7 +262,7 @@ def run_sweep(jobs: list[Job], protocol: str, jobs_at_once: int = 1, threads: in
               save_student: bool = False) -> dict:
     """Run the jobs that have no record yet on ``backend`` (default: ``jobs_at_once`` local child processes).
     ``more(job)``, if given, is called when a job has ended for good and returns jobs to add (the protocol's seed
-    rule: :class:`zsqbench.seed_rule.SeedSchedule`). Returns a summary dict."""
+    rule: :class:`zsqbench.frontends.seed_rule.SeedSchedule`). Returns a summary dict."""
     out = Path(out or jobs[0].dir.parent)
     out.mkdir(parents=True, exist_ok=True)
     log = _Log(out / "sweep.jsonl")
@@ -274,8 +274,8 @@ def run_sweep(jobs: list[Job], protocol: str, jobs_at_once: int = 1, threads: in
     summary = {"jobs": len(jobs), "skipped": skipped, "ok": 0, "diverged": 0, "failed": [], "retried": 0}
 
     progress = None
-    if not quiet and not sys.stdout.isatty():  # a log file or a pipe: plain lines every 30 s (zsqbench/progress.py)
-        from zsqbench.progress import LineProgress
+    if not quiet and not sys.stdout.isatty():  # a log file or a pipe: plain lines every 30 s (spine/progress.py)
+        from zsqbench.spine.progress import LineProgress
         progress = LineProgress()
     elif not quiet:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \

@@ -66,7 +66,7 @@ def parse(text: str | None) -> Speed:
         key, sep, raw = item.partition("=")
         key, raw = key.strip(), raw.strip().lower()
         if not sep or key not in names:
-            from zsqbench.errors import UserError
+            from zsqbench.spine.errors import UserError
             raise UserError(f"{ENV}: bad item {item!r}; use eager, or key=value with keys {', '.join(names)}")
         if key == "channels_last" and raw == "auto":
             values[key] = "auto"

@@ -1,6 +1,6 @@
 """The three component interfaces and the Method recipe.
 
-The engine (:mod:`zsqbench.loop`) only ever calls these methods, so both synthesizer families fit without a
+The engine (:mod:`zsqbench.spine.loop`) only ever calls these methods, so both synthesizer families fit without a
 special case:
 
 * image-optimisation synthesizers (ZeroQ, IntraQ, HAST, SynQ) build a fixed set in :meth:`Synthesizer.prepare`
@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Literal
 import torch
 import torch.nn as nn
 
-from zsqbench import settings as settings_mod
-from zsqbench.errors import Diverged, UserError
+from zsqbench.spine import settings as settings_mod
+from zsqbench.spine.errors import Diverged, UserError
 
 if TYPE_CHECKING:  # annotations only: the interfaces import no stage and nothing that imports the registry
     from zsqbench.teacher.datasets import DatasetInfo
@@ -96,8 +96,8 @@ class Component(abc.ABC):
     """Base for synthesizers, distillers and quantizers: a name and typed settings.
 
     A component declares its settings as a nested ``class Settings(<parent>.Settings)`` pydantic model (type,
-    range, choices, default per field; :mod:`zsqbench.settings`); ``defaults`` is derived from it. A component that
-    gives only a plain ``defaults`` dict gets a model with types inferred from those values.
+    range, choices, default per field; :mod:`zsqbench.spine.settings`); ``defaults`` is derived from it. A component
+    that gives only a plain ``defaults`` dict gets a model with types inferred from those values.
 
     ``self.settings`` is the validated instance (read ``self.settings.lr``: typed, and a misspelt name fails at
     once); ``self.config`` is a read-only dict view of the same values as given (``self.config["lr"]``), kept for
@@ -227,10 +227,10 @@ class Method:
             try:
                 data = json.loads(Path(data).read_text())
             except (OSError, ValueError) as e:
-                from zsqbench.errors import UserError
+                from zsqbench.spine.errors import UserError
                 raise UserError(f"cannot read method {self.name!r}'s settings file {data}: {e}") from None
             if not isinstance(data, dict):
-                from zsqbench.errors import UserError
+                from zsqbench.spine.errors import UserError
                 raise UserError(f"method {self.name!r}'s settings file {data} is not a JSON object")
         if data is None:
             return None

@@ -9,10 +9,11 @@ version and an edited expression is another. A sweep job's hash includes them, s
 leaderboard row must come from one code version.
 
 Which of zsqbench's own modules compute a result is read from the code, not from a list: the modules the run
-imports — the engine (``zsqbench.loop``) and the entry-point modules of the components it uses (``zsqbench.builtin``,
-``zsqbench_plugins.bag``, ...) — and, transitively, every module of zsqbench's own packages that those import. The
-CLI, the listing, the sweep drivers, the leaderboard and ``zsqbench.testing`` are front ends that import the engine,
-never the other way round, so editing them re-runs nothing; one built-in method's edit re-runs only its own jobs.
+imports — the engine (``zsqbench.spine.loop``) and the entry-point modules of the components it uses
+(``zsqbench.builtin``, ``zsqbench_plugins.bag``, ...) — and, transitively, every module of zsqbench's own packages
+that those import. The front ends (``zsqbench/frontends/``: the CLI, the listing, the sweep drivers; and
+``zsqbench.testing``) import the engine, never the other way round (``tests/test_layout.py``), so editing them re-runs
+nothing; one built-in method's edit re-runs only its own jobs.
 A third-party distribution is fingerprinted whole (the packages its ``zsqbench`` entry points live in).
 
 Records made before fingerprints existed have none: their code version is :data:`UNKNOWN`, which equals itself
@@ -27,7 +28,7 @@ from functools import lru_cache
 from pathlib import Path
 
 UNKNOWN = "unknown"
-ENGINE = "zsqbench.loop"  # every run executes it (and the plan it imports); the root of zsqbench's fingerprint
+ENGINE = "zsqbench.spine.loop"  # every run executes it (and the plan it imports); the root of zsqbench's fingerprint
 OWN_PACKAGES = ("zsqbench", "zsqbench_plugins")  # the zsqbench distribution's top-level packages
 
 
@@ -191,7 +192,8 @@ def run_distributions(plan) -> list[str]:
 
 
 def run_code(plan) -> dict:
-    """{distribution: fingerprint} for a run plan (:class:`zsqbench.plan.RunPlan`; in its record and its job hash)."""
+    """{distribution: fingerprint} for a run plan (:class:`zsqbench.spine.plan.RunPlan`; in its record and its job
+    hash)."""
     entries = _run_entries(plan)
     builtin_plugins = tuple(sorted({e.module for e in entries if e.distribution == "zsqbench"}))
     return {dist: fingerprint(plan.registry, dist, builtin_plugins if dist == "zsqbench" else ())
@@ -213,7 +215,7 @@ def component_code(cls: type, registry=None, kind: str = "synthesizers") -> dict
     What an on-disk cache of the component's output is keyed by: an edited component never meets the output of its
     old code."""
     if registry is None:
-        from zsqbench.registry import get_registry
+        from zsqbench.spine.registry import get_registry
         registry = get_registry()
     entry = registry._lookup(kind, getattr(cls, "name", ""))
     mro_modules = {c.__module__ for c in cls.__mro__ if c.__module__ not in ("builtins", "abc")}

@@ -17,8 +17,8 @@ import sys
 import time
 from pathlib import Path
 
-from zsqbench.errors import UserError
-from zsqbench.sweep import Job, _die_with_parent, open_job_log
+from zsqbench.frontends.sweep import Job, _die_with_parent, open_job_log
+from zsqbench.spine.errors import UserError
 
 DEFAULT_RESOURCES = {"cpu": {"cpus": 1}, "cuda": {"cpus": 1, "gpus": 1}}  # a protocol that declares none
 CAPACITY_REFRESH_S = 10.0  # nodes may join or leave while a sweep runs

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from zsqbench.errors import UserError
+from zsqbench.spine.errors import UserError
 
 KINDS = ("run record", "leaderboard", "leaderboard notes", "published baselines")
 

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from zsqbench.errors import UserError
+from zsqbench.spine.errors import UserError
 
 console = Console()
 err_console = Console(stderr=True)
@@ -91,9 +91,9 @@ def run(method, model, dataset, bits, wbits, abits, protocol, seed, device, out,
         distiller, quantizer, weights, teacher_card, data_root, cache_dir, threads, quiet, record_file, sweep_job,
         save_student, export_dir):
     """Run one method on one teacher at one bit-width and write its record."""
-    from zsqbench.loop import RunSpec, run as run_job
+    from zsqbench.spine.loop import RunSpec, run as run_job
     w, a = _bits(bits, wbits, abits)
-    from zsqbench.registry import get_registry
+    from zsqbench.spine.registry import get_registry
     spec = RunSpec(method=method, model=model, dataset=dataset, wbits=w, abits=a,
                    protocol=get_registry().protocol_name(protocol), seed=seed,
                    device=device, out=out, overrides=list(overrides), synthesizer=synthesizer,
@@ -124,11 +124,11 @@ def run(method, model, dataset, bits, wbits, abits, protocol, seed, device, out,
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def synth(method, model, dataset, protocol, seed, device, overrides, weights, cache_dir, force, quiet):
     """Build a method's synthetic image set into the cache (or find it there) and write a PNG grid per class."""
-    from zsqbench.loop import RunSpec
-    from zsqbench.registry import get_registry
-    from zsqbench.synthesizer.imageopt import build_set
-    from zsqbench.cache import cache_base
-    from zsqbench.safety import check_output_dir
+    from zsqbench.frontends.synth import build_set
+    from zsqbench.spine.cache import cache_base
+    from zsqbench.spine.loop import RunSpec
+    from zsqbench.spine.registry import get_registry
+    from zsqbench.spine.safety import check_output_dir
     check_output_dir(cache_base(cache_dir), "--cache-dir")  # where the set and its grid go: before any work
     bits = get_registry().get("protocols", protocol)["bits"][0]  # the set does not depend on the bit-width
     spec = RunSpec(method=method, model=model, dataset=dataset, wbits=bits[0], abits=bits[1], protocol=protocol,
@@ -176,8 +176,8 @@ def synth(method, model, dataset, protocol, seed, device, overrides, weights, ca
 def sweep(protocol, methods, models, bits, seeds, jobs, threads, out, device, retries, data_root, cache_dir,
           overrides, backend, address, ray_timeout, dry_run, save_student, quiet):
     """Run a protocol's grid (methods x teachers x bit-widths x seeds), one directory per job; resumable."""
-    from zsqbench.sweep import expand, run_sweep
-    from zsqbench.registry import get_registry
+    from zsqbench.frontends.sweep import expand, run_sweep
+    from zsqbench.spine.registry import get_registry
     name = get_registry().protocol_name(protocol)  # the jobs get `protocol` as given: a file's path, or a name
     out = Path(out or Path("sweeps") / name)
     if address and backend != "ray":
@@ -185,14 +185,14 @@ def sweep(protocol, methods, models, bits, seeds, jobs, threads, out, device, re
     if ray_timeout is not None and backend != "ray":
         raise UserError("--ray-timeout bounds connecting to a Ray cluster: use it with --backend ray")
     if backend == "ray":  # a bad timeout, an address where no Ray answers: one line before any work
-        from zsqbench.sweep_ray import check_cluster
+        from zsqbench.frontends.sweep_ray import check_cluster
         check_cluster(address, ray_timeout)
-    from zsqbench.cache import cache_base
-    from zsqbench.safety import check_output_dir
+    from zsqbench.spine.cache import cache_base
+    from zsqbench.spine.safety import check_output_dir
     check_output_dir(out, "--out")
     check_output_dir(cache_base(cache_dir), "--cache-dir")
     if backend == "ray":  # every node must find the same files: no path relative to this shell
-        from zsqbench.sweep_ray import absolute
+        from zsqbench.frontends.sweep_ray import absolute
         out, cache_dir, data_root = Path(absolute(out)), absolute(cache_dir), absolute(data_root)
     grid = expand(protocol, methods, models, bits, seeds, out, overrides=overrides)
     schedule = seed_schedule(name, grid, explicit_seeds=bool(seeds))
@@ -204,8 +204,8 @@ def sweep(protocol, methods, models, bits, seeds, jobs, threads, out, device, re
         return
     runner = None
     if backend == "ray":
-        from zsqbench.registry import get_registry
-        from zsqbench.sweep_ray import RayBackend
+        from zsqbench.frontends.sweep_ray import RayBackend
+        from zsqbench.spine.registry import get_registry
         runner = RayBackend(get_registry().get("protocols", name), device, address, jobs, threads,
                             timeout=ray_timeout)
     summary = run_sweep(grid, protocol, jobs or 1, threads, device, cache_dir, data_root, retries, quiet, out,
@@ -222,9 +222,9 @@ def sweep(protocol, methods, models, bits, seeds, jobs, threads, out, device, re
 
 def seed_schedule(protocol: str, grid: list, explicit_seeds: bool):
     """The protocol's seed rule over this grid (None without one, or when --seeds chose the seeds)."""
-    from zsqbench.registry import get_registry
-    from zsqbench.seed_rule import SeedRule, SeedSchedule
-    from zsqbench.sweep import final_top1
+    from zsqbench.frontends.seed_rule import SeedRule, SeedSchedule
+    from zsqbench.frontends.sweep import final_top1
+    from zsqbench.spine.registry import get_registry
     rule = SeedRule.of(get_registry().get("protocols", protocol))
     if rule is None or explicit_seeds:
         return None
@@ -261,7 +261,7 @@ def _summary(rec: dict, path: Path) -> None:
     if rec["off_protocol"]:
         t.add_row("off-protocol", "[yellow]" + escape("; ".join(rec["off_protocol"])) + "[/]")
     if rec.get("student"):
-        from zsqbench.export.commands import summary_rows
+        from zsqbench.frontends.export_commands import summary_rows
         for k, v in summary_rows(rec, path):
             t.add_row(k, v)
     t.add_row("record", escape(str(Path(path).resolve())))
@@ -294,8 +294,8 @@ def reproduce(target, rows, seeds, sample, all_runs, sample_seed, tolerance, thr
     --tolerance; a mismatch names what differs (code, library versions, CPU, threads). Exit 1 if any differs."""
     import json as _json
 
-    from zsqbench.reproduce import reproduce as do_reproduce
-    from zsqbench.reproduce_report import table
+    from zsqbench.frontends.reproduce import reproduce as do_reproduce
+    from zsqbench.frontends.reproduce_report import table
     report = do_reproduce(target, rows, seeds, None if all_runs else sample, sample_seed, out, data_root, cache_dir,
                           tolerance, threads, dry_run)
     if as_json:
@@ -322,16 +322,16 @@ def list_(what, method, refresh):
     if what == "settings":
         if not method:
             raise UserError("give the method: zsqbench list settings METHOD (see `zsqbench list methods`)")
-        from zsqbench.listing import settings_table
-        from zsqbench.registry import get_registry
+        from zsqbench.frontends.listing import settings_table
+        from zsqbench.spine.registry import get_registry
         console.print(settings_table(get_registry(), method))
         return
     if method:
         raise UserError(f"`zsqbench list {what}` takes no name (only `zsqbench list settings METHOD` does)")
-    from zsqbench import catalog
+    from zsqbench.frontends import catalog
     listing = None if refresh else catalog.load()  # no plugin (and no torch) loaded when it is current
     if listing is None:
-        from zsqbench.registry import get_registry
+        from zsqbench.spine.registry import get_registry
         listing = catalog.from_registry(get_registry())  # a broken plugin warns here
         catalog.save(listing)
     else:
@@ -369,7 +369,7 @@ def validate(paths):
     """Check run records, leaderboards, leaderboard notes and published baselines (detected by their content)
     against their JSON Schemas and rules; a directory is searched for *.json (files of none of these kinds are
     skipped there)."""
-    from zsqbench.record.validate import find_files, unreadable, validate_file
+    from zsqbench.frontends.validate import find_files, unreadable, validate_file
     bad = checked = 0
     for path, explicit in find_files(paths):
         kind, errors = validate_file(path)
@@ -389,17 +389,17 @@ def validate(paths):
         sys.exit(1)
 
 
-from zsqbench.leaderboard.commands import register as _register_leaderboard  # noqa: E402
-from zsqbench.export.commands import register as _register_export  # noqa: E402
+from zsqbench.frontends.export_commands import register as _register_export  # noqa: E402
+from zsqbench.frontends.leaderboard_commands import register as _register_leaderboard  # noqa: E402
 
 _register_leaderboard(cli)
 _register_export(cli)
 
 
 def main():
-    from zsqbench.lazy import plugins_may_add_commands
+    from zsqbench.frontends.lazy import plugins_may_add_commands
     if plugins_may_add_commands():  # else --help and the commands that need no plugin never import torch
-        from zsqbench.registry import get_plugin_manager
+        from zsqbench.spine.registry import get_plugin_manager
         try:
             get_plugin_manager().hook.zsqbench_register_commands(cli=cli)
         except UserError as e:

@@ -3,8 +3,8 @@ checked (never converted) before a run does any work, so a bad value is one line
 what is allowed.
 
 Validation is strict — ``"3"`` is not an integer, ``1`` is not ``true``, NaN/inf are not numbers — and runs once per
-run, in :func:`zsqbench.plan.resolve`: components and the loop read the validated instances, while the configuration a
-record keeps (and a job's hash) is the data as given, not a re-serialised copy.
+run, in :func:`zsqbench.spine.plan.resolve`: components and the loop read the validated instances, while the
+configuration a record keeps (and a job's hash) is the data as given, not a re-serialised copy.
 
 A component declares its settings as a nested ``Settings`` model (its field defaults are the component's
 ``defaults``); a plugin that gives only a plain ``defaults`` dict gets a model whose types are inferred from those
@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal, Mapping
 import annotated_types
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
-from zsqbench.errors import UserError
+from zsqbench.spine.errors import UserError
 
 
 class Settings(BaseModel):

@@ -21,11 +21,11 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
 
-from zsqbench.errors import UserError
-from zsqbench.interfaces import Component, Method
 from zsqbench.protocols import apply_overrides, bits_for, canonical_hash, deep_merge, outside_grid
-from zsqbench.registry import Registry, get_registry
-from zsqbench.settings import SECTION_MODELS, EvalSettings, Settings, TrainSettings, check as settings_check
+from zsqbench.spine.errors import UserError
+from zsqbench.spine.interfaces import Component, Method
+from zsqbench.spine.registry import Registry, get_registry
+from zsqbench.spine.settings import SECTION_MODELS, EvalSettings, Settings, TrainSettings, check as settings_check
 from zsqbench.teacher.card import preprocessing_identity, resolve_card
 from zsqbench.teacher.datasets import DatasetInfo
 from zsqbench.teacher.zoo import ModelSpec
@@ -123,8 +123,8 @@ class RunPlan:
 
     @cached_property
     def code(self) -> dict:
-        """{distribution: code fingerprint} of what this run executes (zsqbench.provenance)."""
-        from zsqbench.provenance import run_code
+        """{distribution: code fingerprint} of what this run executes (zsqbench.spine.provenance)."""
+        from zsqbench.spine.provenance import run_code
         return run_code(self)
 
     @cached_property

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from zsqbench.errors import UserError
+from zsqbench.spine.errors import UserError
 
 
 def _console(stderr: bool = False):
@@ -40,7 +40,7 @@ def build(protocol, results, output, methods, notes):
     from zsqbench.leaderboard.collect import collect, require_clean
     from zsqbench.record.io import write_json_atomic
     out = Path(output or f"leaderboard/{protocol}.json")
-    from zsqbench.safety import check_output_file
+    from zsqbench.spine.safety import check_output_file
     check_output_file(out, "--output", [*results, *([notes] if notes else [])], _is_leaderboard, "leaderboard")
     notes_obj = read_notes(notes, protocol) if notes else None  # bad notes fail before any work
     c = collect(results)
@@ -114,7 +114,7 @@ def restat_command(file, output):
         raise UserError(f"{file} is not a zsqbench leaderboard (build one with `zsqbench leaderboard build`)")
     out = Path(output or file)
     if output:  # FILE itself is rewritten in place by design; another destination must be a leaderboard or new
-        from zsqbench.safety import check_output_file
+        from zsqbench.spine.safety import check_output_file
         check_output_file(out, "--output", [], _is_leaderboard, "leaderboard")
     command = shlex.join(["zsqbench", "leaderboard", "restat", file] + (["-o", output] if output else []))
     try:

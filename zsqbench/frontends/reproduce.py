@@ -22,8 +22,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from zsqbench.errors import UserError
 from zsqbench.record.io import load_json
+from zsqbench.spine.errors import UserError
 
 _OVERRIDE_SPLIT = re.compile(r", (?=[A-Za-z_][\w.]*=)")
 
@@ -192,7 +192,7 @@ def check_protocol(target: Target, registry) -> None:
 
 
 def command(t: Target, record_file: Path, data_root: str | None, cache_dir: str | None) -> list[str]:
-    cmd = [sys.executable, "-m", "zsqbench.cli", "run", "--method", t.method, "--model", t.model,
+    cmd = [sys.executable, "-m", "zsqbench.frontends.cli", "run", "--method", t.method, "--model", t.model,
            "--wbits", str(t.wbits), "--abits", str(t.abits), "--seed", str(t.seed),
            "--protocol", t.protocol["name"], "--device", t.device, "--threads", str(t.threads),
            "--record-file", str(record_file)]
@@ -214,7 +214,7 @@ def speed_env(t: Target) -> str | None:
     used = t.original.get("speed")
     if not isinstance(used, dict):
         return None
-    from zsqbench.speed import env_value
+    from zsqbench.spine.speed import env_value
     return env_value(used)
 
 
@@ -267,7 +267,7 @@ def rerun(t: Target, out: Path, data_root: str | None, cache_dir: str | None, to
         result["delta"] = round(new["final_top1"] - t.final_top1, 4)
         fp_same = t.fp_top1 is None or abs(new["fp_top1"] - t.fp_top1) <= tolerance
         verdict = "agrees" if abs(result["delta"]) <= tolerance + 1e-9 and fp_same else "differs"
-    from zsqbench.numerics import differences
+    from zsqbench.spine.numerics import differences
     return result | {"verdict": verdict, "differs": differences(t.original, new)}
 
 
@@ -275,7 +275,7 @@ def reproduce(path: str, rows=(), seeds=(), sample: int | None = 1, sample_seed:
               data_root: str | None = None, cache_dir: str | None = None, tolerance: float = 0.0,
               threads: int | None = None, dry_run: bool = False, stream=None) -> dict:
     kind, targets = load_targets(path, rows, seeds, sample, sample_seed)
-    from zsqbench.registry import get_registry
+    from zsqbench.spine.registry import get_registry
     registry = get_registry()
     for t in targets:
         check_protocol(t, registry)

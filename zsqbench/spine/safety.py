@@ -10,7 +10,7 @@ Every writer calls one of these before any work (before a teacher loads, before 
   what the tool made (every file listed in its marker file), holds none of the inputs, and is not the current folder
   or above it.
 
-Each raises :class:`~zsqbench.errors.UserError` with one line: what is wrong and what to do. The writes themselves
+Each raises :class:`~zsqbench.spine.errors.UserError` with one line: what is wrong and what to do. The writes themselves
 stay atomic (a temporary file or folder beside the destination, moved into place when complete).
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 from typing import Callable, Iterable
 
-from zsqbench.errors import UserError
+from zsqbench.spine.errors import UserError
 
 
 def _abs(path: str | Path) -> Path:

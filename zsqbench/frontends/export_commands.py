@@ -27,7 +27,8 @@ def summary_rows(rec: dict, path) -> list[tuple[str, str]]:
 
 
 def register(cli: click.Group) -> None:
-    from zsqbench.cli import console
+    from rich.console import Console
+    console = Console()
 
     @cli.command("evaluate")
     @click.argument("student", type=click.Path())

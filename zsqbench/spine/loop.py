@@ -14,28 +14,19 @@ from pathlib import Path
 
 import torch
 
-from zsqbench import numerics, speed
-from zsqbench.cache import cache_base
-from zsqbench.errors import Diverged, UserError
-from zsqbench.interfaces import RunContext
-from zsqbench.plan import MAX_SEED, RunPlan, RunSpec, check_seed, resolve, resolve_model_key, settings_key  # noqa: F401
 from zsqbench.protocols import check_protocol_requirements
-from zsqbench.progress import make_progress
 from zsqbench.record import io as record_io
 from zsqbench.record.check import seal
-from zsqbench.settings import TrainSettings
+from zsqbench.spine import numerics, speed
+from zsqbench.spine.cache import cache_base
+from zsqbench.spine.errors import Diverged, UserError
+from zsqbench.spine.interfaces import RunContext
+from zsqbench.spine.plan import (MAX_SEED, RunPlan, RunSpec, check_seed, resolve, resolve_model_key,  # noqa: F401
+                                 settings_key)
+from zsqbench.spine.progress import make_progress
+from zsqbench.spine.settings import TrainSettings
 from zsqbench.teacher.card import check_fp_claim
 from zsqbench.teacher.zoo import load_teacher
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
-        raise UserError(f"unknown device {name!r}; use cpu, cuda, cuda:N or auto")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("--device cuda asked for, but torch sees no CUDA device; use --device cpu")
-    return torch.device(name)
 
 
 def seed_everything(seed: int) -> None:
@@ -59,7 +50,7 @@ class _Timer:
 
 
 def _progress(quiet: bool):
-    return make_progress(quiet)  # a bar on a terminal, a plain line every 30 s elsewhere (zsqbench/progress.py)
+    return make_progress(quiet)  # a bar on a terminal, a plain line every 30 s elsewhere (zsqbench/spine/progress.py)
 
 
 def record_path(out: Path, plan: RunPlan) -> Path:
@@ -75,11 +66,11 @@ def run(spec: RunSpec | RunPlan) -> tuple[dict, Path]:
     plan = spec if isinstance(spec, RunPlan) else resolve(spec)
     spec = plan.spec
     numerics.set_threads(spec.threads)  # before any torch work: the thread count splits float sums (numerics.py)
-    from zsqbench.safety import check_output_dir  # where the record goes: checked before any work
+    from zsqbench.spine.safety import check_output_dir  # where the record goes: checked before any work
     check_output_dir(Path(spec.record_file).parent if spec.record_file else spec.out,
                      "--record-file" if spec.record_file else "--out")
     check_output_dir(cache_base(spec.cache_dir), "--cache-dir")  # the FP reference and synthetic sets go there
-    device = resolve_device(spec.device)
+    device = numerics.resolve_device(spec.device)
     check_protocol_requirements(plan.protocol, device, off_protocol=bool(plan.off_protocol))
     model_spec, train, evalc = plan.model_spec, plan.train, plan.eval
     components = plan.build_components()

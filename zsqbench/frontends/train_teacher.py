@@ -1,7 +1,7 @@
 """Train an embedded Fashion-MNIST teacher — the committed, seeded script behind teacher/weights/.
 
-    python -m zsqbench.teacher.train --model resnet20 --epochs 15 --seed 0
-    python -m zsqbench.teacher.train --model resnet20 --name resnet20-b --seed 1 --batch-size 64 --lr 0.05 \
+    python -m zsqbench.frontends.train_teacher --model resnet20 --epochs 15 --seed 0
+    python -m zsqbench.frontends.train_teacher --model resnet20 --name resnet20-b --seed 1 --batch-size 64 --lr 0.05 \
         --wd 1e-4 --epochs 12 --checkpoint /tmp/r20b.ckpt        # another teacher of the same architecture
 
 Plain supervised training on the Fashion-MNIST *train* split (random 32x32 crop of the 4-pixel-padded image,
@@ -254,7 +254,7 @@ def main(argv=None) -> None:
         manifest = read_manifest()
         manifest[key] = {
             "file": fname, "sha256": sha256_file(path), "fp_top1": round(top1, 2),
-            "trained_by": f"python -m zsqbench.teacher.train {_recipe(args)}",
+            "trained_by": f"python -m zsqbench.frontends.train_teacher {_recipe(args)}",
             "selection": "final epoch (no selection on the test set)",
             "train_wall_s": round(wall), "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads",
             "torch": torch.__version__, "dead_bn_channels_neutralized": dead,
@@ -299,8 +299,8 @@ def post_process_embedded(args) -> None:
     manifest = read_manifest()
     entry = manifest[spec.key]
     entry.update({"sha256": sha256_file(path), "fp_top1": round(top1, 2), "dead_bn_channels_neutralized": dead,
-                  "post_processed_by": f"python -m zsqbench.teacher.train --model {args.model} --post-process-only"
-                                       + (" --equalize" if args.equalize else ""),
+                  "post_processed_by": f"python -m zsqbench.frontends.train_teacher --model {args.model} "
+                                       "--post-process-only" + (" --equalize" if args.equalize else ""),
                   "fp_top1_before_post_processing": round(before, 2)})
     if equalized:
         entry["cross_layer_equalized"] = equalized

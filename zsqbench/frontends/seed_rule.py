@@ -18,8 +18,8 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from zsqbench.errors import UserError
 from zsqbench.leaderboard.stats import ci_half_width
+from zsqbench.spine.errors import UserError
 
 
 @dataclass(frozen=True)

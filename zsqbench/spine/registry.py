@@ -11,9 +11,9 @@ from typing import Any
 
 import pluggy
 
-from zsqbench import hookspecs
-from zsqbench.errors import UserError
-from zsqbench.interfaces import Distiller, Method, Quantizer, Synthesizer
+from zsqbench.spine import hookspecs
+from zsqbench.spine.errors import UserError
+from zsqbench.spine.interfaces import Distiller, Method, Quantizer, Synthesizer
 from zsqbench.teacher.datasets import DatasetInfo
 from zsqbench.teacher.zoo import ModelSpec
 
@@ -30,7 +30,7 @@ class Entry:
     name: str
     obj: Any
     provider: str  # "distribution version" of the plugin that registered it
-    distribution: str = "zsqbench"  # the distribution whose code it is (code fingerprints: zsqbench.provenance)
+    distribution: str = "zsqbench"  # the distribution whose code it is (code fingerprints: zsqbench.spine.provenance)
     module: str = ""  # the entry point's module that registered it, e.g. "zsqbench_plugins.gdfq" (fingerprints)
 
 
@@ -254,6 +254,12 @@ def get_registry(reload: bool = False) -> Registry:
             warnings.showwarning = _show_plugin_warning(warnings.showwarning)
             _cache = load_plugins()
     return _cache[1]
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    """The registered dataset ``name`` (built-in or from a plugin), or a one-line :class:`UserError` naming the
+    registered ones."""
+    return get_registry().dataset(name).info
 
 
 def get_plugin_manager() -> pluggy.PluginManager:
