@@ -4,9 +4,10 @@ architecture — the sizes depend on the layers' shapes and bit-widths only, nev
 
 * ``fp_state_dict_bytes``: ``torch.save(teacher.state_dict())``, as the record's ``student.fp_state_dict_bytes``.
 * ``weight_code_bytes``: the packed integer weight codes, as the record's ``student.weight_code_bytes``.
-* ``bytes``: every tensor of the student file — the codes, per-channel scales and zero points (4 B each), the other
-  entries (BN, biases, activation ranges) — without the file's metadata and ``torch.save`` framing, which a saved
-  student file adds (a few KiB: its JSON ``meta``).
+* ``bytes``: the student file as :func:`~zsqbench.export.student.save_student` writes it, less the run's metadata
+  (``meta``: teacher card, provenance, record hash — about 1 KiB, it varies by run): the codes, per-channel scales
+  and zero points (4 B each), the other entries (BN, biases, activation ranges) and the file's index of layers and
+  tensors with ``torch.save``'s framing (``index_bytes``). Both sizes are ``torch.save`` files, so they compare.
 
 :func:`leaderboard_sizes` gives a leaderboard's ``sizes`` block: per table (model, dataset, bits), the FP size and
 each group of methods whose students have the same size (every method quantizing with the same quantizer and
@@ -37,13 +38,19 @@ def student_sizes(net, quantizer, wbits: int, abits: int, quantization: dict | N
     if not getattr(type(quantizer), "keeps_integer_weights", False):
         raise UserError(f"quantizer {type(quantizer).__name__} does not keep integer weights: its student's packed "
                         "size is not defined")
+    import io
+
+    import torch
     obj = student_payload(student, {})
+    buf = io.BytesIO()
+    torch.save(obj, buf)  # the student file as save_student writes it, with an empty run metadata
+    total = len(buf.getvalue())
     codes = int(obj["codes"].numel())
     scale_zp = 4 * int(obj["scales"].numel()) + 4 * int(obj["zero_points"].numel())
     other = 4 * int(obj["floats"].numel()) + 8 * int(obj["ints"].numel())
-    total = codes + scale_zp + other
     return {"fp_state_dict_bytes": fp, "integer": True, "bytes": total, "weight_code_bytes": codes,
-            "scale_zero_point_bytes": scale_zp, "other_bytes": other, "layers": len(layers),
+            "scale_zero_point_bytes": scale_zp, "other_bytes": other,
+            "index_bytes": total - codes - scale_zp - other, "layers": len(layers),
             "fraction_of_fp": round(total / fp, 4)}
 
 
@@ -145,7 +152,8 @@ def size_line(entry: dict, bits: str) -> str:
         parts.append(f"packed {bits} student {human(g['bytes'])} = 1/{1 / g['fraction_of_fp']:.1f} of FP (weight "
                      f"codes {human(g['weight_code_bytes'])} of {g['layers']} layers + scales and zero points "
                      f"{human(g['scale_zero_point_bytes'])} + BN, biases, activation ranges "
-                     f"{human(g['other_bytes'])})"
+                     f"{human(g['other_bytes'])} + the file's index {human(g['index_bytes'])}; a saved file adds the run's "
+                     "metadata, about 1 KiB)"
                      + (f" for {', '.join(g['methods'])}" if sum(x["integer"] for x in entry["students"]) > 1
                         else ""))
     fp_rows = [m for g in entry["students"] if not g["integer"] for m in g["methods"]]

@@ -471,7 +471,7 @@ def size_errors(obj: dict) -> list[str]:
         for g in t["students"]:
             if not g["integer"]:
                 continue
-            parts = g["weight_code_bytes"] + g["scale_zero_point_bytes"] + g["other_bytes"]
+            parts = g["weight_code_bytes"] + g["scale_zero_point_bytes"] + g["other_bytes"] + g["index_bytes"]
             if g["bytes"] != parts:
                 errors.append(f"{where}: packed bytes {g['bytes']} are not the sum of their parts ({parts})")
             if abs(g["fraction_of_fp"] - round(g["bytes"] / t["fp_state_dict_bytes"], 4)) > 1e-9:
