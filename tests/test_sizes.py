@@ -135,11 +135,11 @@ def test_page_shows_size_beside_accuracy_in_chromium(board, tmp_path):
         page = b.eval(cells)
         heads = page["heads"]
         # size and the measured export figures sit beside the accuracy columns
-        assert heads.index("size (computed)") == heads.index("FP %") + 1
+        assert heads.index("size KiB") == heads.index("FP %") + 1
         assert {"saved student file", "onnxruntime top-1 %", "latency ms/image, batch 1"} <= set(heads)
         noise, fp = page["rows"]["noise"], page["rows"]["fp"]
-        assert noise["size"] == f"{packed['bytes'] / 1024:.1f} KiB (1/{1 / packed['fraction_of_fp']:.1f})"
-        assert fp["size"] == "1.09 MiB (FP)"
+        assert noise["size"].split() == [f"{packed['bytes'] / 1024:.1f}", f"1/{1 / packed['fraction_of_fp']:.1f}"]
+        assert fp["size"].split() == [f"{lb['sizes']['tables'][0]['fp_state_dict_bytes'] / 1024:.1f}", "FP"]
         saved = lb["rows"][[r["method"] for r in lb["rows"]].index("noise")]["runs"][0]["saved"]
         assert noise["saved"].startswith(f"{saved['student_file_bytes'] / 1024:.1f} KiB")
         assert noise["onnx"].startswith(f"{saved['onnx_top1']:.2f}") and "fake-quant" in noise["onnx"]
@@ -154,8 +154,7 @@ def test_page_shows_size_beside_accuracy_in_chromium(board, tmp_path):
         assert len(got) == len(committed["sizes"]["tables"])
         for caption, rows in got:
             (entry,) = [t for t in committed["sizes"]["tables"] if caption.startswith(t["table"])]
-            want = {m: (f"{g['bytes'] / 1024:.1f} KiB" if g["bytes"] < 1024 ** 2 else f"{g['bytes'] / 1024 ** 2:.2f} MiB")
-                    for g in entry["students"] for m in g["methods"]}
+            want = {m: f"{g['bytes'] / 1024:.1f}" for g in entry["students"] for m in g["methods"]}
             assert rows and all(text.startswith(want[m]) for m, text in rows), (caption, rows)
         notes = b.eval("Array.from(document.querySelectorAll('p.sizes')).map(p => p.innerText)")
         assert len(notes) == len(got) and all("no size, onnxruntime top-1 or latency here is measured" in n

@@ -430,7 +430,7 @@ def leaderboard_table(board: Board, gslug: str, caption: str, rows: list[tuple[i
     if has_letters:
         cols += [("letters", "group (letters)", "text"), ("rank", "rank (95 %)", "num")]
     cols += [("best", "best on test % (legacy)", "num"), ("gap", "gap", "num"), ("fp", "FP %", "num")]
-    cols += [("size", "size (computed)", "num")] * (sizes is not None)
+    cols += [("size", "size KiB", "num")] * (sizes is not None)
     cols += [("saved", "saved student file", "num")] * has_saved
     cols += [("onnx", "onnxruntime top-1 %", "num")] * has_onnx
     cols += [("latency", "latency ms/image, batch 1", "num")] * has_latency
@@ -477,7 +477,9 @@ def leaderboard_table(board: Board, gslug: str, caption: str, rows: list[tuple[i
         m = measured[id(r)] or {}
         if sizes is not None:
             nbytes, text = row_size(sizes, r["method"])
-            cells.append((sort_value(nbytes), esc(text)))
+            share = text.partition(" (")[2].rstrip(")")
+            cells.append((sort_value(nbytes), "—" if nbytes is None else f"{nbytes / 1024:.1f}"
+                          + (f'<br><span class="note">{esc(share)}</span>' if share else "")))
         if has_saved:
             cells.append((sort_value(m.get("student_file_bytes")), esc(human(m.get("student_file_bytes")))
                           + (f' <span class="note">({m["runs"]} run{"s" * (m["runs"] > 1)})</span>' if m else "")))
@@ -523,7 +525,7 @@ def size_note(sizes: dict | None, row: dict, has_saved: bool, has_onnx: bool, ha
         text = ("Size: not computed (the leaderboard has no <code>sizes</code>: its protocol is not the registered "
                 "one of the same hash; <code>zsqbench leaderboard restat</code> adds them).")
     else:
-        text = (f"{esc(size_line(sizes, bits))}. The <em>size (computed)</em> column is the row's student: "
+        text = (f"{esc(size_line(sizes, bits))}. The <em>size KiB</em> column is the row's student (below it: its share of the FP size): "
                 f"{esc(HOW)}; exact bytes in the leaderboard JSON (<code>sizes</code>).")
     if has_saved:
         text += (" <em>Saved student file</em>" + (", <em>onnxruntime top-1</em>" if has_onnx else "")
