@@ -195,3 +195,17 @@ def test_tampered_sizes_one_line(board, cli, tmp_path, edit, expected):
     assert proc.returncode == 1 and "Traceback" not in proc.stderr and expected in proc.stdout
     line = _error_line(cli("leaderboard", "site", path, "-o", tmp_path / "site"))
     assert expected in line and not (tmp_path / "site").exists()
+
+
+def test_sizes_only_for_the_registered_protocol_and_known_methods(board):
+    lb, _ = board
+    other = copy.deepcopy(lb)
+    other["protocol"]["hash"] = "0" * 64  # another version of the protocol: its sizes would not be this one's
+    assert leaderboard_sizes(other) is None
+    unknown = copy.deepcopy(lb)
+    (row,) = [r for r in unknown["rows"] if r["method"] == "fp"]
+    row["method"] = "not-registered"
+    (entry,) = leaderboard_sizes(unknown)["tables"]
+    assert entry["unsized"] == ["not-registered"] and [g["methods"] for g in entry["students"]] == [["noise"]]
+    unknown["sizes"] = leaderboard_sizes(unknown)
+    assert validate_leaderboard(unknown) == []

@@ -100,7 +100,7 @@ def leaderboard_sizes(lb: dict) -> dict | None:
                 plan = resolve(RunSpec(method=row["method"], model=f"{model}@{dataset}", wbits=w, abits=a,
                                        protocol=proto["name"]), reg)
                 s = plan_sizes(plan)
-            except UserError:
+            except (UserError, ImportError, TypeError, ValueError, RuntimeError):  # e.g. a plugin not installed here
                 unsized.append(row["method"])
                 continue
             fp = s["fp_state_dict_bytes"]
