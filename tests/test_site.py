@@ -21,6 +21,7 @@ from click.testing import CliRunner
 
 from zsqbench.frontends.cli import Group
 from zsqbench.frontends.leaderboard_commands import leaderboard
+from zsqbench.frontends.sizes import with_sizes
 from zsqbench.leaderboard.build import build_leaderboard, validate_leaderboard
 from zsqbench.leaderboard.site import MANIFEST, write_site
 from zsqbench.record.check import seal
@@ -103,7 +104,7 @@ def board(smoke_records, tmp_path_factory):
         p.parent.mkdir(parents=True)
         p.write_text(json.dumps(r))
         pairs.append((str(p), r))
-    lb = build_leaderboard(pairs, "smoke", 1, command="zsqbench leaderboard build --protocol smoke sweep")
+    lb = with_sizes(build_leaderboard(pairs, "smoke", 1, command="zsqbench leaderboard build --protocol smoke sweep"))
     assert validate_leaderboard(lb) == []
     path = d / "smoke.json"
     path.write_text(json.dumps(lb, indent=1))
@@ -181,7 +182,7 @@ def test_records_that_evaluate_once_draw_no_curves(smoke_records, tmp_path):
         p.write_text(json.dumps(r))
         pairs.append((str(p), r))
     path = tmp_path / "once.json"
-    path.write_text(json.dumps(build_leaderboard(pairs, "smoke", 1, command="CMD")))
+    path.write_text(json.dumps(with_sizes(build_leaderboard(pairs, "smoke", 1, command="CMD"))))
     m = write_site([str(path)], tmp_path / "site", command="CMD")
     assert m["leaderboards"][0]["records_used"] == 6
     assert not any("curves" in f for f in m["files"])
@@ -424,7 +425,7 @@ def test_published_vs_reproduced_where_both_exist(smoke_records, tmp_path):
         p = tmp_path / f"r{seed}.json"
         p.write_text(json.dumps(r))
         pairs.append((str(p), r))
-    lb = build_leaderboard(pairs, "smoke", 1, command="build")
+    lb = with_sizes(build_leaderboard(pairs, "smoke", 1, command="build"))
     (tmp_path / "lb.json").write_text(json.dumps(lb))
     write_site([str(tmp_path / "lb.json")], tmp_path / "site", command="CMD")
     html = page(tmp_path / "site")

@@ -36,6 +36,7 @@ def build(protocol, results, output, methods, notes):
     """Aggregate run records (files, or directories searched recursively) into a leaderboard JSON: one row per
     model@dataset, bits and method over seeds, headline = mean final top-1. Refuses records of another protocol
     or version, off-protocol records and duplicate seeds."""
+    from zsqbench.frontends.sizes import with_sizes
     from zsqbench.leaderboard.build import apply_notes, build_leaderboard, read_notes, validate_leaderboard
     from zsqbench.leaderboard.collect import collect, require_clean
     from zsqbench.record.io import write_json_atomic
@@ -55,7 +56,7 @@ def build(protocol, results, output, methods, notes):
         c.records = [(p, rec) for p, rec in c.records if rec["method"]["name"] in wanted]
     command = shlex.join(["zsqbench", "leaderboard", "build", "--protocol", protocol, *results, "-o", str(out)]
                          + (["--methods", methods] if methods else []) + (["--notes", notes] if notes else []))
-    lb = build_leaderboard(c.records, protocol, len(results), command=command)
+    lb = with_sizes(build_leaderboard(c.records, protocol, len(results), command=command))
     if notes_obj:
         apply_notes(lb, notes_obj, notes)
     errors = validate_leaderboard(lb)
@@ -106,6 +107,7 @@ def restat_command(file, output):
     """Recompute every derived statistic of a leaderboard (row summaries, power, the all-pairs tests, letters,
     rank intervals) from the per-seed runs it holds: no run records needed. Upgrades a leaderboard built by an
     older zsqbench (schema version 1); the runs, notes and provenance are kept."""
+    from zsqbench.frontends.sizes import with_sizes
     from zsqbench.leaderboard.build import restat, validate_leaderboard
     from zsqbench.leaderboard.collect import looks_like_leaderboard
     from zsqbench.record.io import load_json, write_json_atomic
@@ -118,7 +120,7 @@ def restat_command(file, output):
         check_output_file(out, "--output", [], _is_leaderboard, "leaderboard")
     command = shlex.join(["zsqbench", "leaderboard", "restat", file] + (["-o", output] if output else []))
     try:
-        new = restat(lb, command)
+        new = with_sizes(restat(lb, command))
     except (KeyError, TypeError, ValueError) as e:
         raise UserError(f"{file}: rows or runs are malformed ({type(e).__name__}: {e}); rebuild it from its run "
                         "records with `zsqbench leaderboard build`") from None

@@ -15,6 +15,7 @@ from collections import defaultdict
 from datetime import datetime, timezone
 from pathlib import Path
 
+from zsqbench.export.sizes import saved_figures
 from zsqbench.leaderboard.collect import LEADERBOARD_KIND
 from zsqbench.leaderboard.stats import ci_half_width, kendall_tau, mean, summarize, table_statistics
 from zsqbench.record.io import validation_errors
@@ -42,7 +43,8 @@ def run_entry(path: str, rec: dict) -> dict:
             "protocol_version": rec["protocol"]["version"], "protocol_hash": rec["protocol"]["hash"],
             "git_commit": rec["git"]["commit"], "teacher_sha256": rec["teacher"].get("sha256"), "record": path,
             **({"code": rec["code"]} if rec.get("code") else {}),
-            **({"threads": rec["device"]["threads"]} if (rec.get("device") or {}).get("threads") else {})}
+            **({"threads": rec["device"]["threads"]} if (rec.get("device") or {}).get("threads") else {}),
+            **({"saved": saved} if (saved := saved_figures(rec)) else {})}
 
 
 def make_row(key: tuple, items: list[tuple[str, dict]]) -> dict:
@@ -424,9 +426,45 @@ def validate_leaderboard(obj) -> list[str]:
             errors.append(f"{where}: ci95 {row['ci95']} does not match final_top1 ({stats['ci95']})")
     if "significance" in obj:
         errors += significance_errors(obj)
+    if "sizes" in obj:
+        errors += size_errors(obj)
     n_runs = sum(len(r["runs"]) for r in obj["rows"])
     if n_runs != obj["provenance"]["records"]:
         errors.append(f"provenance/records: {obj['provenance']['records']} but the rows hold {n_runs} runs")
+    return errors
+
+
+def size_errors(obj: dict) -> list[str]:
+    """The ``sizes`` block agrees with itself and with the rows: each entry names a table of the leaderboard and
+    only methods of that table, each method once; a packed student's bytes are the sum of its parts and its
+    fraction of FP their ratio. (That the figures are what the code computes today: `leaderboard restat`.)"""
+    errors = []
+    tables = defaultdict(set)
+    for r in obj["rows"]:
+        tables[table_name(r)].add(r["method"])
+    seen = set()
+    for t in obj["sizes"]["tables"]:
+        where = f"sizes ({t['table']})"
+        if t["table"] not in tables:
+            errors.append(f"{where}: no such table in the leaderboard")
+            continue
+        if t["table"] in seen:
+            errors.append(f"{where}: duplicate table")
+        seen.add(t["table"])
+        named = [m for g in t["students"] for m in g["methods"]] + list(t["unsized"])
+        if len(named) != len(set(named)):
+            errors.append(f"{where}: a method is named twice")
+        extra = set(named) - tables[t["table"]]
+        if extra:
+            errors.append(f"{where}: methods the table lacks: {', '.join(sorted(extra))}")
+        for g in t["students"]:
+            if not g["integer"]:
+                continue
+            parts = g["weight_code_bytes"] + g["scale_zero_point_bytes"] + g["other_bytes"] + g["index_bytes"]
+            if g["bytes"] != parts:
+                errors.append(f"{where}: packed bytes {g['bytes']} are not the sum of their parts ({parts})")
+            if abs(g["fraction_of_fp"] - round(g["bytes"] / t["fp_state_dict_bytes"], 4)) > 1e-9:
+                errors.append(f"{where}: fraction_of_fp {g['fraction_of_fp']} is not bytes / fp_state_dict_bytes")
     return errors
 
 

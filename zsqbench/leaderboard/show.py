@@ -75,15 +75,19 @@ def leaderboard_table(lb: dict, published: bool = False, console: Console | None
                ("grp", {}), ("rank", right),
                ("95 % CI", {}), ("per seed", {}), ("best on test % (legacy)", right)]
     columns += [("published % (best on test)", {})] * show_pub
-    columns += [("gap", right), ("FP %", right), ("wall s", right), ("step ms", right), ("flags", {})]
+    columns += [("gap", right), ("FP %", right), ("size", right), ("wall s", right), ("step ms", right),
+                ("flags", {})]
     shown = [i for i, (name, _) in enumerate(columns) if wide or name in NARROW_LEADERBOARD]
     for i in shown:
         name, kw = columns[i]
         t.add_column(name, overflow="fold", **kw)  # fold, never cut a cell to "resne…"
     noted = [r for r in rows if r.get("note")]  # numbered in table order, told below the table
     note_no = {id(r): k for k, r in enumerate(noted, 1)}
+    from zsqbench.export.sizes import measured_line, row_size, size_line, table_sizes
+    from zsqbench.leaderboard.build import table_name
     for _, group in groupby(rows, key=_group_key):
         group = list(group)
+        sizes = table_sizes(lb, table_name(group[0]))
         best_mean = _best([r["mean"] for r in group])
         best_bot = _best([r["best_on_test_mean"] for r in group])
         fastest = _best([r["wall_s_mean"] for r in group], min)
@@ -101,7 +105,7 @@ def leaderboard_table(lb: dict, published: bool = False, console: Console | None
                      _mark(_f(r["best_on_test_mean"]), r["best_on_test_mean"] is not None
                            and r["best_on_test_mean"] == best_bot),
                      *([_published_text(pub[id(r)])] if show_pub else []),
-                     _f(r["gap_mean"], "{:+.2f}"), _f(r["fp_top1"]),
+                     _f(r["gap_mean"], "{:+.2f}"), _f(r["fp_top1"]), row_size(sizes, r["method"])[1],
                      _mark(_f(r["wall_s_mean"], "{:.1f}"), r["wall_s_mean"] is not None
                            and r["wall_s_mean"] == fastest),
                      _f(r["step_s_mean"] and r["step_s_mean"] * 1000, "{:.1f}")]
@@ -123,7 +127,7 @@ def leaderboard_table(lb: dict, published: bool = False, console: Console | None
         console.print(escape(f"[{k}] {r['method']} {r['model']}@{r['dataset']} W{r['wbits']}A{r['abits']}: "
                              f"{r['note']}"), highlight=False)
     if not wide:
-        console.print("more columns (95 % CI, per seed, gap, FP, wall and step time, flags): --wide; "
+        console.print("more columns (95 % CI, per seed, gap, FP, model size, wall and step time, flags): --wide; "
                       "everything: --json", style="dim", highlight=False)
     console.print(f"{STAR} best per model and bits (mean final top-1; best on test; fastest). Best on test is "
                   "selected on the test set (legacy, as papers report); the headline is the final student.",
@@ -136,6 +140,13 @@ def leaderboard_table(lb: dict, published: bool = False, console: Console | None
                   f"the seeds (docs/statistics.md).", style="dim", highlight=False)
     for table in sig.get("tables", []):
         console.print(escape(validity_line(table)), style="dim", highlight=False)
+    for entry in (lb.get("sizes") or {}).get("tables", []):
+        bits = entry["table"].rsplit(" ", 1)[-1]
+        console.print(escape(size_line(entry, bits)), style="dim", highlight=False)
+    for r in rows:
+        line = measured_line(r)
+        if line:
+            console.print(escape(line), highlight=False)
     if wide and any("power" in r for r in rows):
         console.print(f"CI ±h > t (flags): the row's 95 % CI half-width h misses the target t its table has in the "
                       f"notes file ({lb['provenance'].get('notes', '?')}); \\[k]: a note on the row, above.",

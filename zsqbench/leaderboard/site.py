@@ -417,13 +417,24 @@ def link(text: str, target: str, title: str = "") -> str:
 
 
 def leaderboard_table(board: Board, gslug: str, caption: str, rows: list[tuple[int, dict]]) -> str:
+    from zsqbench.export.sizes import human, measured_summary, row_size, table_sizes
+    from zsqbench.leaderboard.build import table_name
     has_letters = any(r.get("letters") for _, r in rows)
+    sizes = table_sizes(board.lb, table_name(rows[0][1]))
+    measured = {id(r): measured_summary(r) for _, r in rows}
+    has_saved = any(measured.values())
+    has_onnx = any(m and m["onnx_top1"] is not None for m in measured.values())
+    has_latency = any(m and m["latency_q_b1"] is not None for m in measured.values())
     cols = [("rank", "#", "num"), ("method", "method", "text"), ("n", "n", "num"),
             ("mean", "final top-1 % (mean ± sd)", "num"), ("ci", "95 % CI", "num"), ("seeds", "per seed", "text")]
     if has_letters:
         cols += [("letters", "group (letters)", "text"), ("rank", "rank (95 %)", "num")]
-    cols += [("best", "best on test % (legacy)", "num"), ("gap", "gap", "num"), ("fp", "FP %", "num"),
-             ("wall", "wall s", "num"), ("step", "step ms", "num"), ("flags", "flags", "text")]
+    cols += [("best", "best on test % (legacy)", "num"), ("gap", "gap", "num"), ("fp", "FP %", "num")]
+    cols += [("size", "size KiB", "num")] * (sizes is not None)
+    cols += [("saved", "saved student file", "num")] * has_saved
+    cols += [("onnx", "onnxruntime top-1 %", "num")] * has_onnx
+    cols += [("latency", "latency ms/image, batch 1", "num")] * has_latency
+    cols += [("wall", "wall s", "num"), ("step", "step ms", "num"), ("flags", "flags", "text")]
     # one evaluation per run (cpu v4) makes best-on-test the final top-1 in every row: an empty column, hidden
     hidden = set() if any(r["gap_mean"] not in (None, 0) for _, r in rows) else {"best", "gap"}
     head = "".join(f'<th scope="col" data-type="{t}" class="{esc(k)}"><button type="button">{esc(label)}'
@@ -462,8 +473,25 @@ def leaderboard_table(board: Board, gslug: str, caption: str, rows: list[tuple[i
                    if r["best_on_test_mean"] is not None else "—"),
                   (sort_value(r["gap_mean"]), link(num(r["gap_mean"], "{:+.2f}"), rid)
                    if r["gap_mean"] is not None else "—"),
-                  (sort_value(r["fp_top1"]), link(num(r["fp_top1"]), rid) if r["fp_top1"] is not None else "—"),
-                  (sort_value(r["wall_s_mean"]), link(num(r["wall_s_mean"], "{:.1f}"), rid)
+                  (sort_value(r["fp_top1"]), link(num(r["fp_top1"]), rid) if r["fp_top1"] is not None else "—")]
+        m = measured[id(r)] or {}
+        if sizes is not None:
+            nbytes, text = row_size(sizes, r["method"])
+            share = text.partition(" (")[2].rstrip(")")
+            cells.append((sort_value(nbytes), "—" if nbytes is None else f"{nbytes / 1024:.1f}"
+                          + (f'<br><span class="note">{esc(share)}</span>' if share else "")))
+        if has_saved:
+            cells.append((sort_value(m.get("student_file_bytes")), esc(human(m.get("student_file_bytes")))
+                          + (f' <span class="note">({m["runs"]} run{"s" * (m["runs"] > 1)})</span>' if m else "")))
+        if has_onnx:
+            cells.append((sort_value(m.get("onnx_top1")), "—" if m.get("onnx_top1") is None else
+                          f'{m["onnx_top1"]:.2f} <span class="note">(fake-quant {m["fake_quant_top1"]:.2f})</span>'))
+        if has_latency:
+            lat = m.get("latency_q_b1")
+            cells.append((sort_value(lat), "—" if lat is None else f"{lat:.3f}" + (
+                f' <span class="note">(FP {m["latency_fp_b1"]:.3f})</span>' if m.get("latency_fp_b1") is not None
+                else "")))
+        cells += [(sort_value(r["wall_s_mean"]), link(num(r["wall_s_mean"], "{:.1f}"), rid)
                    if r["wall_s_mean"] is not None else "—"),
                   (sort_value(None if r["step_s_mean"] is None else r["step_s_mean"] * 1000),
                    "—" if r["step_s_mean"] is None else link(num(r["step_s_mean"] * 1000, "{:.1f}"), rid)),
@@ -480,12 +508,34 @@ def leaderboard_table(board: Board, gslug: str, caption: str, rows: list[tuple[i
         body.append(f"<tr{cls}>{''.join(tds)}</tr>")
     why_hidden = ('<p class="note">No "best on test (legacy)" column: every run was evaluated once, at its end, so '
                   "it equals the final top-1 in every row.</p>" if hidden else "")
+    why_hidden += size_note(sizes, rows[0][1], has_saved, has_onnx, has_latency)
     return (f'<div class="scroll" role="region" tabindex="0" aria-label="{esc(caption)}">'
             f'<table class="board sortable" id="table-{gslug}"><caption>{esc(caption)}</caption>'
             f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>{why_hidden}"
             + ('<ol class="notes">' + "".join(f'<li id="note-{gslug}-{k}"><b>{esc(r["method"])}</b>: '
                                                f'{esc(r["note"])}</li>' for k, r in enumerate(noted, 1)) + "</ol>"
                if noted else ""))
+
+
+def size_note(sizes: dict | None, row: dict, has_saved: bool, has_onnx: bool, has_latency: bool) -> str:
+    """Where the table's size figures come from: computed from the architecture, or measured by the runs."""
+    from zsqbench.export.sizes import HOW, size_line
+    bits = bits_label(row["wbits"], row["abits"])
+    if sizes is None:
+        text = ("Size: not computed (the leaderboard has no <code>sizes</code>: its protocol is not the registered "
+                "one of the same hash; <code>zsqbench leaderboard restat</code> adds them).")
+    else:
+        text = (f"{esc(size_line(sizes, bits))}. The <em>size KiB</em> column is the row's student (below it: its share of the FP size): "
+                f"{esc(HOW)}; exact bytes in the leaderboard JSON (<code>sizes</code>).")
+    if has_saved:
+        text += (" <em>Saved student file</em>" + (", <em>onnxruntime top-1</em>" if has_onnx else "")
+                 + (" and <em>latency</em> (onnxruntime CPU, one thread, median)" if has_latency else "")
+                 + " are measured: the mean over the row's runs whose records saved (<code>--save-student</code>) "
+                 "or exported (<code>--export</code>) their student; — where none did.")
+    else:
+        text += (" No run of this table saved or exported its student (<code>zsqbench run --save-student / "
+                 "--export DIR</code>), so no size, onnxruntime top-1 or latency here is measured.")
+    return f'<p class="note sizes">{text}</p>'
 
 
 def provenance_table(board: Board, gslug: str, rows: list[tuple[int, dict]], site_dir: Path) -> str:
