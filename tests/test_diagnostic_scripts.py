@@ -194,3 +194,15 @@ def test_divergence_probe_says_when_the_swap_steps_lie_past_the_run(capsys):
     probe = _load("divergence_probe")
     with pytest.raises(SystemExit, match="the run stopped before step 99"):
         probe.main(["--method", "gdfq", "--model", "resnet20@fmnist", "--protocol", "smoke", "--swap", "1,99"])
+
+
+def test_teacher_bn_report_contrasts_the_embedded_teachers(capsys):
+    """benchmarks/teacher_bn.py (issue #25 part 3): the equalised MobileNetV1's first BN holds nearly all BN
+    variance; the ResNet-20's holds a small share — the contrast a new MobileNet teacher is judged by."""
+    teacher_bn = _load("teacher_bn")
+    teacher_bn.main(["resnet20@fmnist", "mobilenetv1@fmnist", "--json"])
+    reports = json.loads(capsys.readouterr().out)
+    r20, mbv1 = reports["resnet20@fmnist"], reports["mobilenetv1@fmnist"]
+    assert r20["bn_layers"] == len(r20["layers"]) > 10
+    assert r20["first_layer_share_of_variance"] < 0.05 < 0.9 < mbv1["first_layer_share_of_variance"]
+    assert mbv1["max_variance"] > 1e4 > 10 > r20["max_variance"]
