@@ -29,6 +29,15 @@ def zsqbench_cli(*args, env=None, cwd=None, timeout=600):
                           text=True, env=full_env, cwd=cwd, timeout=timeout)
 
 
+def error_line(proc) -> str:
+    """The one line a refused command prints: non-zero exit, no traceback, one non-empty stderr line."""
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode != 0, proc.stdout
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
 @pytest.fixture
 def cli():
     return zsqbench_cli

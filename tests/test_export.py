@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import error_line
 import torch
 
 from zsqbench.export import export_dir
@@ -25,14 +26,6 @@ pytest.importorskip("onnxruntime")
 
 TESTS = Path(__file__).resolve().parent
 OWN_ENV = {"PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
-
-
-def _error_line(proc) -> str:
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert proc.returncode != 0, proc.stdout
-    assert "Traceback" not in proc.stderr, proc.stderr
-    assert len(lines) == 1, proc.stderr
-    return lines[0]
 
 
 @pytest.mark.parametrize("bits", range(1, 17))
@@ -197,7 +190,7 @@ def test_own_network_refused_before_the_teacher(cli, tmp_path, model, method, ex
     out = tmp_path / "res"
     proc = cli("run", "-m", method, "--model", model, "--weights", garbage, "--protocol", "smoke", "--bits", "4",
                "-q", "--out", out, "--export", tmp_path / "onnx", env=OWN_ENV)
-    line = _error_line(proc)
+    line = error_line(proc)
     for text in expected:
         assert text in line
     assert not out.exists() and not (tmp_path / "onnx").exists()
@@ -244,7 +237,7 @@ BAD_STUDENT = {"edited": ["was edited or is corrupt"], "truncated": ["cannot rea
 def test_bad_student_file_one_line(cli, tmp_path, student_file, case, command):
     path = _bad_students(student_file, tmp_path)[case]
     args = [command, path] + (["-o", tmp_path / "out"] if command == "export" else [])
-    line = _error_line(cli(*args))
+    line = error_line(cli(*args))
     for text in BAD_STUDENT[case]:
         assert text in line
     assert not (tmp_path / "pwned").exists()
@@ -262,10 +255,10 @@ def test_read_student_refuses_in_process(tmp_path, student_file):
 def test_export_dir_is_a_file(cli, tmp_path, student_file):
     target = tmp_path / "a-file"
     target.write_text("keep me")
-    line = _error_line(cli("export", student_file, "-o", target))
+    line = error_line(cli("export", student_file, "-o", target))
     assert "is a file" in line and target.read_text() == "keep me"
     out = tmp_path / "res"
-    line = _error_line(cli("run", "-m", "noise", "--model", "resnet20", "--protocol", "smoke", "--bits", "4", "-q",
+    line = error_line(cli("run", "-m", "noise", "--model", "resnet20", "--protocol", "smoke", "--bits", "4", "-q",
                            "--out", out, "--export", target))
     assert "is a file" in line and not out.exists()
 

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import error_line
 import torch
 
 from zsqbench.export.sizes import plan_sizes
@@ -20,14 +21,6 @@ from zsqbench.spine.loop import RunSpec, run
 from zsqbench.spine.plan import resolve
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _error_line(proc) -> str:
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert proc.returncode != 0, proc.stdout
-    assert "Traceback" not in proc.stderr, proc.stderr
-    assert len(lines) == 1, proc.stderr
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -190,11 +183,11 @@ def test_tampered_sizes_one_line(board, cli, tmp_path, edit, expected):
     edit(bad["sizes"])
     path = tmp_path / "bad.json"
     path.write_text(json.dumps(bad))
-    line = _error_line(cli("leaderboard", "show", path))
+    line = error_line(cli("leaderboard", "show", path))
     assert "invalid leaderboard" in line and expected in line
     proc = cli("validate", path)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr and expected in proc.stdout
-    line = _error_line(cli("leaderboard", "site", path, "-o", tmp_path / "site"))
+    line = error_line(cli("leaderboard", "site", path, "-o", tmp_path / "site"))
     assert expected in line and not (tmp_path / "site").exists()
 
 

@@ -19,8 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from zsqbench.spine import speed
 from zsqbench.quantizer.kernel import fake_quantize_into
+from zsqbench.spine import speed
 
 _EPS = 1e-8
 
