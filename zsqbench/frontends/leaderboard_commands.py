@@ -23,7 +23,8 @@ def leaderboard():
 
 
 @leaderboard.command("build")
-@click.option("--protocol", "-p", required=True, help="Only records of this protocol (one version) may enter.")
+@click.option("--protocol", "-p", required=True,
+              help="Only records of this protocol (one version) may enter: its name, or its file (*.json).")
 @click.argument("results", nargs=-1, required=True)
 @click.option("--output", "-o", default=None, type=click.Path(dir_okay=False),
               help="Leaderboard JSON to write (default: leaderboard/<protocol>.json).")
@@ -37,9 +38,13 @@ def build(protocol, results, output, methods, notes):
     model@dataset, bits and method over seeds, headline = mean final top-1. Refuses records of another protocol
     or version, off-protocol records and duplicate seeds."""
     from zsqbench.frontends.sizes import with_sizes
+    from zsqbench.frontends.transfer import with_transfer
     from zsqbench.leaderboard.build import apply_notes, build_leaderboard, read_notes, validate_leaderboard
     from zsqbench.leaderboard.collect import collect, require_clean
     from zsqbench.record.io import write_json_atomic
+    if protocol.endswith(".json"):  # a protocol file, as `run`/`sweep -p FILE` took it: its name, and it registered
+        from zsqbench.spine.registry import get_registry
+        protocol = get_registry().protocol_name(protocol)
     out = Path(output or f"leaderboard/{protocol}.json")
     from zsqbench.spine.safety import check_output_file
     check_output_file(out, "--output", [*results, *([notes] if notes else [])], _is_leaderboard, "leaderboard")
@@ -56,7 +61,7 @@ def build(protocol, results, output, methods, notes):
         c.records = [(p, rec) for p, rec in c.records if rec["method"]["name"] in wanted]
     command = shlex.join(["zsqbench", "leaderboard", "build", "--protocol", protocol, *results, "-o", str(out)]
                          + (["--methods", methods] if methods else []) + (["--notes", notes] if notes else []))
-    lb = with_sizes(build_leaderboard(c.records, protocol, len(results), command=command))
+    lb = with_transfer(with_sizes(build_leaderboard(c.records, protocol, len(results), command=command)))
     if notes_obj:
         apply_notes(lb, notes_obj, notes)
     errors = validate_leaderboard(lb)
@@ -108,6 +113,7 @@ def restat_command(file, output):
     rank intervals) from the per-seed runs it holds: no run records needed. Upgrades a leaderboard built by an
     older zsqbench (schema version 1); the runs, notes and provenance are kept."""
     from zsqbench.frontends.sizes import with_sizes
+    from zsqbench.frontends.transfer import with_transfer
     from zsqbench.leaderboard.build import restat, validate_leaderboard
     from zsqbench.leaderboard.collect import looks_like_leaderboard
     from zsqbench.record.io import load_json, write_json_atomic
@@ -120,7 +126,7 @@ def restat_command(file, output):
         check_output_file(out, "--output", [], _is_leaderboard, "leaderboard")
     command = shlex.join(["zsqbench", "leaderboard", "restat", file] + (["-o", output] if output else []))
     try:
-        new = with_sizes(restat(lb, command))
+        new = with_transfer(with_sizes(restat(lb, command)))
     except (KeyError, TypeError, ValueError) as e:
         raise UserError(f"{file}: rows or runs are malformed ({type(e).__name__}: {e}); rebuild it from its run "
                         "records with `zsqbench leaderboard build`") from None

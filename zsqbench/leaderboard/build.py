@@ -326,6 +326,63 @@ def best_on_test_gap(ranked: list[dict]) -> dict | None:
     return {"mean": statistics.fmean(gaps), "max": max(gaps)} if gaps else None
 
 
+TRANSFER_MARGIN = 20.0  # points above the floor row a method must keep on a held-out teacher (issue #25)
+
+
+def transfer_block(rows: list[dict], pairs: dict[str, str], roles: dict[str, str]) -> dict | None:
+    """Each held-out teacher's table beside the table of the teacher its settings were chosen on, at the same bits
+    (``pairs``: the protocol's ``transfer``, held-out model -> chosen-on model, both "model@dataset"; ``roles``: the
+    methods with a role, e.g. ``{"noise": "floor", "fp": "ceiling"}``). Per method on both tables: both means and
+    the change; per held-out table: its floor, each method's margin over it, and Kendall tau between the two
+    tables' rankings of the methods without a role. None when no pair has a table on both sides."""
+    tables = table_rows(rows)
+    by_model = defaultdict(dict)
+    for (model, dataset, w, a), ranked in tables.items():
+        by_model[f"{model}@{dataset}"][(w, a)] = ranked
+    out = []
+    for held, chosen in sorted(pairs.items()):
+        for bits in sorted(set(by_model.get(held, {})) & set(by_model.get(chosen, {}))):
+            h = {r["method"]: r for r in by_model[held][bits]}
+            c = {r["method"]: r for r in by_model[chosen][bits]}
+            floors = [m for m in h if roles.get(m) == "floor" and h[m]["mean"] is not None]
+            floor = h[floors[0]]["mean"] if floors else None
+            entries = []
+            for m in [r["method"] for r in by_model[held][bits]]:  # the held-out table's order: best first
+                if m not in c:
+                    continue
+                hm, cm = h[m]["mean"], c[m]["mean"]
+                entries.append({"method": m, "role": roles.get(m, ""), "chosen_on_mean": cm, "held_out_mean": hm,
+                                "change": None if hm is None or cm is None else hm - cm,
+                                "above_floor": None if hm is None or floor is None or roles.get(m) else hm - floor})
+            ranked = [e for e in entries if not e["role"] and e["held_out_mean"] is not None
+                      and e["chosen_on_mean"] is not None]
+            tau = kendall_tau([e["held_out_mean"] for e in ranked], [e["chosen_on_mean"] for e in ranked])
+            margins = [e["above_floor"] for e in entries if e["above_floor"] is not None]
+            w, a = bits
+            out.append({"held_out": f"{held} W{w}A{a}", "chosen_on": f"{chosen} W{w}A{a}",
+                        "floor": {"method": floors[0], "mean": floor} if floors else None,
+                        "rows": entries, "kendall_tau": tau,
+                        "below_margin": sorted(e["method"] for e in entries
+                                               if e["above_floor"] is not None and e["above_floor"] < TRANSFER_MARGIN),
+                        "only_held_out": sorted(set(h) - set(c)), "only_chosen_on": sorted(set(c) - set(h)),
+                        **({"worst_margin": min(margins)} if margins else {})})
+    if not out:
+        return None
+    return {"pairs": dict(sorted(pairs.items())), "roles": dict(sorted(roles.items())), "margin": TRANSFER_MARGIN,
+            "tables": out}
+
+
+def transfer_errors(obj: dict) -> list[str]:
+    """The ``transfer`` block recomputed from the rows, its pairs and roles."""
+    t = obj["transfer"]
+    want = transfer_block(obj["rows"], t["pairs"], t["roles"])
+    if want is None:
+        return ["transfer: no held-out teacher of its pairs has a table beside its chosen-on teacher's"]
+    if t["margin"] != TRANSFER_MARGIN or not _same(t["tables"], want["tables"]):
+        return ["transfer: the tables do not match the rows (recompute: `zsqbench leaderboard restat`)"]
+    return []
+
+
 def with_significance(lb: dict) -> dict:
     """The leaderboard with its table statistics: as built, or derived from the per-seed values (a copy; the file
     is not changed)."""
@@ -428,6 +485,8 @@ def validate_leaderboard(obj) -> list[str]:
         errors += significance_errors(obj)
     if "sizes" in obj:
         errors += size_errors(obj)
+    if "transfer" in obj:
+        errors += transfer_errors(obj)
     n_runs = sum(len(r["runs"]) for r in obj["rows"])
     if n_runs != obj["provenance"]["records"]:
         errors.append(f"provenance/records: {obj['provenance']['records']} but the rows hold {n_runs} runs")

@@ -140,6 +140,8 @@ def leaderboard_table(lb: dict, published: bool = False, console: Console | None
                   f"the seeds (docs/statistics.md).", style="dim", highlight=False)
     for table in sig.get("tables", []):
         console.print(escape(validity_line(table)), style="dim", highlight=False)
+    if lb.get("transfer"):
+        transfer_tables(lb["transfer"], console, wide)
     for entry in (lb.get("sizes") or {}).get("tables", []):
         bits = entry["table"].rsplit(" ", 1)[-1]
         console.print(escape(size_line(entry, bits)), style="dim", highlight=False)
@@ -154,6 +156,38 @@ def leaderboard_table(lb: dict, published: bool = False, console: Console | None
     if published and not show_pub:
         console.print("no published numbers for these models/datasets/bits (or the published table is not "
                       "available)", style="dim", highlight=False)
+
+
+def transfer_tables(block: dict, console: Console, wide: bool = False) -> None:
+    """The ``transfer`` block: per held-out teacher and bits, each method's mean there beside its mean on the
+    teacher the settings were chosen on."""
+    for t in block["tables"]:
+        floor = t["floor"]
+        title = (f"transfer · {t['held_out']}, held out from choosing settings, beside {t['chosen_on']} (mean final "
+                 "top-1 %)")
+        console.print(escape(title), highlight=False, soft_wrap=True)
+        table = Table(box=None if not wide else box.HEAVY_HEAD, padding=(0, 1))
+        right = {"justify": "right"}
+        for name, kw in [("method", {"style": "bold"}), ("chosen on", right), ("held out", right), ("change", right),
+                         (f"above {floor['method']}" if floor else "above floor", right)]:
+            table.add_column(escape(name), overflow="fold", **kw)
+        for r in t["rows"]:
+            short = r["above_floor"] is not None and r["above_floor"] < block["margin"]
+            table.add_row(escape(r["method"]) + (f" ({r['role']})" if r["role"] else ""), _f(r["chosen_on_mean"]),
+                          _f(r["held_out_mean"]), _f(r["change"], "{:+.2f}"),
+                          ("[red]" + _f(r["above_floor"], "{:+.2f}") + "[/]") if short
+                          else _f(r["above_floor"], "{:+.2f}"))
+        console.print(table)
+        tau = t["kendall_tau"]
+        parts = [f"the two rankings' Kendall τ {tau['tau']:+.2f} (p {tau['p']:.2g}, {tau['n']} methods)" if tau
+                 else "too few methods on both teachers for a rank correlation"]
+        if floor:
+            below = t["below_margin"]
+            margin = f"{block['margin']:g} points above {floor['method']} on the held-out teacher"
+            parts.append(f"under {margin}: {', '.join(below)}" if below else f"every method keeps {margin}")
+        only = [f"only on {t['held_out']}: {', '.join(t['only_held_out'])}"] * bool(t["only_held_out"]) + \
+               [f"only on {t['chosen_on']}: {', '.join(t['only_chosen_on'])}"] * bool(t["only_chosen_on"])
+        console.print(escape("; ".join(parts + only)), style="dim", highlight=False)
 
 
 def validity_line(table: dict) -> str:

@@ -782,9 +782,47 @@ def board_section(board: Board, plotter: Plotter, command: str, site_dir: Path) 
     bits = (f'<section id="{board.slug}-bits" aria-labelledby="h-{board.slug}-bits">'
             f'<h3 id="h-{board.slug}-bits">Accuracy vs bit-width</h3>{"".join(bits_figs)}</section>')
     toc.append(f'<li><a href="#{board.slug}-bits">accuracy vs bit-width</a></li>')
+    if lb.get("transfer"):
+        bits += transfer_section(board.slug, lb["transfer"])
+        toc.append(f'<li><a href="#{board.slug}-transfer">transfer to held-out teachers</a></li>')
     toc_html = (f'<li><a href="#{board.slug}">{esc(proto["name"])} v{proto["version"]}</a><ul>{"".join(toc)}</ul>'
                 f"</li>")
     return head + "".join(sections) + bits, toc_html
+
+
+def transfer_section(slug: str, block: dict) -> str:
+    """The leaderboard's ``transfer`` block: per held-out teacher and bits, each method's mean there beside its
+    mean on the teacher the settings were chosen on (show.transfer_tables in HTML)."""
+    parts = []
+    for k, t in enumerate(block["tables"]):
+        floor = t["floor"]
+        above = f"above {floor['method']}" if floor else "above floor"
+        caption = f"{t['held_out']} (held out from choosing settings) beside {t['chosen_on']}: mean final top-1 %"
+        head = "".join(f'<th scope="col">{esc(h)}</th>' for h in ("method", "chosen on", "held out", "change", above))
+        body = []
+        for r in t["rows"]:
+            name = r["method"] + (f" ({r['role']})" if r["role"] else "")
+            short = ' class="short"' if r["above_floor"] is not None and r["above_floor"] < block["margin"] else ""
+            body.append(f'<tr><th scope="row">{esc(name)}</th><td>{num(r["chosen_on_mean"])}</td>'
+                        f'<td>{num(r["held_out_mean"])}</td><td>{num(r["change"], "{:+.2f}")}</td>'
+                        f'<td{short}>{num(r["above_floor"], "{:+.2f}")}</td></tr>')
+        tau = t["kendall_tau"]
+        notes = [f"Kendall τ between the two rankings {tau['tau']:+.2f} (p {tau['p']:.2g}, {tau['n']} methods)" if tau
+                 else "too few methods on both teachers for a rank correlation"]
+        if floor:
+            margin = f"{block['margin']:g} points above {floor['method']} on the held-out teacher"
+            notes.append(f"under {margin}: {', '.join(t['below_margin'])}" if t["below_margin"]
+                         else f"every method keeps {margin}")
+        notes += [f"only on {t['held_out']}: {', '.join(t['only_held_out'])}"] * bool(t["only_held_out"])
+        notes += [f"only on {t['chosen_on']}: {', '.join(t['only_chosen_on'])}"] * bool(t["only_chosen_on"])
+        parts.append(f'<div class="scroll" role="region" tabindex="0" aria-label="{esc(caption)}">'
+                     f'<table class="board transfer" id="transfer-{slug}-{k}"><caption>{esc(caption)}</caption>'
+                     f'<thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
+                     f'<p class="note">{esc("; ".join(notes))}.</p>')
+    return (f'<section id="{slug}-transfer" aria-labelledby="h-{slug}-transfer">'
+            f'<h3 id="h-{slug}-transfer">Transfer to held-out teachers</h3><p>The protocol holds these teachers out '
+            f"from choosing settings (its <code>transfer</code>): a method whose settings are its own, not one "
+            f"teacher's, keeps its place and its margin over the floor on them.</p>{''.join(parts)}</section>")
 
 
 def render_page(boards: list[Board], plotter: Plotter, command: str, site_dir: Path) -> str:

@@ -18,8 +18,9 @@ REQUIRED = ("name", "version", "description", "models", "bits", "seeds", "train"
 # outside the hash, because they do not change what any one job computes: where a job may run (Ray resources),
 # the prose (description, notes: a note can be corrected without re-running a grid), and which seeds the grid has
 # (each job's own seed is in its identity; adding seeds 3-4 for statistical power keeps seeds 0-2 done) and how
-# many of them a row gets (frontends/seed_rule.py; a changed rule still needs a new protocol version)
-UNHASHED_KEYS = ("resources", "description", "notes", "seeds", "seed_rule")
+# many of them a row gets (frontends/seed_rule.py; a changed rule still needs a new protocol version), and which
+# teachers are held out from choosing settings (``transfer``: what the leaderboard sets side by side)
+UNHASHED_KEYS = ("resources", "description", "notes", "seeds", "seed_rule", "transfer")
 
 
 def canonical_hash(obj: Any) -> str:
@@ -60,6 +61,8 @@ def load_protocol_file(path: Path) -> dict:
         raise UserError(f"protocol file {path}: bits_by_model names {', '.join(sorted(unknown))}, not in its models")
     if "quantization" in data:
         check_quantization(data["quantization"], path)
+    if "transfer" in data:
+        check_transfer(data, path)
     data["hash"] = canonical_hash({k: v for k, v in data.items() if k not in ("hash", *UNHASHED_KEYS)})
     data["path"] = str(path)
     return data
@@ -73,6 +76,22 @@ def check_quantization(quant, path) -> None:
             and not isinstance(fl, bool) and 2 <= fl <= 16):
         raise UserError(f"protocol file {path}: quantization must be {{\"first_last_bits\": N}} with N in 2..16, "
                         f"got {json.dumps(quant)}")
+
+
+def check_transfer(data: dict, path) -> None:
+    """A protocol's ``transfer`` block, ``{"held-out teacher": "teacher the settings were chosen on"}``: both are
+    the protocol's models, and a held-out teacher is never one settings were chosen on."""
+    pairs = data["transfer"]
+    hint = 'transfer must map a held-out teacher to the teacher its settings were chosen on, e.g. ' \
+           '{"resnet20-b@fmnist": "resnet20@fmnist"}'
+    if not isinstance(pairs, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in pairs.items()):
+        raise UserError(f"protocol file {path}: {hint}, got {json.dumps(pairs)}")
+    unknown = sorted({m for pair in pairs.items() for m in pair} - set(data["models"]))
+    if unknown:
+        raise UserError(f"protocol file {path}: transfer names {', '.join(unknown)}, not in its models")
+    both = sorted(set(pairs) & set(pairs.values()))
+    if both:
+        raise UserError(f"protocol file {path}: transfer holds out {', '.join(both)} and chooses settings on it too")
 
 
 def deep_merge(base: dict, over: dict) -> dict:
