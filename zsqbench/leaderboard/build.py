@@ -122,6 +122,12 @@ def row_from_runs(key: tuple, runs: list[dict]) -> dict:
             "diverged": len(bad), "diverged_seeds": [r["seed"] for r in bad], "flags": flags, "runs": runs}
 
 
+def row_cost_s(row: dict) -> float:
+    """What a row cost: the wall time of all its runs, diverged ones included (a seed rule gives rows different
+    numbers of seeds, so rows of one table cost differently)."""
+    return sum(r["total_s"] or 0.0 for r in row["runs"])
+
+
 def check_records(records: list[tuple[str, dict]], protocol: str) -> dict:
     """Refusals; returns the one protocol block the records share."""
     other = [p for p, r in records if r["protocol"]["name"] != protocol]

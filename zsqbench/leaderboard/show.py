@@ -75,8 +75,8 @@ def leaderboard_table(lb: dict, published: bool = False, console: Console | None
                ("grp", {}), ("rank", right),
                ("95 % CI", {}), ("per seed", {}), ("best on test % (legacy)", right)]
     columns += [("published % (best on test)", {})] * show_pub
-    columns += [("gap", right), ("FP %", right), ("size", right), ("wall s", right), ("step ms", right),
-                ("flags", {})]
+    columns += [("gap", right), ("FP %", right), ("size", right), ("wall s", right), ("row cost", right),
+                ("step ms", right), ("flags", {})]
     shown = [i for i, (name, _) in enumerate(columns) if wide or name in NARROW_LEADERBOARD]
     for i in shown:
         name, kw = columns[i]
@@ -84,7 +84,7 @@ def leaderboard_table(lb: dict, published: bool = False, console: Console | None
     noted = [r for r in rows if r.get("note")]  # numbered in table order, told below the table
     note_no = {id(r): k for k, r in enumerate(noted, 1)}
     from zsqbench.export.sizes import measured_line, row_size, size_line, table_sizes
-    from zsqbench.leaderboard.build import table_name
+    from zsqbench.leaderboard.build import row_cost_s, table_name
     for _, group in groupby(rows, key=_group_key):
         group = list(group)
         sizes = table_sizes(lb, table_name(group[0]))
@@ -107,7 +107,7 @@ def leaderboard_table(lb: dict, published: bool = False, console: Console | None
                      *([_published_text(pub[id(r)])] if show_pub else []),
                      _f(r["gap_mean"], "{:+.2f}"), _f(r["fp_top1"]), row_size(sizes, r["method"])[1],
                      _mark(_f(r["wall_s_mean"], "{:.1f}"), r["wall_s_mean"] is not None
-                           and r["wall_s_mean"] == fastest),
+                           and r["wall_s_mean"] == fastest), duration(row_cost_s(r)),
                      _f(r["step_s_mean"] and r["step_s_mean"] * 1000, "{:.1f}")]
             cells.append(escape("⚠ " + ", ".join(r["flags"])) if r["flags"] else "")
             t.add_row(*(cells[c] for c in shown), style="red" if r["diverged"] else None,
@@ -127,7 +127,7 @@ def leaderboard_table(lb: dict, published: bool = False, console: Console | None
         console.print(escape(f"[{k}] {r['method']} {r['model']}@{r['dataset']} W{r['wbits']}A{r['abits']}: "
                              f"{r['note']}"), highlight=False)
     if not wide:
-        console.print("more columns (95 % CI, per seed, gap, FP, model size, wall and step time, flags): --wide; "
+        console.print("more columns (95 % CI, per seed, gap, FP, model size, wall time per run and per row, step time, flags): --wide; "
                       "everything: --json", style="dim", highlight=False)
     console.print(f"{STAR} best per model and bits (mean final top-1; best on test; fastest). Best on test is "
                   "selected on the test set (legacy, as papers report); the headline is the final student.",

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import click
 
+from zsqbench.leaderboard.build import row_cost_s
 from zsqbench.leaderboard.show import validity_line
 from zsqbench.spine.errors import UserError
 
@@ -491,8 +492,9 @@ def leaderboard_table(board: Board, gslug: str, caption: str, rows: list[tuple[i
             cells.append((sort_value(lat), "—" if lat is None else f"{lat:.3f}" + (
                 f' <span class="note">(FP {m["latency_fp_b1"]:.3f})</span>' if m.get("latency_fp_b1") is not None
                 else "")))
-        cells += [(sort_value(r["wall_s_mean"]), link(num(r["wall_s_mean"], "{:.1f}"), rid)
-                   if r["wall_s_mean"] is not None else "—"),
+        row_cost = f'<br><span class="row-cost" title="the row: all its runs">{row_cost_s(r) / 60:.0f} min</span>'
+        cells += [(sort_value(r["wall_s_mean"]), (link(num(r["wall_s_mean"], "{:.1f}"), rid)
+                                                  if r["wall_s_mean"] is not None else "—") + row_cost),
                   (sort_value(None if r["step_s_mean"] is None else r["step_s_mean"] * 1000),
                    "—" if r["step_s_mean"] is None else link(num(r["step_s_mean"] * 1000, "{:.1f}"), rid)),
                   ("", esc(", ".join(r["flags"])))]
