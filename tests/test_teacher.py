@@ -78,3 +78,22 @@ def test_training_resumes_from_its_checkpoint_to_the_same_weights(tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(SystemExit):  # another recipe's checkpoint is refused
         train_main(common[:-1] + ["3", "--out", str(tmp_path / "x.pt"), "--checkpoint", str(ckpt)])
+
+
+def test_embedded_teachers_match_their_manifest_and_the_transfer_teacher_is_another_recipe():
+    """Every embedded teacher's file is the one its manifest entry hashes; the held-out ResNet-20 (issue #25 part 5)
+    was trained by another seed, batch, learning rate and weight decay than the one settings are chosen on."""
+    from zsqbench.teacher.zoo import WEIGHTS_DIR, builtin_models, sha256_file
+    manifest = read_manifest()
+    embedded = [s for s in builtin_models() if s.embedded_weights]
+    assert {s.key for s in embedded} >= {"resnet20@fmnist", "resnet20-b@fmnist", "mobilenetv1@fmnist"}
+    for spec in embedded:
+        entry = manifest[spec.embedded_weights]
+        assert sha256_file(WEIGHTS_DIR / entry["file"]) == entry["sha256"], spec.key
+        assert entry["trained_by"].startswith("python -m zsqbench.frontends.train_teacher ")
+    def recipe(key):
+        words = manifest[key]["trained_by"].split()
+        return {w: words[i + 1] for i, w in enumerate(words) if w in ("--seed", "--batch-size", "--lr", "--wd")}
+    a, b = recipe("resnet20@fmnist"), recipe("resnet20-b@fmnist")
+    assert set(a) == set(b) == {"--seed", "--batch-size", "--lr", "--wd"}
+    assert all(a[k] != b[k] for k in a)

@@ -217,6 +217,10 @@ def builtin_models() -> list[ModelSpec]:
     return [
         ModelSpec("resnet20", "fmnist", lambda: resnet20(10, 1), embedded_weights="resnet20@fmnist",
                   notes="pytorchcv CIFAR ResNet-20, in_channels=1; embedded weights", **RESNET_BLOCKS),
+        ModelSpec("resnet20-b", "fmnist", lambda: resnet20(10, 1), embedded_weights="resnet20-b@fmnist",
+                  notes="a second Fashion-MNIST ResNet-20 (another seed, batch, lr and weight decay: the manifest's "
+                        "recipe), held out from choosing settings: the transfer teacher (issue #25 part 5)",
+                  **RESNET_BLOCKS),
         ModelSpec("mobilenetv1", "fmnist", lambda: mobilenetv1_32(10, 1), embedded_weights="mobilenetv1@fmnist",
                   notes=f"pytorchcv MobileNetV1 width {MOBILENETV1_32_WIDTH}, stride-1 stem, adaptive pool, 1 channel; embedded weights",
                   **MBV1_BLOCKS),
