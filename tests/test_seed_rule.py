@@ -95,3 +95,20 @@ def test_a_protocol_file_may_not_take_a_registered_name(tmp_path):
     (tmp_path / "mine.json").write_text(json.dumps(data))
     proc = sweep(tmp_path / "mine.json", tmp_path / "out", tmp_path / "cache", "--dry-run")
     assert proc.returncode == 2 and "named 'smoke'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_grid_cost_plan_applies_the_rule_to_each_rows_spread():
+    """benchmarks/grid_cost.py (issue #25 part 4): on the committed v4 board, a row without spread (fp) stops at the
+    first seeds, the widest (qimera W3A3, sd 13.5) nearly always reaches the cap, and a row's cost is its expected
+    seeds times its run time."""
+    import importlib.util
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "grid_cost.py"
+    spec = importlib.util.spec_from_file_location("grid_cost", path)
+    grid_cost = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(grid_cost)
+    lb = json.loads((Path(__file__).resolve().parents[1] / "leaderboard" / "cpu.json").read_text())
+    rule = SeedRule(3, 10, 2.0)
+    rows = {r["method"]: r for r in grid_cost.plan(lb, rule, {"resnet20@fmnist W3A3"}, draws=200, seed=0)}
+    assert rows["fp"]["seeds"] == 3 and rows["fp"]["at_cap"] == 0
+    assert rows["qimera"]["at_cap"] > 0.9 and rows["qimera"]["seeds"] > 9.5
+    assert all(3 <= r["seeds"] <= 10 and r["cost_s"] == pytest.approx(r["seeds"] * r["wall_s"]) for r in rows.values())
