@@ -146,8 +146,12 @@ def test_bad_transfer_refused_in_one_line(tmp_path, transfer, expected):
     path = protocol_file(tmp_path, transfer=transfer)
     with pytest.raises(UserError, match=expected.replace("(", r"\(")):
         load_protocol_file(path)
+
+
+def test_bad_transfer_is_one_line_on_the_command_line(tmp_path):
+    path = protocol_file(tmp_path, transfer={HELD: "mobilenetv1@fmnist"})
     proc = zsqbench_cli("sweep", "-p", path, "--methods", "noise", "--dry-run")
-    assert proc.returncode == 2 and expected in error_line(proc)
+    assert proc.returncode == 2 and "transfer names mobilenetv1@fmnist, not in its models" in error_line(proc)
 
 
 def test_transfer_is_outside_the_protocol_hash(tmp_path):
