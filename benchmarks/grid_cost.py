@@ -60,6 +60,8 @@ def main(argv=None) -> None:
     ap.add_argument("--target", type=float, default=2.0, help="95 %% CI half-width target (points)")
     ap.add_argument("--target-for", action="append", default=[], metavar="TABLE=POINTS",
                     help='another target for one table, e.g. "resnet20@fmnist W4A4=0.5"')
+    ap.add_argument("--cap-for", action="append", default=[], metavar="TABLE=N",
+                    help='another cap for one table, e.g. "resnet20-b@fmnist W3A3=3" (the rule\'s cap_by_table)')
     ap.add_argument("--tables", action="append", default=None, help="only these tables (repeatable)")
     ap.add_argument("--jobs", type=int, default=2, help="parallel jobs (the wall time divides by it)")
     ap.add_argument("--draws", type=int, default=2000)
@@ -69,13 +71,18 @@ def main(argv=None) -> None:
     for item in args.target_for:
         name, _, value = item.rpartition("=")
         by_table[name] = float(value)
-    rule = SeedRule(args.first, args.cap, args.target, by_table)
+    caps = {}
+    for item in args.cap_for:
+        name, _, value = item.rpartition("=")
+        caps[name] = int(value)
+    rule = SeedRule(args.first, args.cap, args.target, by_table, caps)
     lb = json.loads(Path(args.leaderboard).read_text())
     rows = plan(lb, rule, set(args.tables) if args.tables else None, args.draws, args.seed)
     if not rows:
         sys.exit("no rows with a mean and a wall time in those tables")
     print(f"seed rule: first {rule.first}, cap {rule.cap}, CI half-width target {rule.ci_half_width:g}"
-          + "".join(f", {t}: {v:g}" for t, v in by_table.items()) + f"; {args.draws} simulated grids")
+          + "".join(f", {t}: {v:g}" for t, v in by_table.items())
+          + "".join(f", {t}: cap {v}" for t, v in caps.items()) + f"; {args.draws} simulated grids")
     print(f"{'table':24s} {'method':10s} {'sd':>6s} {'run s':>7s} {'seeds':>6s} {'at cap':>7s} {'row h':>6s}")
     for r in rows:
         print(f"{r['table']:24s} {r['method']:10s} {r['sd']:6.2f} {r['wall_s']:7.0f} {r['seeds']:6.2f} "

@@ -31,6 +31,8 @@ def test_the_rule_reads_only_the_rows_own_seeds():
     assert rule.wants_more([90.0, None], "m@d W3A3")  # a diverged seed: one finished value, no interval yet
     assert not rule.wants_more([90.0, 60.0, 95.0, 70.0], "m@d W3A3")  # the cap, however wide
     assert SeedRule.of({"name": "p", "seeds": [0]}) is None
+    capped = SeedRule.of(protocol(cap_by_table={"m@d W3A3": 2}))  # a table with its own, lower cap
+    assert not capped.wants_more([90.0, 99.0], "m@d W3A3") and capped.wants_more([90.0, 99.0], "m@d W4A4")
 
 
 @pytest.mark.parametrize("rule, message", [
@@ -40,6 +42,8 @@ def test_the_rule_reads_only_the_rows_own_seeds():
     ({"ci_half_width": -1}, "targets must be numbers > 0"),
     ({"ci_half_width_by_table": {"x": "2"}}, "targets must be numbers > 0"),
     ({"typo": 1}, "expected an object"),
+    ({"cap_by_table": {"x": 1}}, "cap_by_table must map tables to integers from first to cap"),
+    ({"cap_by_table": {"x": 5}}, "cap_by_table must map tables to integers from first to cap"),
 ])
 def test_a_bad_rule_is_one_line(rule, message):
     with pytest.raises(UserError, match=message):

@@ -4,12 +4,14 @@ A protocol may carry ``seed_rule``::
 
     "seeds": [0, 1, 2, 3, 4, 5, 6, 7, 8, 9],
     "seed_rule": {"first": 3, "cap": 10, "ci_half_width": 2.0,
-                  "ci_half_width_by_table": {"resnet20@fmnist W4A4": 0.5}}
+                  "ci_half_width_by_table": {"resnet20@fmnist W4A4": 0.5},
+                  "cap_by_table": {"resnet20-b@fmnist W3A3": 3}}
 
 Every row (method, teacher, bit-width) starts with the protocol's first ``first`` seeds. Each time all its started
 seeds have ended, the row's own finished final top-1 values decide: while the Student-t 95 % CI half-width of their
 mean is above the table's target (or undefined: under two finished seeds) and fewer than ``cap`` seeds have run,
-the next seed of the protocol's list runs. Nothing else enters the decision — not other rows, not the mean — so a
+the next seed of the protocol's list runs (``cap_by_table``: a lower cap for a table that answers another question,
+e.g. a transfer table read against the floor, not ranked in tiers). Nothing else enters the decision — not other rows, not the mean — so a
 row's seed count says how noisy the row is, never how it compares. ``zsqbench sweep`` applies the rule and resumes
 it from the records on disk; ``--seeds`` (an explicit choice) turns it off.
 """
@@ -28,6 +30,7 @@ class SeedRule:
     cap: int
     ci_half_width: float
     by_table: dict = field(default_factory=dict)
+    cap_by_table: dict = field(default_factory=dict)
 
     @classmethod
     def of(cls, protocol: dict) -> "SeedRule | None":
@@ -36,9 +39,10 @@ class SeedRule:
         if rule is None:
             return None
         where = f"protocol {protocol['name']!r} seed_rule"
-        if not isinstance(rule, dict) or set(rule) - {"first", "cap", "ci_half_width", "ci_half_width_by_table"}:
+        if not isinstance(rule, dict) or set(rule) - {"first", "cap", "ci_half_width", "ci_half_width_by_table",
+                                                     "cap_by_table"}:
             raise UserError(f"{where}: expected an object with first, cap, ci_half_width and optionally "
-                            "ci_half_width_by_table")
+                            "ci_half_width_by_table and cap_by_table")
         first, cap, target = rule.get("first"), rule.get("cap"), rule.get("ci_half_width")
         by_table = rule.get("ci_half_width_by_table", {})
         ints = all(isinstance(x, int) and not isinstance(x, bool) for x in (first, cap))
@@ -49,7 +53,11 @@ class SeedRule:
         targets = [target, *by_table.values()] if isinstance(by_table, dict) else [None]
         if not all(isinstance(t, (int, float)) and not isinstance(t, bool) and t > 0 for t in targets):
             raise UserError(f"{where}: CI half-width targets must be numbers > 0")
-        return cls(first, cap, float(target), dict(by_table))
+        caps = rule.get("cap_by_table", {})
+        if not isinstance(caps, dict) or not all(isinstance(c, int) and not isinstance(c, bool) and first <= c <= cap
+                                                 for c in caps.values()):
+            raise UserError(f"{where}: cap_by_table must map tables to integers from first to cap ({first}..{cap})")
+        return cls(first, cap, float(target), dict(by_table), dict(caps))
 
     def target(self, table: str) -> float:
         return float(self.by_table.get(table, self.ci_half_width))
@@ -58,7 +66,7 @@ class SeedRule:
         """Whether a row that has run ``len(finals)`` seeds (None: a seed that diverged) gets another one."""
         if len(finals) < self.first:
             return True
-        if len(finals) >= self.cap:
+        if len(finals) >= self.cap_by_table.get(table, self.cap):
             return False
         half = ci_half_width([v for v in finals if v is not None])
         return half is None or half > self.target(table)
