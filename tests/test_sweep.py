@@ -183,3 +183,20 @@ def test_sweep_overrides_make_an_off_protocol_grid_with_its_own_hashes(tmp_path)
     assert cmd[-4:] == ["--set", "eval.split=dev", "--set", "eval.limit=500"]
     with pytest.raises(UserError, match="not a known setting"):
         expand("smoke", ["noise"], ["resnet20@fmnist"], None, ["0"], tmp_path, overrides=["train.stepz=3"])
+
+
+def test_a_record_of_other_code_says_why_its_job_runs_again(tmp_path):
+    """A job whose folder holds a record of other code (or another configuration) is not done, and says why: what
+    `sweep --dry-run` prints beside it, and what a sweep counts in its start event."""
+    code_now = {"zsqbench": {"version": "0.1.0", "sha256": "b" * 64, "files": 51}}
+    job = Job("noise", "resnet20@fmnist", 4, 4, 0, {"code": code_now}, "c" * 64, tmp_path / "job")
+    assert job.stale() is None and not job.done()  # no record: plain todo
+    job.dir.mkdir()
+    rec = {"sweep_job": "d" * 64, "code": {"zsqbench": {"version": "0.1.0", "sha256": "a" * 64, "files": 51}}}
+    (job.dir / RECORD).write_text(json.dumps(rec))
+    assert not job.done()
+    assert job.stale() == f"its record is of other code: zsqbench 0.1.0 {'a' * 12}, now zsqbench 0.1.0 {'b' * 12}"
+    (job.dir / RECORD).write_text(json.dumps({**rec, "code": code_now}))
+    assert job.stale() == "its record is of another configuration"
+    (job.dir / RECORD).write_text(json.dumps({**rec, "sweep_job": job.hash}))
+    assert job.done() and job.stale() is None

@@ -200,7 +200,9 @@ def sweep(protocol, methods, models, bits, seeds, jobs, threads, out, device, re
         grid = schedule.initial()
     if dry_run:
         for job in grid:
-            console.print(f"{'done' if job.done() else 'todo'}  {escape(str(job.dir))}", highlight=False)
+            why = job.stale()
+            console.print(f"{'done' if job.done() else 'todo'}  {escape(str(job.dir))}"
+                          + (f"  ({escape(why)})" if why else ""), highlight=False, soft_wrap=True)
         return
     runner = None
     if backend == "ray":

@@ -60,6 +60,21 @@ class Job:
         except (OSError, ValueError):
             return False
 
+    def stale(self) -> str | None:
+        """Why a record in the job's folder is not this job's (it will run again), or None when there is no record
+        or it is this job's: the code changed since it ran (the usual case), or another configuration."""
+        try:
+            rec = json.loads((self.dir / RECORD).read_text())
+        except (OSError, ValueError):
+            return None
+        if rec.get("sweep_job") == self.hash:
+            return None
+        from zsqbench.spine.provenance import code_version
+        old, new = code_version(rec.get("code")), code_version(self.identity.get("code"))
+        if old != new:
+            return f"its record is of other code: {old}, now {new}"
+        return "its record is of another configuration"
+
 
 def final_top1(job: Job) -> float | None:
     """A finished job's final top-1 (None when it diverged, failed or has no record)."""
@@ -270,7 +285,12 @@ def run_sweep(jobs: list[Job], protocol: str, jobs_at_once: int = 1, threads: in
     todo = [j for j in jobs if not j.done()]
     skipped = len(jobs) - len(todo)
     t0 = time.perf_counter()
-    log("start", protocol=protocol, jobs=len(jobs), skipped=skipped, **backend.describe())
+    stale = sum(j.stale() is not None for j in todo)
+    log("start", protocol=protocol, jobs=len(jobs), skipped=skipped, **({"stale": stale} if stale else {}),
+        **backend.describe())
+    if stale and not quiet:  # why finished-looking jobs run again (`sweep --dry-run` names each one)
+        print(f"{stale} job(s) have a record of other code or another configuration: they run again "
+              "(`zsqbench sweep ... --dry-run` says which and why)", file=sys.stderr, flush=True)
     summary = {"jobs": len(jobs), "skipped": skipped, "ok": 0, "diverged": 0, "failed": [], "retried": 0}
 
     progress = None
