@@ -206,3 +206,17 @@ def test_teacher_bn_report_contrasts_the_embedded_teachers(capsys):
     assert r20["bn_layers"] == len(r20["layers"]) > 10
     assert r20["first_layer_share_of_variance"] < 0.05 < 0.9 < mbv1["first_layer_share_of_variance"]
     assert mbv1["max_variance"] > 1e4 > 10 > r20["max_variance"]
+
+
+def test_dev_criteria_reads_the_reference_rows_by_role():
+    """benchmarks/dev_criteria.py: the three criteria of issue #25 on one table's dev means."""
+    mod = _load("dev_criteria")
+    roles = {"noise": "floor", "fp": "ceiling"}
+    rows = {"fp": {0: 95.4}, "noise": {0: 20.0, 1: 30.0}, "gdfq": {0: 80.0}, "qimera": {0: 90.0, 1: 92.0}}
+    c = mod.criteria(rows, roles)
+    assert (c["floor"], c["fp"], c["best"], c["spread"]) == (25.0, 95.4, 91.0, 11.0)
+    assert c["1 floor >= 10 under FP"] and c["2 best >= 1 under FP"] and c["3 two methods 3+ apart"]
+    saturated = mod.criteria({"fp": {0: 95.4}, "noise": {0: 90.0}, "a": {0: 95.0}, "b": {0: 94.9}}, roles)
+    assert saturated["1 floor >= 10 under FP"] is False and saturated["2 best >= 1 under FP"] is False
+    assert saturated["3 two methods 3+ apart"] is False
+    assert mod.criteria({"a": {0: 90.0}}, roles)["3 two methods 3+ apart"] is None
