@@ -193,3 +193,18 @@ def test_page_shows_the_transfer_table_in_chromium(tmp_path, board):
         assert "under 20 points above noise on the held-out teacher: bag" in text
         assert b.eval("document.querySelector('a[href$=\"-transfer\"]') !== null")
         assert b.errors() == []
+
+
+def test_restat_keeps_the_block_where_the_protocol_is_not_installed(board):
+    """A leaderboard restated by someone without its protocol file recomputes the block from the pairs and roles it
+    carries, instead of dropping it."""
+    _, out = board
+    lb = json.loads(out.read_text())
+    lb["protocol"]["name"] = "nowhere-installed"
+    for row in lb["rows"]:
+        for run in row["runs"]:
+            run["protocol_hash"] = lb["protocol"]["hash"]
+    out.write_text(json.dumps(lb))
+    assert invoke("leaderboard", "restat", out).exit_code == 0
+    again = json.loads(out.read_text())
+    assert again["transfer"]["tables"] == lb["transfer"]["tables"]
