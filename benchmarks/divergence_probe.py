@@ -6,7 +6,7 @@ step) with probes on its synthesizer and distiller, and prints the last steps be
   and where, which parameters are non-finite; from ``--from-step`` on, the first module whose output is non-finite;
 * the student's and the teacher's largest |logit|;
 * with ``--swap A,B`` (a run that does not diverge but falls between two evaluations): which block's change between
-  steps A and B carries the fall. At step B it scores on the dev split (2000 images) the step-A student with one
+  steps A and B carries the fall. At step B it scores on the dev split (2000 images; `--swap-images`) the step-A student with one
   block's weights taken from step B, and the step-B student with one block put back to step A, block by block,
   and the relative change of each block's parameters; then the run goes on unchanged.
 
@@ -40,12 +40,12 @@ def blocks(model: torch.nn.Module, depth: int = 3) -> list[str]:
     return out
 
 
-def swap_scores(student: torch.nn.Module, state_a: dict, ctx) -> dict:
+def swap_scores(student: torch.nn.Module, state_a: dict, ctx, images: int = 2000) -> dict:
     """At step B (the student's current state): dev top-1 of A, of B, of A with one block from B, and of B with one
     block from A. Leaves the student as it was."""
     from zsqbench.evaluation.evaluate import Evaluator
     from zsqbench.teacher.card import resolve_card
-    evaluator = Evaluator(ctx.model.dataset, None, ctx.device, 2000, 100, "dev", resolve_card(ctx.model, None, None))
+    evaluator = Evaluator(ctx.model.dataset, None, ctx.device, images, 100, "dev", resolve_card(ctx.model, None, None))
     state_b = copy.deepcopy(student.state_dict())
 
     def score(state):
@@ -66,17 +66,19 @@ def swap_scores(student: torch.nn.Module, state_a: dict, ctx) -> dict:
     return out
 
 
-def probed(method: str, log: list[dict], from_step: int, swap: tuple[int, int] | None = None) -> str:
+def probed(method: str, log: list[dict], from_step: int, swap: tuple[int, int] | None = None,
+           swap_images: int = 2000) -> str:
     """Register ``<method>-probe``: the method with its synthesizer and distiller subclassed to fill ``log``."""
     from zsqbench.spine.registry import get_registry
     registry = get_registry()
     name = method + "-probe"
     if name in registry.methods:  # registered by an earlier replay in this process: point it at this log
-        registry.synthesizers[registry.methods[name].obj.synthesizer].obj.probe.update(log=log, from_step=from_step,
-                                                                                       swap=swap, state_a=None)
+        registry.synthesizers[registry.methods[name].obj.synthesizer].obj.probe.update(
+            log=log, from_step=from_step, swap=swap, state_a=None, swap_images=swap_images)
         return name
     recipe = registry.methods[method].obj
-    probe = {"log": log, "from_step": from_step, "swap": swap, "state_a": None}  # shared by both components
+    probe = {"log": log, "from_step": from_step, "swap": swap, "state_a": None,  # shared by both components
+             "swap_images": swap_images}
     synth_cls = registry.synthesizers[recipe.synthesizer].obj
     distiller_cls = registry.distillers[recipe.distiller].obj
 
@@ -97,7 +99,7 @@ def probed(method: str, log: list[dict], from_step: int, swap: tuple[int, int] |
             if probe["swap"] and ctx.step == probe["swap"][0]:
                 probe["state_a"] = copy.deepcopy(ctx.student.state_dict())
             if probe["swap"] and ctx.step == probe["swap"][1] and probe["state_a"] is not None:
-                row["swap"] = swap_scores(ctx.student, probe["state_a"], ctx)
+                row["swap"] = swap_scores(ctx.student, probe["state_a"], ctx, probe["swap_images"])
             named = list(ctx.student.named_parameters())
             # before this step's zero_grad: the gradients of the previous update
             grads = [(float(p.grad.abs().max()), n) for n, p in named if p.grad is not None]
@@ -146,6 +148,7 @@ def main(argv=None) -> None:
     parser.add_argument("--jsonl", help="write every step's probes here")
     parser.add_argument("--swap", metavar="A,B", help="at step B, which block's change since step A carries the "
                         "change in dev top-1 (for a run that falls without diverging)")
+    parser.add_argument("--swap-images", type=int, default=2000, help="dev images each --swap score is on")
     args = parser.parse_args(argv)
     from zsqbench.testing import run_method
     overrides = {"eval.limit": 200}
@@ -162,7 +165,7 @@ def main(argv=None) -> None:
         swap = ()
     if swap is not None and (len(swap) != 2 or not 0 <= swap[0] < swap[1]):
         parser.error(f"--swap takes two steps A,B with 0 <= A < B (got {args.swap!r})")
-    name = probed(args.method, log, args.from_step, swap)
+    name = probed(args.method, log, args.from_step, swap, args.swap_images)
     record = run_method(name, out_dir=tempfile.mkdtemp(), protocol=args.protocol, model=args.model, bits=args.bits,
                         seed=args.seed, overrides=overrides, cache_dir=Path.home() / ".cache" / "zsqbench")
     split = record["config"]["eval"].get("split", "test")

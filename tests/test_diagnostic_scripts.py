@@ -168,7 +168,7 @@ def test_divergence_probe_swap_scores_blocks_and_leaves_the_run_unchanged(tmp_pa
     probe.main(args)
     plain = [line for line in capsys.readouterr().out.splitlines() if not line.startswith("{")]
     jsonl = tmp_path / "steps.jsonl"
-    probe.main(args + ["--swap", "1,3", "--jsonl", str(jsonl)])
+    probe.main(args + ["--swap", "1,3", "--swap-images", "200", "--jsonl", str(jsonl)])
     out = [line for line in capsys.readouterr().out.splitlines() if not line.startswith("{")]
     assert out[:len(plain)] == plain  # the swaps put the step-3 student back: the run's scores are unchanged
     out = out[len(plain):]
