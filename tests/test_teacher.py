@@ -86,7 +86,7 @@ def test_embedded_teachers_match_their_manifest_and_the_transfer_teacher_is_anot
     from zsqbench.teacher.zoo import WEIGHTS_DIR, builtin_models, sha256_file
     manifest = read_manifest()
     embedded = [s for s in builtin_models() if s.embedded_weights]
-    assert {s.key for s in embedded} >= {"resnet20@fmnist", "resnet20-b@fmnist", "mobilenetv1@fmnist"}
+    assert {s.key for s in embedded} >= {"resnet20@fmnist", "resnet20-b@fmnist", "mobilenetv1@fmnist", "mobilenetv2@fmnist"}
     for spec in embedded:
         entry = manifest[spec.embedded_weights]
         assert sha256_file(WEIGHTS_DIR / entry["file"]) == entry["sha256"], spec.key

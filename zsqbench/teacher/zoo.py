@@ -224,6 +224,10 @@ def builtin_models() -> list[ModelSpec]:
         ModelSpec("mobilenetv1", "fmnist", lambda: mobilenetv1_32(10, 1), embedded_weights="mobilenetv1@fmnist",
                   notes=f"pytorchcv MobileNetV1 width {MOBILENETV1_32_WIDTH}, stride-1 stem, adaptive pool, 1 channel; embedded weights",
                   **MBV1_BLOCKS),
+        ModelSpec("mobilenetv2", "fmnist", lambda: mobilenetv2_32(10, 1), embedded_weights="mobilenetv2@fmnist",
+                  notes=f"pytorchcv MobileNetV2 width {MOBILENETV2_32_WIDTH}, ReLU6, stride-1 stem and second stage, "
+                        "1 channel; trained the usual way, not equalised (issue #25 part 3); embedded weights",
+                  **MBV2_BLOCKS),
         ModelSpec("resnet20", "cifar10", _pcv("resnet20_cifar10"), pytorchcv_name="resnet20_cifar10",
                   notes="pytorchcv resnet20_cifar10 (paper teacher)", **RESNET_BLOCKS),
         ModelSpec("resnet20", "cifar100", _pcv("resnet20_cifar100"), pytorchcv_name="resnet20_cifar100",
