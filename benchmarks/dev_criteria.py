@@ -24,6 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 FLOOR_GAP, SATURATION_GAP, SPREAD = 10.0, 1.0, 3.0
+CHECKS = ("1 floor >= 10 under FP", "2 best >= 1 under FP", "3 two methods 3+ apart")
 
 
 def dev_records(folders: list[str]) -> list[dict]:
@@ -55,9 +56,9 @@ def criteria(rows: dict[str, dict[int, float]], roles: dict[str, str]) -> dict:
     spread = max(methods.values()) - min(methods.values()) if len(methods) >= 2 else None
     return {
         "floor": floor, "fp": fp, "best": best, "spread": spread,
-        "1 floor >= 10 under FP": None if floor is None or fp is None else fp - floor >= FLOOR_GAP,
-        "2 best >= 1 under FP": None if best is None or fp is None else fp - best >= SATURATION_GAP,
-        "3 two methods 3+ apart": None if spread is None else spread >= SPREAD,
+        CHECKS[0]: None if floor is None or fp is None else fp - floor >= FLOOR_GAP,
+        CHECKS[1]: None if best is None or fp is None else fp - best >= SATURATION_GAP,
+        CHECKS[2]: None if spread is None else spread >= SPREAD,
     }
 
 
@@ -80,8 +81,7 @@ def main(argv=None) -> None:
             print(f"  {m + role:18s} {statistics.fmean(vals):6.2f}  sd {sd}  seeds "
                   + " / ".join(f"{s}: {by_seed[s]:.2f}" for s in sorted(by_seed)))
         c = criteria(rows, roles)
-        verdict = [f"{k}: {'—' if v is None else 'pass' if v else 'FAIL'}" for k, v in c.items()
-                   if isinstance(v, bool) or v is None and k[0].isdigit()]
+        verdict = [f"{k}: {'—' if c[k] is None else 'pass' if c[k] else 'FAIL'}" for k in CHECKS]
         print("  criteria · " + " · ".join(verdict))
 
 

@@ -52,6 +52,11 @@ def plan(lb: dict, rule: SeedRule, tables: set[str] | None, draws: int, seed: in
     return out
 
 
+def per_table(items: list[str], cast) -> dict:
+    """``["TABLE=VALUE", ...]`` (a table's name has a space, never an "=") as {table: cast(value)}."""
+    return {name: cast(value) for name, _, value in (item.rpartition("=") for item in items)}
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("leaderboard", help="a leaderboard JSON whose rows give each row's seed spread and run time")
@@ -67,14 +72,8 @@ def main(argv=None) -> None:
     ap.add_argument("--draws", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    by_table = {}
-    for item in args.target_for:
-        name, _, value = item.rpartition("=")
-        by_table[name] = float(value)
-    caps = {}
-    for item in args.cap_for:
-        name, _, value = item.rpartition("=")
-        caps[name] = int(value)
+    by_table = per_table(args.target_for, float)
+    caps = per_table(args.cap_for, int)
     rule = SeedRule(args.first, args.cap, args.target, by_table, caps)
     lb = json.loads(Path(args.leaderboard).read_text())
     rows = plan(lb, rule, set(args.tables) if args.tables else None, args.draws, args.seed)

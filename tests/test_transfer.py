@@ -15,7 +15,6 @@ from test_leaderboard import invoke, real_record, write_set  # noqa: F401 (a fix
 
 from zsqbench.leaderboard.build import validate_leaderboard
 from zsqbench.protocols import load_protocol_file
-from zsqbench.record.check import seal
 from zsqbench.spine.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,13 +43,18 @@ def proto_path(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def board(tmp_path, real_record, proto_path):
+def base(real_record, proto_path) -> dict:
+    """The real smoke record, as a record of the protocol file (variant() re-seals each copy)."""
+    proto = load_protocol_file(proto_path)
+    rec = copy.deepcopy(real_record[1])
+    rec["protocol"].update(name=proto["name"], hash=proto["hash"])
+    return rec
+
+
+@pytest.fixture
+def board(tmp_path, base, proto_path):
     """Records of the protocol file: gdfq, bag, qimera and noise on both teachers; bag only transfers badly."""
     path = proto_path
-    proto = load_protocol_file(path)
-    _, base = real_record
-    base = copy.deepcopy(base)
-    base["protocol"].update(name=proto["name"], hash=proto["hash"])
     d = tmp_path / "sweep"
     finals = {CHOSEN: {"gdfq": [80, 81, 82], "bag": [85, 86, 87], "qimera": [70, 71, 72], "noise": [30, 31, 32]},
               HELD: {"gdfq": [75, 76, 77], "bag": [40, 41, 42], "qimera": [65, 66, 67], "noise": [20, 21, 22],
@@ -123,16 +127,10 @@ def test_validator_recomputes_the_transfer_block(board):
     assert proc.exit_code == 2 and "transfer: the tables do not match the rows" in proc.output
 
 
-def test_no_transfer_block_without_a_held_out_table(tmp_path, real_record, proto_path):
+def test_no_transfer_block_without_a_held_out_table(tmp_path, base, proto_path):
     """Records of the chosen-on teacher only: the block would be empty, so there is none."""
-    path = proto_path
-    proto = load_protocol_file(path)
-    _, base = real_record
-    base = copy.deepcopy(base)
-    base["protocol"].update(name=proto["name"], hash=proto["hash"])
-    seal(base)
     write_set(tmp_path / "sweep", base, "gdfq", [80, 81, 82])
-    proc, out = build(tmp_path, tmp_path / "sweep", path)
+    proc, out = build(tmp_path, tmp_path / "sweep", proto_path)
     assert proc.exit_code == 0, proc.output
     assert "transfer" not in json.loads(out.read_text())
 

@@ -178,16 +178,22 @@ def transfer_tables(block: dict, console: Console, wide: bool = False) -> None:
                           ("[red]" + _f(r["above_floor"], "{:+.2f}") + "[/]") if short
                           else _f(r["above_floor"], "{:+.2f}"))
         console.print(table)
-        tau = t["kendall_tau"]
-        parts = [f"the two rankings' Kendall τ {tau['tau']:+.2f} (p {tau['p']:.2g}, {tau['n']} methods)" if tau
-                 else "too few methods on both teachers for a rank correlation"]
-        if floor:
-            below = t["below_margin"]
-            margin = f"{block['margin']:g} points above {floor['method']} on the held-out teacher"
-            parts.append(f"under {margin}: {', '.join(below)}" if below else f"every method keeps {margin}")
-        only = [f"only on {t['held_out']}: {', '.join(t['only_held_out'])}"] * bool(t["only_held_out"]) + \
-               [f"only on {t['chosen_on']}: {', '.join(t['only_chosen_on'])}"] * bool(t["only_chosen_on"])
-        console.print(escape("; ".join(parts + only)), style="dim", highlight=False)
+        console.print(escape("; ".join(transfer_notes(block, t))), style="dim", highlight=False)
+
+
+def transfer_notes(block: dict, t: dict) -> list[str]:
+    """What one transfer table says below its rows (the terminal and the page): the rank correlation, who keeps
+    the margin over the floor, and the methods only one teacher has."""
+    tau, floor = t["kendall_tau"], t["floor"]
+    notes = [f"the two rankings' Kendall τ {tau['tau']:+.2f} (p {tau['p']:.2g}, {tau['n']} methods)" if tau
+             else "too few methods on both teachers for a rank correlation"]
+    if floor:
+        margin = f"{block['margin']:g} points above {floor['method']} on the held-out teacher"
+        notes.append(f"under {margin}: {', '.join(t['below_margin'])}" if t["below_margin"]
+                     else f"every method keeps {margin}")
+    notes += [f"only on {t['held_out']}: {', '.join(t['only_held_out'])}"] * bool(t["only_held_out"])
+    notes += [f"only on {t['chosen_on']}: {', '.join(t['only_chosen_on'])}"] * bool(t["only_chosen_on"])
+    return notes
 
 
 def validity_line(table: dict) -> str:

@@ -32,7 +32,7 @@ from pathlib import Path
 import click
 
 from zsqbench.leaderboard.build import row_cost_s
-from zsqbench.leaderboard.show import validity_line
+from zsqbench.leaderboard.show import transfer_notes, validity_line
 from zsqbench.spine.errors import UserError
 
 SITE_KIND = "zsqbench-site"
@@ -808,15 +808,7 @@ def transfer_section(slug: str, block: dict) -> str:
             body.append(f'<tr><th scope="row">{esc(name)}</th><td>{num(r["chosen_on_mean"])}</td>'
                         f'<td>{num(r["held_out_mean"])}</td><td>{num(r["change"], "{:+.2f}")}</td>'
                         f'<td{short}>{num(r["above_floor"], "{:+.2f}")}</td></tr>')
-        tau = t["kendall_tau"]
-        notes = [f"Kendall τ between the two rankings {tau['tau']:+.2f} (p {tau['p']:.2g}, {tau['n']} methods)" if tau
-                 else "too few methods on both teachers for a rank correlation"]
-        if floor:
-            margin = f"{block['margin']:g} points above {floor['method']} on the held-out teacher"
-            notes.append(f"under {margin}: {', '.join(t['below_margin'])}" if t["below_margin"]
-                         else f"every method keeps {margin}")
-        notes += [f"only on {t['held_out']}: {', '.join(t['only_held_out'])}"] * bool(t["only_held_out"])
-        notes += [f"only on {t['chosen_on']}: {', '.join(t['only_chosen_on'])}"] * bool(t["only_chosen_on"])
+        notes = transfer_notes(block, t)
         parts.append(f'<div class="scroll" role="region" tabindex="0" aria-label="{esc(caption)}">'
                      f'<table class="board transfer" id="transfer-{slug}-{k}"><caption>{esc(caption)}</caption>'
                      f'<thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
