@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from zsqbench.frontends.seed_rule import SeedRule
+from zsqbench.frontends.seed_rule import SeedRule, SeedSchedule
 from zsqbench.frontends.sweep import RECORD
 from zsqbench.leaderboard.stats import ci_half_width
 from zsqbench.protocols import BUILTIN_DIR
@@ -33,6 +33,23 @@ def test_the_rule_reads_only_the_rows_own_seeds():
     assert SeedRule.of({"name": "p", "seeds": [0]}) is None
     capped = SeedRule.of(protocol(cap_by_table={"m@d W3A3": 2}))  # a table with its own, lower cap
     assert not capped.wants_more([90.0, 99.0], "m@d W3A3") and capped.wants_more([90.0, 99.0], "m@d W4A4")
+    one = SeedRule.of(protocol(cap_by_table={"m@d W3A3": 1}))  # a cap under `first`: the table's whole seed count
+    assert one.first_of("m@d W3A3") == 1 and one.first_of("m@d W4A4") == 2
+    assert one.wants_more([], "m@d W3A3") and not one.wants_more([90.0], "m@d W3A3")
+
+
+def test_a_table_capped_under_first_starts_with_its_cap():
+    class Job:
+        def __init__(self, model, seed):
+            self.method, self.model, self.wbits, self.abits, self.seed = "m", model, 3, 3, seed
+
+        def done(self):
+            return False
+
+    jobs = [Job(model, seed) for model in ("d", "e") for seed in range(4)]
+    rule = SeedRule.of(protocol(cap_by_table={"e W3A3": 1}))
+    started = SeedSchedule(rule, jobs, final=lambda job: None).initial()
+    assert [(j.model, j.seed) for j in started] == [("d", 0), ("d", 1), ("e", 0)]
 
 
 @pytest.mark.parametrize("rule, message", [
@@ -42,8 +59,8 @@ def test_the_rule_reads_only_the_rows_own_seeds():
     ({"ci_half_width": -1}, "targets must be numbers > 0"),
     ({"ci_half_width_by_table": {"x": "2"}}, "targets must be numbers > 0"),
     ({"typo": 1}, "expected an object"),
-    ({"cap_by_table": {"x": 1}}, "cap_by_table must map tables to integers from first to cap"),
-    ({"cap_by_table": {"x": 5}}, "cap_by_table must map tables to integers from first to cap"),
+    ({"cap_by_table": {"x": 0}}, "cap_by_table must map tables to integers from 1 to cap"),
+    ({"cap_by_table": {"x": 5}}, "cap_by_table must map tables to integers from 1 to cap"),
 ])
 def test_a_bad_rule_is_one_line(rule, message):
     with pytest.raises(UserError, match=message):

@@ -11,7 +11,8 @@ Every row (method, teacher, bit-width) starts with the protocol's first ``first`
 seeds have ended, the row's own finished final top-1 values decide: while the Student-t 95 % CI half-width of their
 mean is above the table's target (or undefined: under two finished seeds) and fewer than ``cap`` seeds have run,
 the next seed of the protocol's list runs (``cap_by_table``: a lower cap for a table that answers another question,
-e.g. a transfer table read against the floor, not ranked in tiers). Nothing else enters the decision — not other rows, not the mean — so a
+e.g. a transfer table read against the floor, not ranked in tiers; a cap under ``first`` is the table's whole seed
+count). Nothing else enters the decision — not other rows, not the mean — so a
 row's seed count says how noisy the row is, never how it compares. ``zsqbench sweep`` applies the rule and resumes
 it from the records on disk; ``--seeds`` (an explicit choice) turns it off.
 """
@@ -54,20 +55,27 @@ class SeedRule:
         if not all(isinstance(t, (int, float)) and not isinstance(t, bool) and t > 0 for t in targets):
             raise UserError(f"{where}: CI half-width targets must be numbers > 0")
         caps = rule.get("cap_by_table", {})
-        if not isinstance(caps, dict) or not all(isinstance(c, int) and not isinstance(c, bool) and first <= c <= cap
+        if not isinstance(caps, dict) or not all(isinstance(c, int) and not isinstance(c, bool) and 1 <= c <= cap
                                                  for c in caps.values()):
-            raise UserError(f"{where}: cap_by_table must map tables to integers from first to cap ({first}..{cap})")
+            raise UserError(f"{where}: cap_by_table must map tables to integers from 1 to cap ({cap})")
         return cls(first, cap, float(target), dict(by_table), dict(caps))
 
     def target(self, table: str) -> float:
         return float(self.by_table.get(table, self.ci_half_width))
 
+    def cap_of(self, table: str) -> int:
+        return self.cap_by_table.get(table, self.cap)
+
+    def first_of(self, table: str) -> int:
+        """The seeds every row of the table starts with: ``first``, or the table's cap where that is lower."""
+        return min(self.first, self.cap_of(table))
+
     def wants_more(self, finals: list[float | None], table: str) -> bool:
         """Whether a row that has run ``len(finals)`` seeds (None: a seed that diverged) gets another one."""
-        if len(finals) < self.first:
-            return True
-        if len(finals) >= self.cap_by_table.get(table, self.cap):
+        if len(finals) >= self.cap_of(table):
             return False
+        if len(finals) < self.first_of(table):
+            return True
         half = ci_half_width([v for v in finals if v is not None])
         return half is None or half > self.target(table)
 
@@ -96,7 +104,7 @@ class SeedSchedule:
         asks for after them; jobs that are done are included (the sweep counts them as skipped)."""
         out = []
         for key, jobs in self.rows.items():
-            self.started[key] = min(self.rule.first, len(jobs))
+            self.started[key] = min(self.rule.first_of(table_of(jobs[0])), len(jobs))
             self.pending[key] = sum(not j.done() for j in jobs[:self.started[key]])
             out += jobs[:self.started[key]]
             if self.pending[key] == 0:

@@ -228,6 +228,10 @@ def builtin_models() -> list[ModelSpec]:
                   notes=f"pytorchcv MobileNetV2 width {MOBILENETV2_32_WIDTH}, ReLU6, stride-1 stem and second stage, "
                         "1 channel; trained the usual way, not equalised (issue #25 part 3); embedded weights",
                   **MBV2_BLOCKS),
+        ModelSpec("mobilenetv2-b", "fmnist", lambda: mobilenetv2_32(10, 1), embedded_weights="mobilenetv2-b@fmnist",
+                  notes="a second Fashion-MNIST MobileNetV2 (another seed, batch, lr, weight decay and epoch count: the "
+                        "manifest's recipe), held out from choosing settings: the transfer teacher (issue #25 part 5)",
+                  **MBV2_BLOCKS),
         ModelSpec("resnet20", "cifar10", _pcv("resnet20_cifar10"), pytorchcv_name="resnet20_cifar10",
                   notes="pytorchcv resnet20_cifar10 (paper teacher)", **RESNET_BLOCKS),
         ModelSpec("resnet20", "cifar100", _pcv("resnet20_cifar100"), pytorchcv_name="resnet20_cifar100",
