@@ -456,6 +456,7 @@ def test_committed_cpu_leaderboard_is_complete_and_current():
     method x teacher x that teacher's bit-widths with all the protocol's seeds — except the methods the leaderboard
     README names as pending, which have no row at all (never a partial one) — and every ZSQ method's 3-bit mean
     above the noise floor (the protocol's promise that W3A3 separates methods)."""
+    from zsqbench.frontends.seed_rule import SeedRule
     from zsqbench.leaderboard.build import validate_leaderboard
     from zsqbench.protocols import bits_for
     from zsqbench.spine.registry import get_registry
@@ -474,12 +475,23 @@ def test_committed_cpu_leaderboard_is_complete_and_current():
     assert sorted(set(present) | set(pending)) == builtin, \
         f"built-in methods neither on the leaderboard nor pending: {sorted(set(builtin) - set(present) - set(pending))}"
     rows = {(r["model"] + "@" + r["dataset"], r["wbits"], r["abits"], r["method"]): r for r in board["rows"]}
+    rule = SeedRule.of(cpu)
     for model in cpu["models"]:
         for w, a in bits_for(cpu, model):
             for method in present:
                 row = rows.get((model, w, a, method))
                 assert row is not None, f"no row for {method} {model} W{w}A{a}"
-                assert sorted(r["seed"] for r in row["runs"]) == cpu["seeds"]
+                runs = sorted(row["runs"], key=lambda run: cpu["seeds"].index(run["seed"]))
+                if rule is None:
+                    assert [r["seed"] for r in runs] == cpu["seeds"]
+                    continue
+                # the pre-registered seed rule, followed: the protocol's first n seeds, each one asked for by the
+                # row's earlier finals, and no more asked for after the last
+                assert [r["seed"] for r in runs] == cpu["seeds"][:len(runs)], f"{method} {model}: not a seed prefix"
+                finals = [r["final_top1"] if r["status"] == "ok" else None for r in runs]
+                table = f"{model} W{w}A{a}"
+                assert all(rule.wants_more(finals[:k], table) for k in range(len(finals))), f"{method} {table}: extra seeds"
+                assert not rule.wants_more(finals, table), f"{method} {table}: the rule wants more seeds"
     # its power targets and row notes are the committed notes file's (rebuild after editing it)
     from zsqbench.leaderboard.build import table_name
     notes = json.loads((root / "leaderboard" / "cpu.notes.json").read_text())
