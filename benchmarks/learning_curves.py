@@ -74,7 +74,8 @@ SCHEDULES = {
 
 # (teacher, bits) in priority order: ResNet-20 W3A3 separates methods most, then W4A4, then MobileNetV1 W4A4.
 SETTINGS = [("resnet20@fmnist", "3"), ("resnet20@fmnist", "4"), ("mobilenetv1@fmnist", "4"),
-            ("resnet20@fmnist", "W2A4")]  # the last: a cpu v5 candidate's (benchmarks/candidates), not cpu v4's
+            ("resnet20@fmnist", "W2A4"),  # from here: cpu v5 candidates' (benchmarks/candidates), not cpu v4's
+            ("mobilenetv2@fmnist", "3"), ("mobilenetv2@fmnist", "W4A3")]
 
 
 def _overrides(method: str, schedule: str = "constant") -> list[str]:
@@ -110,6 +111,9 @@ def jobs(args) -> list:
 def cmd_run(args) -> None:
     from zsqbench.frontends.sweep import run_sweep
     grid = jobs(args)
+    if not grid:
+        raise SystemExit(f"error: no curve setting ({', '.join(m + ' ' + b for m, b in SETTINGS)}) is in protocol "
+                         f"{args.protocol} with --models/--bits as given; add the setting to SETTINGS")
     if args.dry_run:
         for j in grid:
             print(("done " if j.done() else "todo ") + str(j.dir))
