@@ -457,7 +457,7 @@ def test_committed_cpu_leaderboard_is_complete_and_current():
     README names as pending, which have no row at all (never a partial one) — and every ZSQ method's 3-bit mean
     above the noise floor (the protocol's promise that W3A3 separates methods)."""
     from zsqbench.frontends.seed_rule import SeedRule
-    from zsqbench.leaderboard.build import validate_leaderboard
+    from zsqbench.leaderboard.build import table_name, validate_leaderboard
     from zsqbench.protocols import bits_for
     from zsqbench.spine.registry import get_registry
     root = Path(__file__).resolve().parents[1]
@@ -489,11 +489,10 @@ def test_committed_cpu_leaderboard_is_complete_and_current():
                 # row's earlier finals, and no more asked for after the last
                 assert [r["seed"] for r in runs] == cpu["seeds"][:len(runs)], f"{method} {model}: not a seed prefix"
                 finals = [r["final_top1"] if r["status"] == "ok" else None for r in runs]
-                table = f"{model} W{w}A{a}"
+                table = table_name(row)
                 assert all(rule.wants_more(finals[:k], table) for k in range(len(finals))), f"{method} {table}: extra seeds"
                 assert not rule.wants_more(finals, table), f"{method} {table}: the rule wants more seeds"
     # its power targets and row notes are the committed notes file's (rebuild after editing it)
-    from zsqbench.leaderboard.build import table_name
     notes = json.loads((root / "leaderboard" / "cpu.notes.json").read_text())
     assert board["provenance"].get("notes") == "leaderboard/cpu.notes.json"
     for r in board["rows"]:

@@ -81,12 +81,14 @@ def test_training_resumes_from_its_checkpoint_to_the_same_weights(tmp_path):
 
 
 def test_embedded_teachers_match_their_manifest_and_the_transfer_teacher_is_another_recipe():
-    """Every embedded teacher's file is the one its manifest entry hashes; the held-out ResNet-20 (issue #25 part 5)
-    was trained by another seed, batch, learning rate and weight decay than the one settings are chosen on."""
+    """Every embedded teacher's file is the one its manifest entry hashes; each held-out teacher (issue #25 part 5:
+    ResNet-20, MobileNetV2) was trained by another seed, batch, learning rate and weight decay than the one settings
+    are chosen on."""
     from zsqbench.teacher.zoo import WEIGHTS_DIR, builtin_models, sha256_file
     manifest = read_manifest()
     embedded = [s for s in builtin_models() if s.embedded_weights]
-    assert {s.key for s in embedded} >= {"resnet20@fmnist", "resnet20-b@fmnist", "mobilenetv1@fmnist", "mobilenetv2@fmnist"}
+    assert {s.key for s in embedded} >= {"resnet20@fmnist", "resnet20-b@fmnist", "mobilenetv1@fmnist",
+                                         "mobilenetv2@fmnist", "mobilenetv2-b@fmnist"}
     for spec in embedded:
         entry = manifest[spec.embedded_weights]
         assert sha256_file(WEIGHTS_DIR / entry["file"]) == entry["sha256"], spec.key
@@ -94,6 +96,7 @@ def test_embedded_teachers_match_their_manifest_and_the_transfer_teacher_is_anot
     def recipe(key):
         words = manifest[key]["trained_by"].split()
         return {w: words[i + 1] for i, w in enumerate(words) if w in ("--seed", "--batch-size", "--lr", "--wd")}
-    a, b = recipe("resnet20@fmnist"), recipe("resnet20-b@fmnist")
-    assert set(a) == set(b) == {"--seed", "--batch-size", "--lr", "--wd"}
-    assert all(a[k] != b[k] for k in a)
+    for chosen, held in (("resnet20@fmnist", "resnet20-b@fmnist"), ("mobilenetv2@fmnist", "mobilenetv2-b@fmnist")):
+        a, b = recipe(chosen), recipe(held)
+        assert set(a) == set(b) == {"--seed", "--batch-size", "--lr", "--wd"}
+        assert all(a[k] != b[k] for k in a), held
