@@ -12,16 +12,18 @@
 #
 # speed.py's baseline commit needs git history; without it, copy its checkout (.speed-baseline/<commit>, made by a
 # run of benchmarks/speed.py here) along, and it is found through $ZSQBENCH_SPEED_BASELINE_DIR.
-set -u
+# Exit status: gpu_check.sh's (1 if a stage failed), or pip's if the install failed.
+set -euo pipefail
 cd "$(dirname "$0")/.."
 WHEELS="${1:-.whl}"
 SUMMARY="${2:-${OUT:-.}/gpu_check.json}"
 PY="${PYTHON:-python3}"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
-"$PY" -m pip install -q --no-index --find-links "$WHEELS" "pydantic>=2" "jsonschema>=4.18" pytorchcv==0.0.67
-"$PY" -m pip install -q --no-deps --no-build-isolation -e .
+# pyproject's dependencies: those the image lacks come from the wheels, the rest (torch above all) stay as they are
+"$PY" -m pip install -q --no-index --find-links "$WHEELS" --no-build-isolation -e .
 [ -d "$WHEELS/fmnist" ] && export ZSQBENCH_DATA_ROOT="$PWD/$WHEELS/fmnist"
-base=$(ls -d .speed-baseline/*/ 2>/dev/null | head -1)
+commit=$(sed -n 's/^DEFAULT_BASELINE = "\([0-9a-f]*\)".*/\1/p' benchmarks/speed.py)
+base=$(ls -d .speed-baseline/"$commit"*/ 2>/dev/null | head -1 || true)
 [ -n "$base" ] && export ZSQBENCH_SPEED_BASELINE_DIR="$PWD/$base"
 export PYTHONUNBUFFERED=1 PYTHON="$PY"
 timeout "${LIMIT:-540}" benchmarks/gpu_check.sh "$SUMMARY" ${BUDGET:+--budget-s $BUDGET} 2>&1 | tee "${SUMMARY%.json}.log"
