@@ -110,6 +110,20 @@ def test_sweep_applies_the_rule_and_resumes_it(tmp_path):
     assert dry.stdout.count("done") == 1 and "todo" not in dry.stdout
 
 
+def test_a_rows_added_seed_runs_before_the_next_methods_jobs(tmp_path):
+    """The rule's extra seeds join the queue after their own method's jobs, not at the end of the grid: a long grid
+    still finishes whole rows one method after another (leaderboard/README.md's pending methods)."""
+    proto = write_protocol(tmp_path / "smoke-seeds.json", target=1e-9)  # noise's row goes on to the cap
+    out = tmp_path / "sweep"
+    proc = sweep(proto, out, tmp_path / "cache", "--methods", "fp")  # after the helper's noise: noise, then fp
+    assert proc.returncode == 0, proc.stderr
+    log = [json.loads(line) for line in (out / "sweep.jsonl").read_text().splitlines()]
+    ran = [e["job"].split("-", 1)[1] for e in log if e["event"] == "ok"]
+    # fp's seeds agree to the digit (half-width 0): its row stops at the first two
+    assert ran == [f"noise-resnet20-fmnist-w4a4-s{s}" for s in range(4)] + \
+        [f"fp-resnet20-fmnist-w4a4-s{s}" for s in range(2)], ran
+
+
 def test_a_protocol_file_may_not_take_a_registered_name(tmp_path):
     data = json.loads((BUILTIN_DIR / "smoke.json").read_text())
     data["seeds"] = [0, 1]

@@ -314,7 +314,10 @@ def run_sweep(jobs: list[Job], protocol: str, jobs_at_once: int = 1, threads: in
     def ended(job: Job) -> None:
         added = [j for j in more(job) if not j.done()] if more else []
         if added:
-            queue.extend((j, 0) for j in added)
+            # right after the method's own queued jobs (at the front if none is left), never at the end of the
+            # grid: rows keep finishing method by method, so a partial grid still gives complete rows
+            at = max((i + 1 for i, (queued, _) in enumerate(queue) if queued.method == job.method), default=0)
+            queue[at:at] = [(j, 0) for j in added]
             summary["jobs"] += len(added)
             log("seed_rule", job=job.dir.name, added=[j.dir.name for j in added])
             if progress:
