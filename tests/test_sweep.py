@@ -44,6 +44,11 @@ def test_expand_grid_and_hashes():
     assert seeds[0].hash != seeds[1].hash and seeds[0].settings_hash != seeds[1].settings_hash
 
 
+def test_a_choice_named_twice_makes_its_jobs_once():
+    jobs = expand("smoke", ["noise", "noise,fp"], ["resnet20@fmnist", "resnet20@fmnist"], ["4", "W4A4"], out="/tmp/x")
+    assert [j.method for j in jobs] == ["noise", "fp"]
+
+
 def test_jobs_run_method_by_method_in_the_order_asked():
     """A long grid finishes whole leaderboard rows one after another (bit-widths before seeds within a method, so
     an image method's second bit-width finds the first one's synthetic set cached)."""

@@ -91,8 +91,9 @@ def _pick(requested: tuple[str, ...] | None, available: list, parse=str) -> list
     out = []
     for item in requested:
         for part in str(item).split(","):
-            if part.strip():
-                out.append(parse(part.strip()))
+            value = parse(part.strip()) if part.strip() else None
+            if value is not None and value not in out:  # named twice (`--methods a --methods a,b`): one set of jobs
+                out.append(value)
     return out
 
 
