@@ -91,10 +91,9 @@ def _pick(requested: tuple[str, ...] | None, available: list, parse=str) -> list
     out = []
     for item in requested:
         for part in str(item).split(","):
-            value = parse(part.strip()) if part.strip() else None
-            if value is not None and value not in out:  # named twice (`--methods a --methods a,b`): one set of jobs
-                out.append(value)
-    return out
+            if part.strip():
+                out.append(parse(part.strip()))
+    return list(dict.fromkeys(out))  # named twice (`--methods a --methods a,b`): one set of jobs
 
 
 def _parse_bits(text: str) -> tuple[int, int]:
