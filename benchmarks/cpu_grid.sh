@@ -8,10 +8,11 @@
 # $PYTHON: the interpreter whose zsqbench runs the grid (default .venv/bin/python), e.g. one installed from a
 # separate checkout of the same commit, so that editing this one while the grid runs leaves its records clean.
 # $CACHE_DIR: the synthetic-set cache (zeroq-kd reuses zeroq's sets), kept across sessions.
+# $OUT: the sweep directory (default sweeps/cpu), e.g. a committed one that carries a grid across sessions.
 set -e
 cd "$(dirname "$0")/.."
 methods=${*:-"fp noise zeroq adadfq zeroq-kd intraq bag adasg hast gdfq qimera synq"}
 echo "=== $methods $(date -Is)"
 ${PYTHON:-.venv/bin/python} -m zsqbench.frontends.cli sweep --protocol cpu --methods "$(echo $methods | tr ' ' ',')" \
-    --jobs 2 --threads 1 ${CACHE_DIR:+--cache-dir "$CACHE_DIR"} -q
+    --jobs 2 --threads 1 ${CACHE_DIR:+--cache-dir "$CACHE_DIR"} ${OUT:+--out "$OUT"} -q
 echo "=== all done $(date -Is)"

@@ -3,7 +3,7 @@ GPU, and how fast. Stages, each through the real command line, each written into
 killed check keeps what it measured):
 
 1. ``smoke``: a sweep of every method on both embedded teachers (``zsqbench sweep -p smoke``);
-2. ``cpu_families``: one ``cpu``-protocol job per method family (gdfq, adadfq, intraq, hast, zeroq) on ResNet-20;
+2. ``cpu_families``: one ``cpu``-protocol job per method family (gdfq, adadfq, intraq, hast, zeroq) on ResNet-20 W3A3;
 3. ``step_time``: benchmarks/step_time.py and benchmarks/method_step_time.py on the GPU and on the CPU, and ratios;
    ``speed``: benchmarks/speed.py --quick on the GPU (this tree against the baseline commit, interleaved; issue 29);
 4. ``paper_first_steps``: the ``paper`` protocol's first steps for every method with paper settings on
@@ -131,7 +131,7 @@ class Check:
         tiny = ["--set", "train.steps=2", "--set", "train.warmup_steps=1", "--set", "eval.limit=100",
                 "--set", "synthesizer.num_images=8", "--set", "synthesizer.iterations=1"] if self.dry else []
         methods = ["zeroq"] if self.dry else FAMILIES
-        return self.sweep("cpu_families", "cpu", methods, "resnet20@fmnist", ["--bits", "4", "--seeds", "0", *tiny],
+        return self.sweep("cpu_families", "cpu", methods, "resnet20@fmnist", ["--bits", "3", "--seeds", "0", *tiny],
                           1 if self.dry else len(FAMILIES))
 
     def step_time(self) -> dict:

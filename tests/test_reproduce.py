@@ -239,6 +239,7 @@ def test_wide_table_is_never_squeezed_into_narrow_columns():
     wide = zsqbench_cli("leaderboard", "show", "leaderboard/cpu.json", "--wide", cwd=ROOT, env={"COLUMNS": "80"})
     assert narrow.returncode == wide.returncode == 0, wide.stderr
     rows = [line for line in wide.stdout.splitlines() if "adadfq" in line and "│" in line]
-    assert len(rows) == 3  # one line per row (three tables), not folded into 2-3-character columns
+    tables = sum(r["method"] == "adadfq" for r in json.loads((ROOT / "leaderboard" / "cpu.json").read_text())["rows"])
+    assert len(rows) == tables >= 1  # one line per row (one per table), not folded into 2-3-character columns
     assert len(wide.stdout.splitlines()) < 3 * len(narrow.stdout.splitlines())
     assert all(h in wide.stdout for h in ("95 % CI", "per seed", "step ms"))

@@ -133,15 +133,15 @@ def test_a_protocol_file_may_not_take_a_registered_name(tmp_path):
 
 
 def test_grid_cost_plan_applies_the_rule_to_each_rows_spread():
-    """benchmarks/grid_cost.py (issue #25 part 4): on the committed v4 board, a row without spread (fp) stops at the
-    first seeds, the widest (qimera W3A3, sd 13.5) nearly always reaches the cap, and a row's cost is its expected
-    seeds times its run time."""
+    """benchmarks/grid_cost.py (issue #25 part 4): on the v4 board (tests/data, as committed at a4a4fbb), a row
+    without spread (fp) stops at the first seeds, the widest (qimera W3A3, sd 13.5) nearly always reaches the cap,
+    and a row's cost is its expected seeds times its run time."""
     import importlib.util
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "grid_cost.py"
     spec = importlib.util.spec_from_file_location("grid_cost", path)
     grid_cost = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(grid_cost)
-    lb = json.loads((Path(__file__).resolve().parents[1] / "leaderboard" / "cpu.json").read_text())
+    lb = json.loads((Path(__file__).resolve().parent / "data" / "cpu-v4-board.json").read_text())
     rule = SeedRule(3, 10, 2.0)
     rows = {r["method"]: r for r in grid_cost.plan(lb, rule, {"resnet20@fmnist W3A3"}, draws=200, seed=0)}
     assert rows["fp"]["seeds"] == 3 and rows["fp"]["at_cap"] == 0

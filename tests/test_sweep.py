@@ -40,7 +40,7 @@ def test_expand_grid_and_hashes():
     assert len(one) == 1 and one[0].dir.name.startswith(one[0].settings_hash[:16]) and \
         "gdfq-resnet20-fmnist-w4a4-s0" in one[0].dir.name
     assert one[0].hash == expand("smoke", ["gdfq"], ["resnet20@fmnist"], ["4"], ["0"], out="/tmp/x")[0].hash
-    seeds = expand("cpu", ["gdfq"], ["resnet20@fmnist"], ["4"], ["0,1"], out="/tmp/x")  # smoke has seed 0 only
+    seeds = expand("cpu", ["gdfq"], ["resnet20@fmnist"], ["3"], ["0,1"], out="/tmp/x")  # smoke has seed 0 only
     assert seeds[0].hash != seeds[1].hash and seeds[0].settings_hash != seeds[1].settings_hash
 
 
@@ -50,13 +50,19 @@ def test_a_choice_named_twice_makes_its_jobs_once():
 
 
 def test_jobs_run_method_by_method_in_the_order_asked():
-    """A long grid finishes whole leaderboard rows one after another (bit-widths before seeds within a method, so
-    an image method's second bit-width finds the first one's synthetic set cached)."""
-    jobs = expand("cpu", ["noise", "fp"], out="/tmp/x")
-    order = [(j.method, j.wbits, j.model, j.seed) for j in jobs]
-    assert [m for m, *_ in order] == ["noise"] * 9 + ["fp"] * 9
-    assert order[:9] == [("noise", w, m, s) for w, m in ((3, "resnet20@fmnist"), (4, "resnet20@fmnist"),
-                                                          (4, "mobilenetv1@fmnist")) for s in (0, 1, 2)]
+    """A long grid finishes whole leaderboard rows one after another (bit-widths before teachers and seeds within a
+    method, so that an image method's second bit-width finds the first one's synthetic set cached)."""
+    from zsqbench.protocols import bits_for
+    from zsqbench.spine.registry import get_registry
+    cpu = get_registry().get("protocols", "cpu")
+    jobs = expand("cpu", ["noise", "fp"], out="/tmp/x")  # every seed the protocol lists (the seed rule is sweep's)
+    order = [(j.method, j.wbits, j.abits, j.model, j.seed) for j in jobs]
+    widths = dict.fromkeys([tuple(b) for b in cpu["bits"]] +
+                           [tuple(b) for per in cpu.get("bits_by_model", {}).values() for b in per])
+    expected = [(w, a, m, s) for w, a in widths for m in cpu["models"] if [w, a] in bits_for(cpu, m)
+                for s in cpu["seeds"]]
+    assert len({(w, a) for w, a, *_ in expected}) > 1 and len({m for _, _, m, _ in expected}) > 1
+    assert order == [("noise", *job) for job in expected] + [("fp", *job) for job in expected]
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -153,20 +159,23 @@ def test_fp_reference_is_cached_per_teacher_and_data(tmp_path):
 
 
 def test_protocol_narrows_bit_widths_per_teacher(tmp_path):
-    """cpu runs MobileNetV1 at W4A4 only (measured: W3A3 ends at chance for every generator method): the sweep
-    leaves those jobs out, and a single run of them is marked off-protocol."""
+    """cpu narrows a teacher's bit-widths where a width was measured not to separate methods on it (v5: the
+    MobileNetV2 teachers at W4A3 only; v4: MobileNetV1 at W4A4 only): the sweep leaves those jobs out, and a single
+    run of them is marked off-protocol."""
     from zsqbench.protocols import bits_for, load_protocol_file
     from zsqbench.spine.loop import RunSpec, resolve
     from zsqbench.spine.registry import get_registry
     cpu = get_registry().get("protocols", "cpu")
-    assert bits_for(cpu, "mobilenetv1@fmnist") == [[4, 4]] and bits_for(cpu, "resnet20@fmnist") == [[3, 3], [4, 4]]
+    narrowed = next(m for m in cpu["models"] if m in cpu.get("bits_by_model", {}))
+    w, a = next(b for b in cpu["bits"] if b not in bits_for(cpu, narrowed))
     jobs = expand("cpu", ["noise"], out=tmp_path)
-    assert sorted((j.model, j.wbits) for j in jobs if j.seed == 0) == [
-        ("mobilenetv1@fmnist", 4), ("resnet20@fmnist", 3), ("resnet20@fmnist", 4)]
-    off = resolve(RunSpec(method="noise", model="mobilenetv1", wbits=3, abits=3, protocol="cpu")).off_protocol
-    assert off == ("W3A3 is not in protocol cpu for mobilenetv1@fmnist",)
+    assert sorted((j.model, j.wbits, j.abits) for j in jobs if j.seed == 0) == sorted(
+        (m, *b) for m in cpu["models"] for b in bits_for(cpu, m))
+    assert (narrowed, w, a) not in {(j.model, j.wbits, j.abits) for j in jobs}
+    off = resolve(RunSpec(method="noise", model=narrowed, wbits=w, abits=a, protocol="cpu")).off_protocol
+    assert off == (f"W{w}A{a} is not in protocol cpu for {narrowed}",)
     with pytest.raises(UserError, match="off protocol"):
-        expand("cpu", ["noise"], ["mobilenetv1@fmnist"], ["3"], out=tmp_path)
+        expand("cpu", ["noise"], [narrowed], [f"W{w}A{a}"], out=tmp_path)
     bad = json.loads(Path(cpu["path"]).read_text())
     bad["bits_by_model"] = {"resnet56@fmnist": [[4, 4]]}
     (tmp_path / "bad.json").write_text(json.dumps(bad))
