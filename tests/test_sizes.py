@@ -166,7 +166,9 @@ def test_committed_leaderboard_sizes_are_current():
         "leaderboard/cpu.json's sizes are stale: run `zsqbench leaderboard restat leaderboard/cpu.json`"
     for table in committed["sizes"]["tables"]:  # every table's students are packed integers at <= 4 bits
         packed = table["students"][0]
-        assert packed["integer"] and packed["fraction_of_fp"] <= 1 / 6, table["table"]
+        assert packed["integer"] and packed["fraction_of_fp"] <= 1 / 4, table["table"]
+        if table["table"].startswith("resnet20@"):  # the target on ResNet-20 (MobileNetV2 W4A3: 1/4.9, its
+            assert packed["fraction_of_fp"] <= 1 / 6, table["table"]  # BN, biases and 8-bit ends weigh more)
 
 
 @pytest.mark.parametrize("edit, expected", [

@@ -117,6 +117,20 @@ def test_a_method_under_the_margin_is_named(tmp_path, board):
     assert "under 20 points above noise on the held-out teacher: bag" in invoke("leaderboard", "show", out).output
 
 
+def test_a_table_of_only_the_floor_claims_nothing_about_methods(tmp_path, base, proto_path):
+    """A grid in progress (only `noise` on both teachers so far): no method is said to keep the margin."""
+    d = tmp_path / "sweep"
+    for model in (CHOSEN, HELD):
+        write_set(d, base, "noise", [30, 31, 32], tag=model.split("@")[0], model=model,
+                  teacher=None if model == CHOSEN else "cd" * 32)
+    proc, out = build(tmp_path, d, proto_path)
+    assert proc.exit_code == 0, proc.output
+    text = invoke("leaderboard", "show", out).output
+    assert "every method keeps" not in text
+    assert "no method but the floor and the ceiling on both teachers yet, so none is held to 20 points above noise" \
+        in text
+
+
 def test_validator_recomputes_the_transfer_block(board):
     _, out = board
     lb = json.loads(out.read_text())

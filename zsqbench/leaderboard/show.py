@@ -189,8 +189,10 @@ def transfer_notes(block: dict, t: dict) -> list[str]:
              else "too few methods on both teachers for a rank correlation"]
     if floor:
         margin = f"{block['margin']:g} points above {floor['method']} on the held-out teacher"
+        measured = [r for r in t["rows"] if not r["role"] and r["above_floor"] is not None]
         notes.append(f"under {margin}: {', '.join(t['below_margin'])}" if t["below_margin"]
-                     else f"every method keeps {margin}")
+                     else f"every method keeps {margin}" if measured
+                     else f"no method but the floor and the ceiling on both teachers yet, so none is held to {margin}")
     notes += [f"only on {t['held_out']}: {', '.join(t['only_held_out'])}"] * bool(t["only_held_out"])
     notes += [f"only on {t['chosen_on']}: {', '.join(t['only_chosen_on'])}"] * bool(t["only_chosen_on"])
     return notes
