@@ -13,7 +13,7 @@ and fed from the first 50 000 train images, which the dev split never sees:
 Real images make this not a zero-shot method: it is registered in this process only, and its records are
 off-protocol (they name ``eval.split=dev``) and never enter a leaderboard.
 
-    python benchmarks/real_data_finetune.py [--model mobilenetv1@fmnist] [--bits 4] [--seeds 0]
+    python benchmarks/real_data_finetune.py [--model mobilenetv1@fmnist] [--bits 4] [--abits A] [--seeds 0]
                                             [--out sweeps/real-data] [--variants noise,real-calib,real-kd]
 """
 from __future__ import annotations
@@ -69,21 +69,25 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="mobilenetv1@fmnist")
     parser.add_argument("--bits", type=int, default=4)
+    parser.add_argument("--abits", type=int, default=None, help="activation bits when they differ from --bits "
+                        "(W3A8 / W8A3: is it the weights or the activations that calibration cannot hold?)")
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--out", default="sweeps/real-data")
     args = parser.parse_args(argv)
     register()
+    abits = args.bits if args.abits is None else args.abits
     from zsqbench.testing import run_method
     for seed in (int(s) for s in args.seeds.split(",")):
         for variant in args.variants.split(","):
             method, overrides = VARIANTS[variant]
-            out = Path(args.out) / f"{variant}-{args.model.replace('@', '-')}-w{args.bits}a{args.bits}-s{seed}"
+            out = Path(args.out) / f"{variant}-{args.model.replace('@', '-')}-w{args.bits}a{abits}-s{seed}"
             done = sorted(out.glob("*.json"))
             record = (json.loads(done[0].read_text()) if done else
-                      run_method(method, out_dir=out, protocol="cpu", model=args.model, bits=args.bits, seed=seed,
-                                 overrides={"eval.split": "dev", **overrides}, cache_dir=Path.home() / ".cache/zsqbench"))
-            print(f"{variant:11s} seed {seed}  dev top-1 {record['final_top1']:6.2f}  "
+                      run_method(method, out_dir=out, protocol="cpu", model=args.model, wbits=args.bits, abits=abits,
+                                 seed=seed, overrides={"eval.split": "dev", **overrides},
+                                 cache_dir=Path.home() / ".cache/zsqbench"))
+            print(f"{variant:11s} W{args.bits}A{abits} seed {seed}  dev top-1 {record['final_top1']:6.2f}  "
                   f"({record['timing']['total_s']:.0f} s)", flush=True)
 
 

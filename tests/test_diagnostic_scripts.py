@@ -72,6 +72,17 @@ def test_real_data_finetune_feeds_train_images_outside_dev_and_stays_off_protoco
     assert record["method"]["provider"] == "benchmarks/real_data_finetune.py"
 
 
+def test_real_data_finetune_takes_activation_bits_apart(tmp_path, capsys):
+    """--abits: real-image calibration at W3A8 (is it the weights or the activations calibration cannot hold?)."""
+    real = _load("real_data_finetune")
+    real.main(["--model", "resnet20@fmnist", "--bits", "3", "--abits", "8", "--variants", "real-calib",
+               "--out", str(tmp_path)])
+    (record,) = (tmp_path / "real-calib-resnet20-fmnist-w3a8-s0").glob("*.json")
+    record = json.loads(record.read_text())
+    assert (record["wbits"], record["abits"]) == (3, 8) and record["off_protocol"]
+    assert capsys.readouterr().out.startswith(f"real-calib  W3A8 seed 0  dev top-1 {record['final_top1']:6.2f}")
+
+
 def test_divergence_probe_replays_a_run_and_logs_every_step(tmp_path, capsys):
     probe = _load("divergence_probe")
     jsonl = tmp_path / "steps.jsonl"
