@@ -2,8 +2,8 @@
 
 A seed rule (frontends/seed_rule.py) gives a row seeds until its own 95 % CI half-width meets the table's target or
 the cap, so a grid's cost depends on each row's seed spread. This script takes the spread and the run time of each
-row from a leaderboard that has them (e.g. the v4 board, kept in tests/data), simulates the rule on each row (seeds drawn
-from a normal with the row's mean and sd; the rule's own code decides when to stop) and prints each row's expected
+row from a leaderboard that has them (e.g. the v4 board, kept in tests/data), simulates the rule on each row (seeds
+drawn from a normal with the row's mean and sd; the rule's own code decides when to stop) and prints each row's expected
 seed count, how often it reaches the cap, and the grid's expected wall time on N parallel jobs.
 
     python benchmarks/grid_cost.py tests/data/cpu-v4-board.json --first 3 --cap 10 --target 2.0 --jobs 2
