@@ -454,8 +454,8 @@ def committed_pending(root: Path) -> list[str]:
 def test_committed_cpu_leaderboard_is_complete_and_current():
     """leaderboard/cpu.json: valid, built from the current cpu protocol (same version and hash), every built-in
     method x teacher x that teacher's bit-widths with all the protocol's seeds — except the methods the leaderboard
-    README names as pending, which have no row at all (never a partial one) — and every ZSQ method's 3-bit mean
-    above the noise floor (the protocol's promise that W3A3 separates methods)."""
+    README names as pending, which have no row at all (never a partial one) — and on every ranked table every ZSQ
+    method's mean above the noise floor, or a measured note on its row."""
     from zsqbench.frontends.seed_rule import SeedRule
     from zsqbench.leaderboard.build import table_name, validate_leaderboard
     from zsqbench.protocols import bits_for
@@ -505,14 +505,18 @@ def test_committed_cpu_leaderboard_is_complete_and_current():
     # job directory is named by the settings hash: the method's settings, the components and the teacher's sha256).
     # Deliberately not the full job hash, which adds code fingerprints: any commit would then demand a 10-hour re-run.
     from zsqbench.frontends.sweep import expand
+    # The sweep expands every seed the rule may ask for; the seeds each row holds were checked above.
     current = {job.dir.name for job in expand("cpu", methods=tuple(present), registry=reg)}
     built = {Path(run["record"]).parent.name for row in board["rows"] for run in row["runs"]}
-    assert built == current, ("leaderboard/cpu.json is stale: a method's cpu settings or a teacher changed since its "
-                              f"records were made ({len(current - built)} jobs not in it); re-run `zsqbench sweep "
-                              "--protocol cpu` and rebuild it with the command in leaderboard/README.md")
+    assert built <= current, ("leaderboard/cpu.json is stale: a method's cpu settings or a teacher changed since its "
+                              f"records were made ({len(built - current)} of its runs are no sweep job now); re-run "
+                              "`zsqbench sweep --protocol cpu` and rebuild it with the command in leaderboard/README.md")
+    # the protocol's promise that its ranked tables separate methods: on each (every table but a held-out teacher's,
+    # which is read against the floor), every method is above `noise`, or its row carries the measured note why
     for (model, w, a, method), row in rows.items():
-        if w == 3 and method not in ("noise", "fp"):
-            assert row["mean"] > rows[(model, w, a, "noise")]["mean"], f"{method} {model} W3A3 is not above noise"
+        if model not in cpu.get("transfer", {}) and method not in ("noise", "fp"):
+            assert row["mean"] > rows[(model, w, a, "noise")]["mean"] or row.get("note"), \
+                f"{method} {model} W{w}A{a} is not above noise and has no note saying why"
 
 
 def test_readme_main_job_beats_noise_on_the_committed_leaderboard():
