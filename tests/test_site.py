@@ -16,22 +16,25 @@ import sys
 from pathlib import Path
 
 import click
+import numpy as np
 import pytest
 from click.testing import CliRunner
+from matplotlib.image import imread
 
 from zsqbench.frontends.cli import Group
 from zsqbench.frontends.leaderboard_commands import leaderboard
 from zsqbench.frontends.sizes import with_sizes
 from zsqbench.leaderboard.build import build_leaderboard, validate_leaderboard
-from zsqbench.leaderboard.site import MANIFEST, write_site
+from zsqbench.leaderboard.site import MANIFEST, PREVIEW_LEVELS, PREVIEW_PER_CLASS, write_site
 from zsqbench.record.check import seal
 from zsqbench.record.io import validation_errors
+from zsqbench.synthesizer.preview import GAP
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMITTED = ROOT / "leaderboard" / "site"
 CPU = ROOT / "leaderboard" / "cpu.json"
 REGENERATE = "zsqbench leaderboard site leaderboard/cpu.json -o leaderboard/site"
-MAX_SITE_BYTES = 1024 * 1024  # v4 adds one synthetic-set preview per image method and teacher (~70 KiB each)
+MAX_SITE_BYTES = 1024 * 1024  # with a synthetic-set preview per image method and table (~25 KiB each)
 
 
 @click.group(cls=Group)
@@ -115,7 +118,7 @@ def page(site: Path) -> str:
     return (site / "index.html").read_text()
 
 
-def test_site_with_records_has_curves_diagnostics_previews_and_provenance(board, tmp_path):
+def test_site_with_records_has_curves_diagnostics_previews_and_provenance(board, smoke_records, tmp_path):
     path, lb = board
     m = write_site([str(path)], tmp_path / "site", command="CMD")
     site = tmp_path / "site"
@@ -131,6 +134,13 @@ def test_site_with_records_has_curves_diagnostics_previews_and_provenance(board,
     previews = sorted(f for f in files if f.endswith("-preview.png"))
     assert len(previews) == 1 and previews[0].startswith("img/zeroq-resnet20-fmnist-seed0-"), previews
     assert (site / previews[0]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # ... cut to the first PREVIEW_PER_CLASS tiles of each class row, at PREVIEW_LEVELS levels, to keep the page small
+    cached = imread(Path(smoke_records["zeroq"]["diagnostics"]["synthesis"]["cache_file"]).with_suffix(".png"))
+    shown = imread(site / previews[0])
+    tile = (cached.shape[0] - GAP) // 10 - GAP
+    assert shown.shape[0] == cached.shape[0] and shown.shape[1] == GAP + PREVIEW_PER_CLASS * (tile + GAP)
+    assert len(np.unique(shown)) <= PREVIEW_LEVELS
+    assert abs(shown - cached[:, :shown.shape[1]]).max() <= 0.5 / (PREVIEW_LEVELS - 1) + 1e-6
     assert page(site).count(f'src="{previews[0]}"') >= 2  # W3A3 and W4A4 (and zeroq-kd, same set)
     assert "<li>T-shirt/top</li>" in html and "<li>ankle boot</li>" in html  # every preview row is labelled
     assert "img/smoke-v{}-resnet20-fmnist-bits.svg".format(lb["protocol"]["version"]) in files

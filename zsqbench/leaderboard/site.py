@@ -572,6 +572,31 @@ def provenance_table(board: Board, gslug: str, rows: list[tuple[int, dict]], sit
             f"</table></div></details>")
 
 
+PREVIEW_PER_CLASS = 4  # of the cached preview's 8: enough to see a set's look
+PREVIEW_LEVELS = 16  # per channel; synthetic tiles are noise-like, so at 256 levels PNG barely compresses them
+
+
+def reduced_preview(png: Path, out: Path, num_classes: int) -> None:
+    """Write the cached set's preview (:func:`zsqbench.synthesizer.preview.class_grid`: one row of square tiles per
+    class) cut to its first PREVIEW_PER_CLASS tiles per row and PREVIEW_LEVELS levels: about a third of its bytes, so
+    a preview per image method and table keeps the page small. A grid of another layout is copied as it is."""
+    import numpy as np
+    import torch
+    from matplotlib.image import imread
+
+    from zsqbench.synthesizer.preview import GAP, write_png
+
+    pixels = imread(png)  # floats in [0, 1]: (H, W) grey or (H, W, 3|4) colour
+    pixels = pixels[..., None] if pixels.ndim == 2 else pixels[..., :3]
+    tile = (pixels.shape[0] - GAP) // num_classes - GAP
+    width = GAP + PREVIEW_PER_CLASS * (tile + GAP)
+    if tile <= 0 or width > pixels.shape[1] or pixels.shape[2] not in (1, 3):
+        shutil.copyfile(png, out)
+        return
+    steps = np.round(pixels[:, :width] * (PREVIEW_LEVELS - 1)) * (255 / (PREVIEW_LEVELS - 1))
+    write_png(out, torch.from_numpy(np.round(steps).astype(np.uint8)).permute(2, 0, 1).contiguous())
+
+
 DIAG_FIELDS = [("images", "images", "{:.0f}"), ("intra_class_cosine_distance", "intra-class distance", "{:.3f}"),
                ("value_mean", "value mean", "{:.2f}"), ("value_std", "value sd", "{:.2f}"),
                ("value_min", "min", "{:.2f}"), ("value_max", "max", "{:.2f}"), ("bns_error", "BNS error", "{:.4g}")]
@@ -600,9 +625,9 @@ def diagnostics_section(board: Board, gslug: str, rows: list[tuple[int, dict]], 
             png = Path(cache).with_suffix(".png") if cache else None
             if not preview_done and png is not None and png.is_file():
                 name = f"{slugify(Path(cache).stem)}-preview.png"  # one file per set: bit-widths share a set
-                if not (plotter.root / "img" / name).exists():
-                    shutil.copyfile(png, plotter.root / "img" / name)
                 names = class_names(r["dataset"], NUM_CLASSES.get(r["dataset"], 10))
+                if not (plotter.root / "img" / name).exists():
+                    reduced_preview(png, plotter.root / "img" / name, len(names))
                 labels = "".join(f"<li>{esc(n)}</li>" for n in names)
                 previews.append(
                     f'<figure class="preview"><div class="grid-labelled"><ol class="classes" start="0" '
@@ -610,7 +635,8 @@ def diagnostics_section(board: Board, gslug: str, rows: list[tuple[int, dict]], 
                     f'alt="{esc(r["method"])} synthetic images, seed {run["seed"]}: one row per class, '
                     f'{esc(", ".join(names))}"></div><figcaption>{esc(r["method"])}, seed '
                     f'{run["seed"]} (<a href="#{ids(gslug, r, run["seed"])}">run</a>; cached set '
-                    f"<code>{esc(Path(cache).name)}</code>)</figcaption></figure>")
+                    f"<code>{esc(Path(cache).name)}</code>; its first {PREVIEW_PER_CLASS} images per class, "
+                    f"{PREVIEW_LEVELS} levels)</figcaption></figure>")
                 preview_done = True
     indices = {i for i, _ in rows}
     found = sum(v.record is not None for (i, _), v in board.runs.items() if i in indices)
