@@ -47,6 +47,14 @@ Where the paper (ICLR 2025 camera-ready) differs, the code is the default and th
   float32 reaches once the teacher's logit margin passes ~17 (1 - p_y has a resolution of 6e-8 there, so a floor
   below it changes no other value); the official code then turns the images NaN. On the `cpu` ResNet-20 teacher
   that ended seed 0's synthesis at iteration 288. ``focal_floor=null`` is the code's unguarded weight.
+* Better than the code, bit-identical where A has spatial extent: ``distiller.cam_flat`` (default ``"zero"``). The
+  last Conv2d can be 1 x 1: MobileNetV2's classifier conv after the global pool (pytorchcv's, as on ImageNet). Its
+  Grad-CAM map is constant, 0 after min-max normalisation in exact arithmetic; in float32 the upsampled copies differ
+  in their last bit and the code's normalisation stretches that rounding to [0, 1], with a gradient of order 1 / A
+  that grows without bound as the predicted logit nears 0. On the `cpu` MobileNetV2 W4A3 student (lambda_CAM 200,
+  lr 1e-5) that ended seed 0 at chance (10.00 % test; KL 5e6, CE 5e7 on average over the run). ``"zero"`` gives such
+  maps their exact value (0, no gradient), so on a 1 x 1 layer the CAM term is 0; ``"code"`` keeps the stretched
+  rounding. ``distiller.cam_layer`` picks a layer with spatial extent instead (e.g. ``features.final_block.conv``).
 * Not reproduced (official quirks): the trainer re-creates the student's Grad-CAM every iteration, which runs the
   student on an all-zero image (``gradcam.py`` L105-112) — during the four calibration epochs that zero image also
   moves the activation ranges; and ``while any(grad == 0): grad += 1e-10`` (L167-168), which changes the weights by
@@ -99,20 +107,30 @@ def gaussian_lowpass(images: torch.Tensor, d0: float) -> torch.Tensor:
 
 
 def grad_cam(logits: torch.Tensor, activations: torch.Tensor, classes: torch.Tensor, size: tuple[int, int],
-             clamp_weights: bool = True, eps: float = 1e-10) -> torch.Tensor:
+             clamp_weights: bool = True, eps: float = 1e-10, flat: Literal["zero", "code"] = "zero") -> torch.Tensor:
     """Grad-CAM saliency (B, 1, H, W) in [0, 1] for ``classes``, as the official ``gradcam.py``: the weights are the
     spatial mean of d logit_c / d A (a constant: no ``create_graph``), clamped at 1e-10; ReLU of the weighted sum of
-    the channels, bilinear to ``size``, min-max normalised per image. Differentiable in ``activations``."""
+    the channels, bilinear to ``size``, min-max normalised per image. Differentiable in ``activations``.
+
+    ``flat``: a map that is constant at A's own resolution (always where A is 1 x 1, e.g. a classifier after the
+    global pool) is 0 after the normalisation in exact arithmetic. In float32 the bilinear weights of the upsampled
+    copies differ in their last bit, and the code's normalisation stretches that rounding to [0, 1], with a gradient
+    of order 1 / A. ``"zero"`` returns the exact value (0, no gradient) for such images and the code's map for every
+    other image, bit for bit; ``"code"`` keeps the code's map everywhere."""
     score = logits.gather(1, classes[:, None]).sum()  # each image's score depends on its own activations only
     grads, = torch.autograd.grad(score, activations, retain_graph=True)
     weights = grads.mean(dim=(2, 3))
     if clamp_weights:
         weights = weights.clamp_min(1e-10)
-    cam = F.relu((weights[:, :, None, None] * activations).sum(1, keepdim=True))
-    cam = F.interpolate(cam, size=size, mode="bilinear", align_corners=False)
+    native = F.relu((weights[:, :, None, None] * activations).sum(1, keepdim=True))
+    cam = F.interpolate(native, size=size, mode="bilinear", align_corners=False)
     lo = cam.flatten(1).min(1).values[:, None, None, None]
     hi = cam.flatten(1).max(1).values[:, None, None, None]
-    return (cam - lo) / (hi - lo + eps)
+    normalised = (cam - lo) / (hi - lo + eps)
+    if flat == "code":
+        return normalised
+    constant = (native.flatten(1).amax(1) == native.flatten(1).amin(1))[:, None, None, None]
+    return torch.where(constant, torch.zeros_like(normalised), normalised)
 
 
 def cam_alignment_loss(teacher_map: torch.Tensor, student_map: torch.Tensor) -> torch.Tensor:
@@ -201,6 +219,9 @@ class SynQDistiller(HASTDistiller):
             "predicted", description="Grad-CAM score: each network's own argmax (code) or the label (paper eq. 5)")
         cam_clamp_weights: bool = Field(True, description="clamp the Grad-CAM channel weights at 1e-10 (code)")
         cam_layer: str | None = Field(None, description="module whose output is A (null: each net's last Conv2d)")
+        cam_flat: Literal["zero", "code"] = Field(
+            "zero", description="a Grad-CAM map constant at A's resolution (A 1 x 1) is 0, as in exact arithmetic "
+            "(zero), or the code's upsampled rounding stretched to [0, 1] (code)")
         promoted_weight: float = Field(1.0, ge=0, description="lambda_pert: weight of the loss on x + eps*sign(g)")
         promoted_fa: Literal["imagenet", "always", "never"] = Field(
             "imagenet", description="channel-attention term on the promoted pass (code: ImageNet only)")
@@ -255,8 +276,10 @@ class SynQDistiller(HASTDistiller):
         if cfg.cam_weight:
             size = tuple(x.shape[-2:])
             by_label = cfg.cam_class == "label"
-            t_map = grad_cam(t, t_act, labels if by_label else t.detach().argmax(1), size, cfg.cam_clamp_weights)
-            s_map = grad_cam(s, s_act, labels if by_label else s.detach().argmax(1), size, cfg.cam_clamp_weights)
+            t_map = grad_cam(t, t_act, labels if by_label else t.detach().argmax(1), size, cfg.cam_clamp_weights,
+                             flat=cfg.cam_flat)
+            s_map = grad_cam(s, s_act, labels if by_label else s.detach().argmax(1), size, cfg.cam_clamp_weights,
+                             flat=cfg.cam_flat)
             cam = cam_alignment_loss(t_map, s_map)
         hard = (x + self.eps * grad.sign()).detach()
         with torch.no_grad():

@@ -131,6 +131,38 @@ def test_grad_cam_by_hand():
     assert [big[0, 0].item(), big[0, 3].item(), big[3, 0].item()] == pytest.approx([1.0, 0.0, 1 / 7], abs=1e-9)
 
 
+def test_grad_cam_of_a_one_pixel_layer_is_zero_not_stretched_rounding():
+    """A 1 x 1 layer (MobileNetV2's classifier conv after the global pool, SynQ's last Conv2d there) has a constant
+    map: 0 after the normalisation in exact arithmetic. The code's upsample-then-normalise stretches the float32
+    rounding of the bilinear copies to [0, 1], with a gradient of order 1 / A; ``flat="zero"`` gives 0 and no
+    gradient, and leaves every map with spatial extent bit for bit as the code's."""
+    torch.manual_seed(0)
+    grads = {}
+    for scale in (3.0, 1e-3):
+        a = (torch.rand(64, 10, 1, 1) * scale).requires_grad_(True)
+        logits = a.flatten(1) * 1.0
+        cls = logits.detach().argmax(1)
+        code = grad_cam(logits, a, cls, (32, 32), flat="code")
+        stretched = (code.flatten(1).amax(1) - code.flatten(1).amin(1)) > 0.5
+        assert stretched.sum() > 32  # most images: rounding noise spread over [0, 1]
+        grads[scale], = torch.autograd.grad(cam_alignment_loss(torch.zeros_like(code), code), a, retain_graph=True)
+        exact = grad_cam(logits, a, cls, (32, 32))
+        assert not exact.any()
+        g, = torch.autograd.grad(cam_alignment_loss(torch.zeros_like(exact), exact), a)
+        assert not g.any()
+    assert grads[1e-3].abs().max() > 100 * grads[3.0].abs().max()  # the code's gradient grows as 1 / A
+    # a map with spatial extent: "zero" is the code's map and gradient, bit for bit
+    a = torch.rand(8, 16, 8, 8, requires_grad=True)
+    logits = a.mean(dim=(2, 3)) @ torch.randn(10, 16).T
+    cls = logits.detach().argmax(1)
+    code, exact = (grad_cam(logits, a, cls, (32, 32), flat=f) for f in ("code", "zero"))
+    assert torch.equal(code, exact)
+    target = torch.rand_like(code)
+    g_code, = torch.autograd.grad(cam_alignment_loss(target, code), a, retain_graph=True)
+    g_exact, = torch.autograd.grad(cam_alignment_loss(target, exact), a)
+    assert torch.equal(g_code, g_exact)
+
+
 def test_grad_cam_weights_are_constants_and_the_loss_by_hand():
     a, w, logits = _tiny(requires_w_grad=True)
     cam = grad_cam(logits, a, torch.tensor([0]), (2, 2))
